@@ -1,0 +1,89 @@
+"""Data loading: seeded iteration-indexed batches (exact resume) and detection collation."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rcnn_cli.data.transforms import build_transforms, to_sample
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2**63)
+
+
+class DetectionView(Dataset):
+    """Applies the transforms to a raw dataset; each item gets its own RNG seed.
+
+    Items are requested as ``(index, seed)`` so augmentation depends only on the seed,
+    not on worker layout or the global RNG: a resumed run sees the same pixels.
+    """
+
+    def __init__(self, raw, train: bool, flip_prob: float):
+        self.raw = raw
+        self.transforms = build_transforms(train, flip_prob)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
+        image, target = to_sample(*self.raw.raw(index))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            image, target = self.transforms(image, target)
+        target["boxes"] = target["boxes"].as_subclass(torch.Tensor)
+        if "masks" in target:
+            target["masks"] = target["masks"].as_subclass(torch.Tensor)
+        return image.as_subclass(torch.Tensor), target
+
+
+def index_seed(index: int) -> int:
+    return sample_seed(0, 0, index)
+
+
+class IterationBatchSampler:
+    """Batches for iterations ``[start_iter, max_iter)``; iteration i is a pure function of i.
+
+    Epoch e is a seeded permutation (drop_last), so resuming at iteration k continues with
+    exactly the batch an uninterrupted run would have used.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_iter: int,
+                 max_iter: int):
+        if num_items < batch_size:
+            raise ValueError(f"dataset has {num_items} images, fewer than batch_size={batch_size}")
+        self.n, self.bs, self.seed = num_items, batch_size, seed
+        self.start, self.stop = start_iter, max_iter
+        self.per_epoch = num_items // batch_size
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        perm, perm_epoch = None, -1
+        for it in range(self.start, self.stop):
+            epoch, pos = divmod(it, self.per_epoch)
+            if epoch != perm_epoch:
+                g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
+                perm, perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
+            idx = perm[pos * self.bs:(pos + 1) * self.bs]
+            yield [(i, sample_seed(self.seed, epoch, i)) for i in idx]
+
+
+def collate(batch):
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def train_loader(view: DetectionView, batch_size: int, seed: int, start_iter: int, max_iter: int,
+                 num_workers: int) -> DataLoader:
+    sampler = IterationBatchSampler(len(view), batch_size, seed, start_iter, max_iter)
+    # Its own generator: creating the iterator must not draw from the global RNG.
+    return DataLoader(view, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def eval_loader(view: DetectionView, batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(view, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                      num_workers=num_workers, generator=torch.Generator().manual_seed(0))

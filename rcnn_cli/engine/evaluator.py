@@ -1,0 +1,55 @@
+"""Evaluate a checkpoint: rebuild the model from its stored config, then COCO box AP."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from rcnn_cli.config import typed_train_config, validate
+from rcnn_cli.data.build import build_dataset
+from rcnn_cli.data.loader import eval_loader
+from rcnn_cli.engine import runtime
+from rcnn_cli.engine.checkpoint import load_checkpoint
+from rcnn_cli.engine.trainer import hydra_run_dir, make_progress
+from rcnn_cli.errors import CheckpointError
+from rcnn_cli.evaluation.coco import CocoEvaluator
+from rcnn_cli.evaluation.inference import predict
+from rcnn_cli.evaluation.report import print_metrics
+from rcnn_cli.io import atomic_write_json
+from rcnn_cli.modeling.build import build_detector
+
+log = logging.getLogger("rcnn_cli")
+
+
+def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+    validate(cfg)
+    run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log.info("run directory: %s", run_dir)
+    ckpt = load_checkpoint(cfg.ckpt)
+    train_cfg = typed_train_config(ckpt["config"], source=cfg.ckpt)
+    if cfg.dataset is not None:
+        train_cfg.dataset = cfg.dataset
+    runtime.set_threads(cfg.threads)
+    device = runtime.select_device(cfg.device)
+    dataset = build_dataset(train_cfg.dataset, "val", train=False)
+    classes = list(ckpt["classes"])
+    if list(dataset.raw.classes) != classes:
+        raise CheckpointError(f"{cfg.ckpt}: checkpoint classes {classes} differ from dataset "
+                              f"classes {list(dataset.raw.classes)}")
+    model = build_detector(train_cfg, len(classes))
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    loader = eval_loader(dataset, cfg.eval.batch_size, train_cfg.dataset.num_workers)
+    with make_progress() as progress:
+        dets = predict(model, loader, device, dataset.raw.category_ids, progress)
+    metrics = CocoEvaluator(dataset.raw.coco_gt()).evaluate(dets)
+    metrics["iteration"] = int(ckpt["iteration"])
+    atomic_write_json(run_dir / "predictions" / "detections.json", dets)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    OmegaConf.save(train_cfg, run_dir / "model_config.yaml")
+    print_metrics(metrics, f"{cfg.ckpt} (iteration {metrics['iteration']})")
+    log.info("run directory: %s", run_dir)
+    return metrics

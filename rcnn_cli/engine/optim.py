@@ -1,0 +1,38 @@
+"""SGD with momentum and weight decay; linear warm-up then step or cosine decay."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def build_optimizer(model: nn.Module, lr: float, momentum: float,
+                    weight_decay: float) -> torch.optim.SGD:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def lr_factor(it: int, max_iter: int, warmup_iters: int, warmup_factor: float, decay: str,
+              decay_steps: list[float], gamma: float) -> float:
+    """Multiplier of the base lr at iteration ``it`` (0-based)."""
+    if decay == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * min(it, max_iter) / max(1, max_iter)))
+    else:
+        factor = gamma ** sum(it >= int(f * max_iter) for f in decay_steps)
+    if it < warmup_iters:
+        alpha = it / warmup_iters
+        factor *= warmup_factor * (1 - alpha) + alpha
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule) -> torch.optim.lr_scheduler.LambdaLR:
+    decay = getattr(schedule.decay, "value", schedule.decay)
+    steps = list(schedule.decay_steps)
+
+    def factor(it: int) -> float:
+        return lr_factor(it, schedule.max_iter, schedule.warmup_iters, schedule.warmup_factor,
+                         decay, steps, schedule.gamma)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

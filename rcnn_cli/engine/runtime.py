@@ -1,0 +1,39 @@
+"""Process set-up: device choice, threads, seeds."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from rcnn_cli.errors import ConfigError
+
+
+def select_device(name) -> torch.device:
+    name = getattr(name, "value", name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def amp_dtype(amp, device: torch.device) -> torch.dtype | None:
+    amp = getattr(amp, "value", amp)
+    if amp == "none":
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("schedule.amp=fp16 needs device=cuda; on the CPU use schedule.amp=bf16")
+    return torch.float16 if amp == "fp16" else torch.bfloat16

@@ -1,0 +1,215 @@
+"""The joint training loop (Faster R-CNN §3.2, approximate joint training).
+
+``train(cfg) -> metrics`` is what ``rcnn-train``, sweeps, scripts and tests call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from rcnn_cli.config import validate
+from rcnn_cli.data.build import build_dataset
+from rcnn_cli.data.loader import eval_loader, train_loader
+from rcnn_cli.engine import runtime
+from rcnn_cli.engine.checkpoint import (
+    CheckpointStore,
+    load_checkpoint,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
+)
+from rcnn_cli.engine.events import EventLogger
+from rcnn_cli.engine.optim import build_optimizer, build_scheduler
+from rcnn_cli.engine.resume import check_resume_config
+from rcnn_cli.errors import RcnnError
+from rcnn_cli.evaluation.coco import CocoEvaluator
+from rcnn_cli.evaluation.inference import predict
+from rcnn_cli.evaluation.report import print_metrics
+from rcnn_cli.io import atomic_write_json
+from rcnn_cli.modeling.build import build_detector
+
+log = logging.getLogger("rcnn_cli")
+
+
+class NonFiniteLossError(RcnnError):
+    pass
+
+
+def config_dict(cfg: DictConfig) -> dict:
+    keys = [k for k in cfg.keys() if k != "hydra"]
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True,
+                                  enum_to_str=True)
+
+
+def hydra_run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def make_progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}"))
+
+
+class Trainer:
+    """Holds the run's state; ``run()`` trains to ``schedule.max_iter`` and evaluates."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.sched = cfg.schedule
+        self.device = runtime.select_device(cfg.device)
+        self.amp = runtime.amp_dtype(self.sched.amp, self.device)
+        runtime.set_threads(cfg.threads)
+        runtime.seed_everything(cfg.seed)
+        self.train_set = build_dataset(cfg.dataset, "train", train=True)
+        self.val_set = build_dataset(cfg.dataset, "val", train=False)
+        self.classes = list(self.train_set.raw.classes)
+        self.category_ids = list(self.train_set.raw.category_ids)
+        self.model = build_detector(cfg, len(self.classes)).to(self.device)
+        self.optimizer = build_optimizer(self.model, self.sched.lr, self.sched.momentum,
+                                         self.sched.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, self.sched)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.store = CheckpointStore(run_dir / "checkpoints")
+        self.evaluator = CocoEvaluator(self.val_set.raw.coco_gt())
+        self.iteration, self.best_ap = 0, None
+        if cfg.resume:
+            self.resume(cfg.resume)
+        self.events = EventLogger(run_dir, cfg.log.tensorboard)
+
+    def resume(self, target: str) -> None:
+        path = resolve_resume(target)
+        ckpt = load_checkpoint(path)
+        check_resume_config(ckpt["config"], config_dict(self.cfg), path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        self.iteration, self.best_ap = int(ckpt["iteration"]), ckpt.get("best_ap")
+        log.info("resumed from %s at iteration %d (model, optimizer, scheduler, scaler, RNG)",
+                 path, self.iteration)
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "iteration": self.iteration, "rng": rng_state(), "best_ap": self.best_ap,
+                "classes": self.classes, "category_ids": self.category_ids,
+                "config": config_dict(self.cfg)}
+
+    def step(self, images, targets) -> dict[str, float]:
+        images = [im.to(self.device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()}
+                   for t in targets]
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                            enabled=self.amp is not None):
+            losses = self.model(images, targets)
+        total = sum(losses.values())
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        if not torch.isfinite(total):
+            ids = [t["image_id"] for t in targets]
+            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration + 1}: "
+                                     f"{values}; image ids {ids}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.sched.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.sched.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        values["total_loss"] = float(total)
+        return values
+
+    def evaluate(self, progress: Progress | None = None) -> dict:
+        loader = eval_loader(self.val_set, self.cfg.eval.batch_size, self.cfg.dataset.num_workers)
+        dets = predict(self.model, loader, self.device, self.category_ids, progress)
+        metrics = self.evaluator.evaluate(dets)
+        self.events.scalars(self.iteration, {k: v for k, v in metrics.items() if v is not None})
+        return {**metrics, "iteration": self.iteration}, dets
+
+    def run(self) -> dict:
+        max_iter = self.sched.max_iter
+        loader = train_loader(self.train_set, self.sched.batch_size, self.cfg.seed, self.iteration,
+                              max_iter, self.cfg.dataset.num_workers)
+        window: dict[str, list[float]] = defaultdict(list)
+        with make_progress() as progress:
+            task = progress.add_task("train", total=max_iter, completed=self.iteration,
+                                     speed="", losses="")
+            t_data = time.perf_counter()
+            for images, targets in loader:
+                t0 = time.perf_counter()
+                values = self.step(images, targets)
+                self.iteration += 1
+                t1 = time.perf_counter()
+                values.update(data_time=t0 - t_data, step_time=t1 - t_data)
+                for k, v in values.items():
+                    window[k].append(v)
+                progress.update(task, advance=1, speed=f"{1 / (t1 - t_data):.2f} it/s",
+                                losses=f"loss {values['total_loss']:.3f}")
+                self.after_step(window, progress)
+                t_data = time.perf_counter()
+            if self.iteration % self.sched.checkpoint_period:
+                self.store.save("last", self.state())
+            metrics, dets = self.evaluate(progress)
+        self.finish(metrics, dets)
+        return metrics
+
+    def after_step(self, window: dict, progress: Progress) -> None:
+        it, period = self.iteration, self.cfg.log.period
+        if it % period == 0 or it == self.sched.max_iter:
+            means = {k: sum(v) / len(v) for k, v in window.items()}
+            means["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.events.scalars(it, means)
+            log.info("iter %d/%d  %s", it, self.sched.max_iter,
+                     "  ".join(f"{k}={v:.4g}" for k, v in means.items()))
+            window.clear()
+        if it % self.sched.checkpoint_period == 0:
+            self.store.save("last", self.state())
+        if self.sched.eval_period and it % self.sched.eval_period == 0 and it < self.sched.max_iter:
+            metrics, _ = self.evaluate(progress)
+            log.info("iter %d: bbox/AP=%.4f bbox/AP50=%.4f", it, metrics["bbox/AP"] or 0.0,
+                     metrics["bbox/AP50"] or 0.0)
+            self.keep_best(metrics)
+
+    def keep_best(self, metrics: dict) -> None:
+        ap = metrics["bbox/AP"] or 0.0
+        if self.best_ap is None or ap > self.best_ap:
+            self.best_ap = ap
+            self.store.save("best", {**self.state(), "metrics": metrics})
+
+    def finish(self, metrics: dict, dets: list[dict]) -> None:
+        self.keep_best(metrics)
+        atomic_write_json(self.run_dir / "predictions" / "detections.json", dets)
+        atomic_write_json(self.run_dir / "metrics.json", metrics)
+        self.events.close()
+        print_metrics(metrics, f"final evaluation (iteration {self.iteration})")
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+    """Train ``cfg`` into ``run_dir`` (Hydra's output dir by default); returns final metrics."""
+    validate(cfg)
+    run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log.info("run directory: %s", run_dir)
+    trainer = Trainer(cfg, run_dir)
+    metrics = trainer.run()
+    log.info("run directory: %s", run_dir)
+    return metrics

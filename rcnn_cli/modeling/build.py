@@ -1,0 +1,92 @@
+"""Detector factory: config groups -> explicit builder calls -> one ``GeneralizedRCNN``.
+
+A detector is ``transform -> backbone -> proposal source (RPN) -> RoI heads``; torchvision's
+``GeneralizedRCNN`` holds exactly these four parts, so its state-dict names are ours.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+from torchvision.models import get_weight
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from rcnn_cli.errors import ConfigError
+from rcnn_cli.modeling.anchors import build_anchor_generator
+from rcnn_cli.modeling.backbones import build_backbone
+from rcnn_cli.modeling.poolers import build_pooler
+from rcnn_cli.modeling.roi_heads import build_box_roi_heads
+from rcnn_cli.modeling.rpn import build_rpn
+
+MODELS = ("faster",)
+
+
+def _value(x):
+    return getattr(x, "value", x)
+
+
+def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
+    """Build ``cfg.model`` for ``num_classes`` foreground classes (+1 background)."""
+    m, b, a, s, p, d = cfg.model, cfg.backbone, cfg.anchors, cfg.sampler, cfg.pooler, cfg.dataset
+    if m.name not in MODELS:
+        raise ConfigError(f"model={m.name} is not supported; available: {', '.join(MODELS)}")
+    backbone = build_backbone(b.name, b.weights, b.trainable_layers, _value(b.norm), b.fpn_channels)
+    anchors = build_anchor_generator(a.name, a.sizes, a.aspect_ratios, backbone.feature_names,
+                                     b.name)
+    rpn = build_rpn(
+        anchors, backbone.out_channels,
+        fg_iou_thresh=s.rpn.fg_iou_thresh, bg_iou_thresh=s.rpn.bg_iou_thresh,
+        batch_size_per_image=s.rpn.batch_size_per_image,
+        positive_fraction=s.rpn.positive_fraction,
+        pre_nms_top_n_train=m.rpn.pre_nms_top_n_train, pre_nms_top_n_test=m.rpn.pre_nms_top_n_test,
+        post_nms_top_n_train=m.rpn.post_nms_top_n_train,
+        post_nms_top_n_test=m.rpn.post_nms_top_n_test,
+        nms_thresh=m.rpn.nms_thresh, score_thresh=m.rpn.score_thresh,
+    )
+    pooler = build_pooler(p.name, backbone.pooled_names, p.output_size, p.sampling_ratio,
+                          p.canonical_scale, p.canonical_level)
+    roi_heads = build_box_roi_heads(
+        pooler, backbone.out_channels, p.output_size, num_classes + 1,
+        representation_size=m.box_head.representation_size,
+        box_coder_weights=list(m.box_head.box_coder_weights),
+        score_thresh=m.box_head.score_thresh, nms_thresh=m.box_head.nms_thresh,
+        detections_per_img=m.box_head.detections_per_img,
+        fg_iou_thresh=s.roi.fg_iou_thresh, bg_iou_thresh=s.roi.bg_iou_thresh,
+        batch_size_per_image=s.roi.batch_size_per_image,
+        positive_fraction=s.roi.positive_fraction,
+    )
+    transform = GeneralizedRCNNTransform(d.min_size, d.max_size, list(m.image_mean),
+                                         list(m.image_std))
+    model = GeneralizedRCNN(backbone.module, rpn, roi_heads, transform)
+    if m.weights:
+        load_detector_weights(model, m.weights)
+    return model
+
+
+def load_detector_weights(model: nn.Module, weights: str) -> None:
+    """Whole-detector weights: a torchvision name (``FasterRCNN_ResNet50_FPN_Weights.COCO_V1``),
+    a state-dict file, or an rcnn-cli checkpoint."""
+    from rcnn_cli.engine.checkpoint import load_state_file
+
+    if Path(weights).expanduser().is_file():
+        state = load_state_file(Path(weights).expanduser())
+    else:
+        try:
+            enum = get_weight(weights)
+        except (ValueError, KeyError, AttributeError) as e:
+            raise ConfigError(f"model.weights={weights!r} is neither a file nor a torchvision "
+                              "weights name") from e
+        state = enum.get_state_dict(progress=True)
+    own = model.state_dict()
+    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and own[k].shape != v.shape]
+    if bad:
+        raise ConfigError(f"model.weights={weights}: shape mismatch for {bad[:5]} "
+                          "(a different number of classes?)")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if "num_batches_tracked" not in k]
+    if missing or unexpected:
+        raise ConfigError(f"model.weights={weights}: missing keys {missing[:5]}, "
+                          f"unexpected keys {unexpected[:5]}")

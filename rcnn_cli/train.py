@@ -1,0 +1,20 @@
+"""``rcnn-train``: compose the config, then ``rcnn_cli.engine.trainer.train(cfg)``."""
+
+import hydra
+from omegaconf import DictConfig
+
+import rcnn_cli.config  # noqa: F401  (registers the schemas)
+from rcnn_cli.cli import report_errors
+
+
+@hydra.main(version_base="1.3", config_path="pkg://rcnn_cli.conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from rcnn_cli.engine.trainer import train
+
+    with report_errors():
+        metrics = train(cfg)
+    return metrics["bbox/AP"] or 0.0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Shared fixtures: Hydra state hygiene and tiny configurations that train in seconds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+
+import rcnn_cli.config  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY = [
+    "dataset.train_size=8", "dataset.val_size=4", "dataset.image_size=64",
+    "schedule.batch_size=2", "schedule.max_iter=4", "schedule.warmup_iters=2",
+    "schedule.checkpoint_period=2", "schedule.eval_period=0", "log.period=2",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_hydra():
+    GlobalHydra.instance().clear()
+    yield
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None
+
+
+def compose_cfg(name: str = "train", overrides: list[str] | None = None):
+    with initialize_config_module(version_base="1.3", config_module="rcnn_cli.conf"):
+        return compose(name, overrides=overrides or [])
+
+
+def run_cli(tool: str, *args: str, cwd: Path | None = None, timeout: int = 600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+    return subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=timeout)

@@ -1,0 +1,70 @@
+"""The joint training loop: run directory contents, exact resume, evaluation parity."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rcnn_cli.engine.evaluator import evaluate_checkpoint
+from rcnn_cli.engine.trainer import train
+from rcnn_cli.errors import ConfigError
+from tests.conftest import TINY, compose_cfg
+
+# A schedule that does not depend on max_iter, so a short run is a prefix of a long one.
+FLAT = TINY + ["schedule.decay=step", "schedule.decay_steps=[]", "log.tensorboard=false"]
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
+    full = train(compose_cfg("train", FLAT), tmp_path / "full")
+    train(compose_cfg("train", FLAT + ["schedule.max_iter=2"]), tmp_path / "part")
+    resumed = train(compose_cfg("train", FLAT + [f"resume={tmp_path / 'part'}"]),
+                    tmp_path / "resumed")
+    a = weights(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = weights(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert b["iteration"] == a["iteration"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+    for k, v in a["optimizer"]["state"].items():
+        assert torch.equal(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
+    assert full["bbox/AP"] == resumed["bbox/AP"]
+
+
+def test_resume_with_a_changed_model_lists_the_keys(tmp_path):
+    train(compose_cfg("train", FLAT + ["schedule.max_iter=2"]), tmp_path / "a")
+    cfg = compose_cfg("train", FLAT + [f"resume={tmp_path / 'a'}", "backbone.fpn_channels=64"])
+    with pytest.raises(ConfigError, match="backbone.fpn_channels: 128 -> 64"):
+        train(cfg, tmp_path / "b")
+
+
+def test_eval_of_last_checkpoint_reproduces_the_training_metrics(tmp_path):
+    metrics = train(compose_cfg("train", FLAT + ["model.box_head.score_thresh=0.0"]),
+                    tmp_path / "run")
+    cfg = compose_cfg("eval", [f"ckpt={tmp_path / 'run' / 'checkpoints' / 'last.pt'}"])
+    again = evaluate_checkpoint(cfg, tmp_path / "eval")
+    for k, v in metrics.items():
+        assert again[k] == pytest.approx(v, abs=1e-6), k
+    dets_train = json.loads((tmp_path / "run" / "predictions" / "detections.json").read_text())
+    dets_eval = json.loads((tmp_path / "eval" / "predictions" / "detections.json").read_text())
+    assert len(dets_train) > 0 and dets_train == dets_eval
+
+
+def test_non_finite_loss_stops_with_iteration_and_image_ids(tmp_path, monkeypatch):
+    from rcnn_cli.engine import trainer as trainer_mod
+
+    real = trainer_mod.build_detector
+
+    def poisoned(cfg, num_classes):
+        model = real(cfg, num_classes)
+        model.roi_heads.box_predictor.bbox_pred.bias.data.fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(trainer_mod, "build_detector", poisoned)
+    with pytest.raises(trainer_mod.NonFiniteLossError, match=r"iteration 1: .*image ids \["):
+        train(compose_cfg("train", FLAT), tmp_path / "nan")

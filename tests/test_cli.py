@@ -1,0 +1,99 @@
+"""End to end through the console scripts, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import TINY, run_cli
+
+LOSSES = ["loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"]
+METRIC_KEYS = ["bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl",
+               "bbox/AR100", "iteration"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    overrides = [o for o in TINY if not o.startswith("schedule.max_iter")]
+    r = run_cli("rcnn-train", *overrides, "schedule.max_iter=20", "schedule.eval_period=10",
+                "schedule.checkpoint_period=10", "model.box_head.score_thresh=0.0",
+                f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert str(run_dir) in r.stdout.replace("\n", "").replace(" ", "")
+    return run_dir
+
+
+def test_run_directory_layout(run: Path):
+    for rel in [".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "metrics.jsonl",
+                "metrics.json", "checkpoints/last.pt", "checkpoints/best.pt",
+                "checkpoints/index.json", "predictions/detections.json"]:
+        assert (run / rel).is_file(), rel
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+
+
+def test_metrics_json_contract(run: Path):
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in metrics, key
+    assert metrics["iteration"] == 20
+    for k, v in metrics.items():
+        if k.startswith("bbox/AP") or k.startswith("bbox/AR"):
+            assert v is None or 0.0 <= v <= 1.0
+
+
+def test_event_stream_has_every_loss_lr_and_timings(run: Path):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = set().union(*rows)
+    for key in LOSSES + ["total_loss", "lr", "data_time", "step_time", "bbox/AP"]:
+        assert key in logged, key
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert set(LOSSES + ["total_loss", "lr", "bbox/AP50"]) <= tags
+
+
+def test_checkpoint_carries_everything_needed(run: Path):
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    for key in ["model", "optimizer", "scheduler", "scaler", "iteration", "rng", "classes",
+                "category_ids", "config"]:
+        assert key in ckpt, key
+    assert ckpt["classes"] == ["rectangle", "ellipse", "triangle"]
+    assert ckpt["config"]["schedule"]["max_iter"] == 20
+
+
+def test_rcnn_eval_reproduces_the_final_metrics(run: Path, tmp_path: Path):
+    r = run_cli("rcnn-eval", f"ckpt={run / 'checkpoints' / 'last.pt'}",
+                f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ours = json.loads((tmp_path / "metrics.json").read_text())
+    final = json.loads((run / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert ours[key] == pytest.approx(final[key], abs=1e-6, nan_ok=True) or (
+            ours[key] is None and final[key] is None), key
+    assert "bbox/AP50" in r.stdout
+
+
+def test_resume_from_last_continues_at_the_saved_iteration(run: Path, tmp_path: Path):
+    overrides = [o for o in TINY if not o.startswith("schedule.max_iter")]
+    r = run_cli("rcnn-train", *overrides, "schedule.max_iter=22", "schedule.eval_period=10",
+                "schedule.checkpoint_period=10", "model.box_head.score_thresh=0.0",
+                f"resume={run}", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resumed from" in (tmp_path / "train.log").read_text()
+    assert "at iteration 20" in (tmp_path / "train.log").read_text()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert min(r["iteration"] for r in rows) > 20
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 22
+
+
+def test_bad_checkpoint_is_one_clear_line(tmp_path: Path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = run_cli("rcnn-eval", f"ckpt={bad}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert r.returncode == 1
+    assert "bad.pt" in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr

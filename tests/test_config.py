@@ -1,0 +1,106 @@
+"""Config tree: every option composes; typos, wrong types and missing values fail early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from rcnn_cli.config import typed_train_config, validate
+from rcnn_cli.errors import ConfigError
+from tests.conftest import REPO, compose_cfg, run_cli
+
+CONF = REPO / "conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+
+
+def test_every_group_has_options():
+    for group in ("model", "backbone", "anchors", "sampler", "schedule", "dataset"):
+        assert group in GROUPS and any(g == group for g, _ in OPTIONS)
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes(group, option):
+    cfg = compose_cfg("train", [f"{group}={option}"])
+    validate(cfg)
+    if group != "experiment":
+        assert cfg[group].name == option
+    OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_eval_config_composes_with_and_without_dataset():
+    cfg = compose_cfg("eval", ["ckpt=x.pt"])
+    assert cfg.dataset is None
+    validate(cfg)
+    cfg = compose_cfg("eval", ["ckpt=x.pt", "dataset=shapes"])
+    assert cfg.dataset.name == "shapes"
+
+
+def test_cli_typo_fails_naming_the_key():
+    with pytest.raises(ConfigCompositionException, match="schedule.lrr"):
+        compose_cfg("train", ["schedule.lrr=0.1"])
+
+
+def test_wrong_type_fails_naming_the_key():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg("train", ["schedule.lr=fast"])
+    assert "schedule.lr" in str(e.value) + str(e.value.__cause__)
+
+
+def test_plus_typo_is_rejected_by_validate():
+    cfg = compose_cfg("train", ["+schedule.lrr=0.1"])
+    with pytest.raises(ConfigError, match="schedule.lrr"):
+        validate(cfg)
+
+
+def test_all_missing_values_are_listed_at_once():
+    cfg = compose_cfg("eval")
+    cfg.eval.batch_size = "???"
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert "ckpt" in str(e.value) and "eval.batch_size" in str(e.value)
+
+
+def test_typo_in_a_yaml_file_fails_naming_the_key(tmp_path: Path):
+    bad = tmp_path / "schedule"
+    bad.mkdir()
+    (bad / "typo.yaml").write_text("defaults:\n  - schedule_schema\n  - _self_\n"
+                                   "name: typo\nmax_itre: 10\n")
+    r = run_cli("rcnn-train", "--config-dir", str(tmp_path), "schedule=typo",
+                f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode != 0
+    assert "max_itre" in r.stderr + r.stdout
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("args,key", [
+    (["schedule.lrr=0.1"], "schedule.lrr"),
+    (["+schedule.lrr=0.1"], "schedule.lrr"),
+    (["schedule.max_iter=many"], "schedule.max_iter"),
+])
+def test_cli_errors_exit_before_any_work(tmp_path: Path, args, key):
+    r = run_cli("rcnn-train", *args, f"hydra.run.dir={tmp_path}")
+    assert r.returncode != 0
+    assert key in r.stderr + r.stdout
+    assert not (tmp_path / "metrics.jsonl").exists()
+    assert "Traceback" not in r.stderr
+
+
+def test_rcnn_eval_without_ckpt_names_it(tmp_path: Path):
+    r = run_cli("rcnn-eval", f"hydra.run.dir={tmp_path}")
+    assert r.returncode != 0
+    assert "ckpt" in r.stderr + r.stdout
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_typed_train_config_restores_enums_and_rejects_unknown_keys():
+    cfg = compose_cfg("train")
+    stored = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    typed = typed_train_config(stored)
+    assert typed.backbone.norm.name == "bn"
+    stored["schedule"]["bogus"] = 1
+    with pytest.raises(ConfigError, match="bogus"):
+        typed_train_config(stored)
