@@ -156,6 +156,7 @@ class ShapesConf(DatasetConf):
     max_objects: int = 6
     min_scale: float = 0.1
     max_scale: float = 0.5
+    max_aspect: float = 2.0
     seed: int = 0
     with_masks: bool = False
     min_size: int = II(".image_size")
@@ -277,6 +278,7 @@ def validate(cfg) -> None:
     bad = unknown(cfg, "")
     if bad:
         raise ConfigError(f"unknown config key(s): {', '.join(sorted(bad))}")
+    _check_ranges(cfg)
     masked = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
     missing = sorted(OmegaConf.missing_keys(masked))
     if missing:
@@ -284,6 +286,27 @@ def validate(cfg) -> None:
             f"missing value(s) for: {', '.join(missing)} (set them on the command line, e.g. "
             f"{missing[0]}=...)"
         )
+
+
+# (key, lowest allowed value): checked when the key is present and set.
+POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
+                 ("schedule.checkpoint_period", 1), ("schedule.eval_period", 0),
+                 ("schedule.warmup_iters", 0), ("log.period", 1), ("eval.batch_size", 1),
+                 ("dataset.num_workers", 0)]
+
+
+def _check_ranges(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from rcnn_cli.errors import ConfigError
+
+    for key, low in POSITIVE_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if isinstance(value, int) and value < low:
+            raise ConfigError(f"{key}={value}: must be >= {low}")
+    lr = OmegaConf.select(cfg, "schedule.lr", default=None, throw_on_missing=False)
+    if isinstance(lr, float) and lr <= 0:
+        raise ConfigError(f"schedule.lr={lr}: must be > 0")
 
 
 DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf}

@@ -104,3 +104,11 @@ def test_typed_train_config_restores_enums_and_rejects_unknown_keys():
     stored["schedule"]["bogus"] = 1
     with pytest.raises(ConfigError, match="bogus"):
         typed_train_config(stored)
+
+
+@pytest.mark.parametrize("override", ["schedule.checkpoint_period=0", "log.period=0",
+                                      "schedule.lr=-0.1", "schedule.max_iter=0"])
+def test_out_of_range_values_are_named(override):
+    cfg = compose_cfg("train", [override])
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        validate(cfg)

@@ -15,7 +15,7 @@ def build_raw_dataset(cfg, split: str, with_masks: bool = False):
         size = {"train": cfg.train_size, "val": cfg.val_size}[split]
         return ShapesDataset(split, size, cfg.image_size, cfg.min_objects, cfg.max_objects,
                              cfg.min_scale, cfg.max_scale, cfg.seed,
-                             with_masks=with_masks or cfg.with_masks)
+                             with_masks=with_masks or cfg.with_masks, max_aspect=cfg.max_aspect)
     raise ConfigError(f"dataset={cfg.name} is not supported; available: {', '.join(DATASETS)}")
 
 

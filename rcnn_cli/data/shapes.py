@@ -2,6 +2,8 @@
 
 Each image is a pure function of ``(seed, split, index)``: a textured, noisy background and
 1-6 objects whose class is their *shape* (rectangle, ellipse, triangle), never their colour.
+The aspect ratio is bounded (``max_aspect``): a 5:1 ellipse and a 5:1 rectangle a dozen
+pixels long are the same pixels, so unbounded ratios would make labels ambiguous.
 Boxes are the tight boxes of each object's visible mask, so they are exact by construction.
 Only compact annotation arrays live in memory; pixels are rendered on access.
 """
@@ -54,7 +56,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def layout(rng: np.random.Generator, size: int, min_objects: int, max_objects: int,
-           min_scale: float, max_scale: float) -> tuple[np.ndarray, np.ndarray]:
+           min_scale: float, max_scale: float,
+           max_aspect: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """Place objects; returns labels (N,) and visible masks (N, size, size), paint order."""
     n_target = int(rng.integers(min_objects, max_objects + 1))
     labels: list[int] = []
@@ -64,7 +67,9 @@ def layout(rng: np.random.Generator, size: int, min_objects: int, max_objects: i
         if len(labels) == n_target:
             break
         kind = int(rng.integers(1, len(CLASSES) + 1))
-        w, h = rng.uniform(min_scale, max_scale, 2) * size
+        side = rng.uniform(min_scale, max_scale) * size
+        aspect = math.exp(rng.uniform(-math.log(max_aspect), math.log(max_aspect)))
+        w, h = side * math.sqrt(aspect), side / math.sqrt(aspect)
         cx, cy = rng.uniform(0.1, 0.9, 2) * size
         r = math.hypot(w, h) / 2 + 1
         x0, x1 = max(0, int(cx - r)), min(size, int(cx + r) + 1)
@@ -119,15 +124,17 @@ class ShapesDataset:
 
     def __init__(self, split: str, num_images: int, image_size: int, min_objects: int = 1,
                  max_objects: int = 6, min_scale: float = 0.1, max_scale: float = 0.5,
-                 seed: int = 0, with_masks: bool = False):
+                 seed: int = 0, with_masks: bool = False, max_aspect: float = 2.0):
         if split not in SPLITS:
             raise ValueError(f"shapes: unknown split {split!r}; expected one of {list(SPLITS)}")
         if not 1 <= min_objects <= max_objects:
             raise ValueError("shapes: need 1 <= min_objects <= max_objects")
         if not 0 < min_scale <= max_scale <= 1:
             raise ValueError("shapes: need 0 < min_scale <= max_scale <= 1")
+        if max_aspect < 1:
+            raise ValueError("shapes: need max_aspect >= 1")
         self.split, self.size, self.seed = split, image_size, seed
-        self.params = (min_objects, max_objects, min_scale, max_scale)
+        self.params = (min_objects, max_objects, min_scale, max_scale, max_aspect)
         self.with_masks = with_masks
         self.classes = list(CLASSES)
         self.category_ids = list(range(1, len(CLASSES) + 1))

@@ -135,7 +135,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        values["total_loss"] = float(total)
+        values["total_loss"] = float(total.detach())
         return values
 
     def evaluate(self, progress: Progress | None = None) -> dict:

@@ -68,3 +68,16 @@ def test_non_finite_loss_stops_with_iteration_and_image_ids(tmp_path, monkeypatc
     monkeypatch.setattr(trainer_mod, "build_detector", poisoned)
     with pytest.raises(trainer_mod.NonFiniteLossError, match=r"iteration 1: .*image ids \["):
         train(compose_cfg("train", FLAT), tmp_path / "nan")
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    metrics = train(compose_cfg("train", FLAT + ["schedule.amp=bf16", "schedule.max_iter=2",
+                                                 "device=cpu"]), tmp_path / "bf16")
+    assert metrics["iteration"] == 2
+    ckpt = weights(tmp_path / "bf16" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_fp16_on_cpu_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="schedule.amp=fp16 needs device=cuda"):
+        train(compose_cfg("train", FLAT + ["schedule.amp=fp16", "device=cpu"]), tmp_path / "x")
