@@ -33,6 +33,11 @@ class Amp(Enum):
     fp16 = "fp16"
 
 
+class Optimizer(Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
 class Decay(Enum):
     step = "step"
     cosine = "cosine"
@@ -168,11 +173,13 @@ class ShapesConf(DatasetConf):
 
 @dataclass
 class ScheduleConf:
-    """Optimisation: SGD + warm-up + step/cosine decay; ``decay_steps`` are fractions of max_iter."""
+    """Optimisation: SGD (momentum) or AdamW (``momentum`` is its beta1), warm-up, step/cosine
+    decay; ``decay_steps`` are fractions of max_iter."""
 
     name: str = MISSING
     max_iter: int = 1000
     batch_size: int = 4
+    optimizer: Optimizer = Optimizer.sgd
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4

@@ -1,4 +1,4 @@
-"""SGD with momentum and weight decay; linear warm-up then step or cosine decay."""
+"""Optimizers (SGD with momentum, AdamW); linear warm-up then step or cosine decay."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import torch
 from torch import nn
 
 
-def build_optimizer(model: nn.Module, lr: float, momentum: float,
-                    weight_decay: float) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
+                    weight_decay: float) -> torch.optim.Optimizer:
+    """SGD with momentum (the papers' choice) or AdamW (Loshchilov & Hutter 2019)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    name = getattr(name, "value", name)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999),
+                                 weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 

@@ -82,8 +82,8 @@ class Trainer:
         self.classes = list(self.train_set.raw.classes)
         self.category_ids = list(self.train_set.raw.category_ids)
         self.model = build_detector(cfg, len(self.classes)).to(self.device)
-        self.optimizer = build_optimizer(self.model, self.sched.lr, self.sched.momentum,
-                                         self.sched.weight_decay)
+        self.optimizer = build_optimizer(self.model, self.sched.optimizer, self.sched.lr,
+                                         self.sched.momentum, self.sched.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.store = CheckpointStore(run_dir / "checkpoints")

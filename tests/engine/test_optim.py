@@ -25,3 +25,18 @@ def test_cosine_decay():
     assert lr_factor(100, 100, 0, 1.0, "cosine", [], 0.1) == pytest.approx(0.0, abs=1e-12)
     assert lr_factor(25, 100, 0, 1.0, "cosine", [], 0.1) == pytest.approx(
         0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_optimizer_choice():
+    import torch
+
+    from rcnn_cli.engine.optim import build_optimizer
+
+    model = torch.nn.Linear(2, 2)
+    model.bias.requires_grad_(False)
+    sgd = build_optimizer(model, "sgd", 0.1, 0.9, 1e-4)
+    assert isinstance(sgd, torch.optim.SGD) and len(sgd.param_groups[0]["params"]) == 1
+    adamw = build_optimizer(model, "adamw", 1e-3, 0.9, 0.05)
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert adamw.param_groups[0]["betas"] == (0.9, 0.999)
+    assert adamw.param_groups[0]["weight_decay"] == 0.05
