@@ -75,11 +75,12 @@ def check_targets(targets) -> None:
                             "validation should have caught it")
 
 
-def check_loss(losses: dict, iteration: int, images, targets, run_dir: Path) -> None:
-    """Raise ``NonFiniteLossError`` (after writing ``failed_batch.json``) if any term is."""
+def check_loss(losses: dict, iteration: int, images, targets, run_dir: Path) -> dict:
+    """The loss terms as floats; ``NonFiniteLossError`` (after writing ``failed_batch.json``)
+    if any is NaN or infinite."""
     values = {k: float(v.detach()) for k, v in losses.items()}
     if all(math.isfinite(v) for v in values.values()):
-        return
+        return values
     batch = describe_batch(images, targets)
     path = Path(run_dir) / "failed_batch.json"
     atomic_write_json(path, {"iteration": iteration,

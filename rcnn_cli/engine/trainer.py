@@ -120,13 +120,12 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
                                 enabled=self.amp is not None):
                 losses = self.model(images, targets)
-            faults.check_loss(losses, self.iteration + 1, images, targets, self.run_dir)
+            values = faults.check_loss(losses, self.iteration + 1, images, targets, self.run_dir)
             total = sum(losses.values())
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
         self.apply_gradients()
         self.scheduler.step()
-        values = {k: float(v.detach()) for k, v in losses.items()}
         values["total_loss"] = float(total.detach())
         return values
 
