@@ -264,7 +264,8 @@ class EvalMainConf:
 @dataclass
 class PredictMainConf:
     """``input``: an image, a folder, a glob, or ``dataset`` (the ``split`` of ``dataset``, by
-    default the checkpoint's dataset config)."""
+    default the checkpoint's dataset config). ``ann_file``: a COCO annotation file whose image
+    ids the results use (matched by file name). ``limit``: first N images (0 = all)."""
 
     ckpt: str = MISSING
     input: str = MISSING
@@ -273,9 +274,11 @@ class PredictMainConf:
     batch_size: int = 4
     split: str = "val"
     limit: int = 0
+    ann_file: str | None = None
     dataset: Any = None
     device: Device = Device.auto
     threads: int = 0
+    ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
 
 GROUP_SCHEMAS: dict[str, type] = {

@@ -89,6 +89,11 @@ def build_evaluator(gt: dict, eval_cfg, iou_types=("bbox",)) -> DetectionEvaluat
     return DetectionEvaluator(gt, eval_cfg.metric, eval_cfg.backend, iou_types)
 
 
+def iou_types_for(cfg) -> tuple[str, ...]:
+    """Box AP always; mask AP too when the model predicts masks (``model=mask``)."""
+    return ("bbox", "segm") if cfg.model.name == "mask" else ("bbox",)
+
+
 def headline(metrics: dict) -> float:
     """The number a run is ranked by: COCO box AP, else VOC mAP (0.0 when undefined)."""
     for key in ("bbox/AP", "voc/mAP", "voc07/mAP"):

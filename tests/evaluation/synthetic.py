@@ -25,13 +25,21 @@ def _box(rng) -> list[float]:
     return [float(x), float(y), float(w), float(h)]
 
 
+def _false_positive(rng, image_id: int, category_ids) -> dict:
+    return {"image_id": image_id, "bbox": _box(rng), "category_id": int(rng.choice(category_ids)),
+            "score": float(rng.random() * 0.7)}
+
+
 def generate(num_images: int = 300, category_ids=(1, 3, 7, 8), seed: int = 0,
-             masks: bool = False) -> tuple[dict, list[dict]]:
+             masks: bool = False, dets_per_image: int = 0) -> tuple[dict, list[dict]]:
+    """``dets_per_image`` > 0: pad each image's detections with false positives (or keep its
+    highest-scoring ones) to exactly that many, as a detector's ``detections_per_img`` does."""
     rng = np.random.default_rng(seed)
     images = [{"id": i, "width": SIZE, "height": SIZE, "file_name": f"{i}.png"}
               for i in range(1, num_images + 1)]
     anns, dets = [], []
     for img in images:
+        mine = []
         empty = rng.random() < 0.15
         for _ in range(0 if empty else int(rng.integers(1, 6))):
             box, cat = _box(rng), int(rng.choice(category_ids))
@@ -46,13 +54,17 @@ def generate(num_images: int = 300, category_ids=(1, 3, 7, 8), seed: int = 0,
                 jitter = np.array(box) + rng.normal(0, 0.12, 4) * np.array([box[2], box[3]] * 2)
                 jitter[2:] = np.maximum(jitter[2:], 1.0)
                 same = rng.random() < 0.85
-                dets.append({"image_id": img["id"], "bbox": [float(v) for v in jitter],
+                mine.append({"image_id": img["id"], "bbox": [float(v) for v in jitter],
                              "category_id": cat if same else int(rng.choice(category_ids)),
                              "score": float(rng.random())})
-        for _ in range(int(rng.integers(0, 4))):  # false positives, also on empty images
-            dets.append({"image_id": img["id"], "bbox": _box(rng),
-                         "category_id": int(rng.choice(category_ids)),
-                         "score": float(rng.random() * 0.7)})
+        # false positives, also on empty images
+        mine += [_false_positive(rng, img["id"], category_ids)
+                 for _ in range(int(rng.integers(0, 4)))]
+        if dets_per_image:
+            mine += [_false_positive(rng, img["id"], category_ids)
+                     for _ in range(dets_per_image - len(mine))]
+            mine = sorted(mine, key=lambda d: -d["score"])[:dets_per_image]
+        dets += mine
     if masks:
         for d in dets:
             d["segmentation"] = _rle(_ellipse(d["bbox"]))

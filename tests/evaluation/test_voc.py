@@ -61,3 +61,21 @@ def test_ap_formulas_on_a_perfect_and_a_half_curve():
     assert ap_area(np.array([0.5, 1.0]), np.array([1.0, 1.0])) == pytest.approx(1.0)
     assert ap_11_point(np.array([0.5]), np.array([1.0])) == pytest.approx(6 / 11)
     assert ap_area(np.array([0.5]), np.array([1.0])) == pytest.approx(0.5)
+
+
+def test_detections_on_an_image_without_ground_truth_are_false_positives():
+    # Image 3 has no annotation at all. Ranked FP, TP, (difficult), FP, TP over 2 positives:
+    # recall 0 .5 .5 1, precision 0 1/2 1/3 1/2; the envelope is 1/2 everywhere.
+    dets = DETS + [_det(3, 1, [0, 0, 10, 10], 0.95)]
+    assert voc_evaluate(GT, dets, "voc").per_class_ap[0] == pytest.approx(0.5)
+    assert voc_evaluate(GT, dets, "voc07").per_class_ap[0] == pytest.approx(0.5)
+
+
+def test_non_finite_boxes_are_dropped_and_counted_for_voc_too():
+    from rcnn_cli.evaluation.build import DetectionEvaluator
+
+    nan = _det(1, 1, [float("nan"), 0, 10, 10], 0.99)
+    ev = DetectionEvaluator(GT, metric="voc07")
+    clean, dirty = ev.evaluate(DETS), ev.evaluate(DETS + [nan])
+    assert dirty["bbox/dropped_nonfinite"] == 1 and clean["bbox/dropped_nonfinite"] == 0
+    assert dirty["voc07/mAP"] == clean["voc07/mAP"] == pytest.approx(28 / 33)
