@@ -32,7 +32,7 @@ from rcnn_cli.engine import runtime
 from rcnn_cli.engine.evaluator import build_trained_model, check_classes, load_trained
 from rcnn_cli.engine.trainer import hydra_run_dir, make_progress
 from rcnn_cli.errors import ConfigError, DataError
-from rcnn_cli.evaluation.draw import draw_output, write_image
+from rcnn_cli.evaluation.draw import draw_output, read_image, write_image
 from rcnn_cli.evaluation.inference import to_coco_results
 from rcnn_cli.io import atomic_write_json
 
@@ -98,11 +98,11 @@ def load_pixels(item: Item, raw=None) -> torch.Tensor:
     if item.index is not None:
         image = torch.from_numpy(np.ascontiguousarray(raw.raw(item.index)[0])).permute(2, 0, 1)
     else:
-        from torchvision.io import ImageReadMode, decode_image, read_file
+        from PIL import UnidentifiedImageError
 
         try:
-            image = decode_image(read_file(str(item.path)), mode=ImageReadMode.RGB)
-        except (RuntimeError, OSError) as e:
+            image = read_image(item.path)
+        except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"{item.path}: cannot decode the image: {e}") from None
     return image.float() / 255
 

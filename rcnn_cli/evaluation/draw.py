@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import torch
-from torchvision.io import encode_jpeg, encode_png
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
 from rcnn_cli.io import atomic_write_bytes
@@ -78,10 +79,25 @@ def grid(images: list[torch.Tensor], ncol: int) -> torch.Tensor:
 
 
 def encode(image: torch.Tensor, suffix: str) -> bytes:
-    """PNG, or JPEG (quality 95) for ``.jpg``/``.jpeg``."""
+    """(3, H, W) uint8 as PNG, or JPEG (quality 95) for ``.jpg``/``.jpeg`` (Pillow)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
     if suffix.lower() in (".jpg", ".jpeg"):
-        return encode_jpeg(image, quality=95).numpy().tobytes()
-    return encode_png(image).numpy().tobytes()
+        pil.save(buf, format="JPEG", quality=95)
+    else:
+        pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """A PNG/JPEG file as a (3, H, W) uint8 RGB tensor (Pillow)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 
 def write_image(path: str | Path, image: torch.Tensor) -> Path:

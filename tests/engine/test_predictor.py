@@ -9,12 +9,11 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torchvision.io import decode_image, read_file
 
 from rcnn_cli.data.shapes import ShapesDataset
 from rcnn_cli.engine.predictor import predict_images
 from rcnn_cli.errors import ConfigError, DataError
-from rcnn_cli.evaluation.draw import write_image
+from rcnn_cli.evaluation.draw import read_image, write_image
 from tests.conftest import compose_cfg, run_cli
 from tests.evaluation.untrained import make_export
 
@@ -45,8 +44,7 @@ def test_folder_gives_drawn_images_and_results_pycocotools_reloads(export, sourc
                 f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 0, r.stdout + r.stderr
     for src in sorted(images.iterdir()):
-        drawn = decode_image(read_file(str(out / src.name)))
-        original = decode_image(read_file(str(src)))
+        drawn, original = read_image(out / src.name), read_image(src)
         assert drawn.shape == original.shape and not torch.equal(drawn, original), src.name
     gt = COCO(str(ann))
     dets = json.loads((out / "detections.json").read_text())
@@ -91,6 +89,10 @@ def test_bad_inputs_are_clear_errors(export, source, tmp_path):
     with pytest.raises(DataError, match="val_000001.png"):
         predict_images(compose_cfg("predict", base + [f"input={source[0]}",
                                                       f"ann_file={other}"]))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="broken.png: cannot decode"):
+        predict_images(compose_cfg("predict", base + [f"input={tmp_path / 'broken'}"]))
     with pytest.raises(ConfigError, match="score_thresh=1.5"):
         predict_images(compose_cfg("predict", base + [f"input={source[0]}",
                                                       "score_thresh=1.5"]))

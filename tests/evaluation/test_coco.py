@@ -13,7 +13,6 @@ from tests.evaluation.synthetic import generate
 BACKENDS = ["faster-coco-eval", "pycocotools"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 def test_both_backends_give_the_same_12_stats_and_per_class_ap(iou_type):
     gt, dets = generate(300, masks=iou_type == "segm")
