@@ -43,6 +43,14 @@ class Decay(Enum):
     cosine = "cosine"
 
 
+class EvalMetric(Enum):
+    """COCO's 12 stats, or Pascal VOC AP at IoU 0.5 (VOC07 11-point or VOC2010+ area)."""
+
+    coco = "coco"
+    voc07 = "voc07"
+    voc = "voc"
+
+
 # --- model parts ----------------------------------------------------------------------
 
 
@@ -197,13 +205,23 @@ class ScheduleConf:
 
 @dataclass
 class LogConf:
+    """``images_every``: iterations between TensorBoard pictures of ``images_count`` fixed
+    validation images (ground truth and predictions above ``images_score_thresh``); 0 = off."""
+
     period: int = 20
     tensorboard: bool = True
+    images_every: int = 250
+    images_count: int = 4
+    images_score_thresh: float = 0.5
 
 
 @dataclass
 class EvalConf:
+    """``backend``: faster-coco-eval (C++) or pycocotools; same numbers, see docs/benchmarks.md."""
+
     batch_size: int = 8
+    metric: EvalMetric = EvalMetric.coco
+    backend: str = "faster-coco-eval"
 
 
 @dataclass
@@ -243,6 +261,26 @@ class EvalMainConf:
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
 
+@dataclass
+class PredictMainConf:
+    """``input``: an image, a folder, a glob, or ``dataset`` (the ``split`` of ``dataset``, by
+    default the checkpoint's dataset config). ``ann_file``: a COCO annotation file whose image
+    ids the results use (matched by file name). ``limit``: first N images (0 = all)."""
+
+    ckpt: str = MISSING
+    input: str = MISSING
+    output: str | None = None
+    score_thresh: float = 0.5
+    batch_size: int = 4
+    split: str = "val"
+    limit: int = 0
+    ann_file: str | None = None
+    dataset: Any = None
+    device: Device = Device.auto
+    threads: int = 0
+    ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
+
+
 GROUP_SCHEMAS: dict[str, type] = {
     "model": ModelConf,
     "backbone": BackboneConf,
@@ -259,6 +297,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConf)
     cs.store(name="eval_schema", node=EvalMainConf)
+    cs.store(name="predict_schema", node=PredictMainConf)
     for group, node in GROUP_SCHEMAS.items():
         cs.store(group=group, name=f"{group}_schema", node=node)
     cs.store(group="dataset", name="shapes_schema", node=ShapesConf)
@@ -312,7 +351,11 @@ POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("schedule.checkpoint_period", 1), ("schedule.eval_period", 0),
                  ("schedule.warmup_iters", 0), ("log.period", 1), ("eval.batch_size", 1),
                  ("dataset.num_workers", 0), ("schedule.keep_checkpoints", 1),
-                 ("faults.max_nonfinite_steps", 1)]
+                 ("faults.max_nonfinite_steps", 1), ("log.images_every", 0),
+                 ("log.images_count", 1), ("limit", 0), ("batch_size", 1)]
+
+# (key, allowed values): checked when the key is present.
+CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools"))]
 
 
 def _check_ranges(cfg) -> None:
@@ -324,6 +367,10 @@ def _check_ranges(cfg) -> None:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if isinstance(value, int) and value < low:
             raise ConfigError(f"{key}={value}: must be >= {low}")
+    for key, allowed in CHOICE_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"{key}={value}: must be one of {', '.join(allowed)}")
     lr = OmegaConf.select(cfg, "schedule.lr", default=None, throw_on_missing=False)
     if isinstance(lr, float) and lr <= 0:
         raise ConfigError(f"schedule.lr={lr}: must be > 0")
