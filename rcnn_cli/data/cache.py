@@ -20,7 +20,7 @@ from rcnn_cli.data.annotations import AnnotationStore
 from rcnn_cli.io import atomic_write_bytes
 
 log = logging.getLogger("rcnn_cli")
-VERSION = 1
+VERSION = 2
 
 
 def cache_dir(configured: str | None) -> Path:

@@ -246,6 +246,11 @@ def validate_index(raw: RawIndex, strict: bool, max_pixels: int = 0,
     problems.raise_fatal()
     store = _pack(raw, keep_image, keep, img_of, boxes)
     store.report = report_of(store, problems, strict)
+    annotated: dict[int, int] = {}
+    for a in anns:
+        annotated[a.category_id] = annotated.get(a.category_id, 0) + 1
+    store.report["annotated_per_category"] = {str(c): n for c, n in sorted(annotated.items())}
+    store.report["images_listed"] = len(raw.images)
     if len(store) == 0:
         raise DataError(f"{raw.category_source or raw.images_dir}: the dataset has no usable "
                         "images" + (f" ({len(raw.images)} listed, all skipped)"
