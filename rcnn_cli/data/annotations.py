@@ -73,6 +73,11 @@ class AnnotationStore:
     def span(self, i: int) -> slice:
         return slice(int(self.ann_offsets[i]), int(self.ann_offsets[i + 1]))
 
+    def targets_per_image(self) -> np.ndarray:
+        """``(N,)`` number of non-crowd annotations (training targets) of each image."""
+        image_of = np.repeat(np.arange(len(self)), np.diff(self.ann_offsets))
+        return np.bincount(image_of[~self.crowd], minlength=len(self))
+
     def segmentation(self, k: int):
         lo, hi = self.segm_offsets[k], self.segm_offsets[k + 1]
         return json.loads(self.segm_bytes[lo:hi].tobytes()) if hi > lo else None
@@ -81,14 +86,15 @@ class AnnotationStore:
         """The images where ``keep`` (bool, per image) is true, with their annotations."""
         idx = np.flatnonzero(keep)
         counts = np.diff(self.ann_offsets)[idx]
-        ann = (np.concatenate([np.arange(self.ann_offsets[i], self.ann_offsets[i + 1])
-                               for i in idx]) if len(idx) else np.zeros(0, np.int64)).astype(np.int64)
+        new_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        ann = (np.repeat(self.ann_offsets[idx], counts) +
+               np.arange(new_offsets[-1]) - np.repeat(new_offsets[:-1], counts)).astype(np.int64)
         seg_len = np.diff(self.segm_offsets)[ann]
         seg = (np.concatenate([self.segm_bytes[self.segm_offsets[k]:self.segm_offsets[k + 1]]
-                               for k in ann]) if len(ann) else np.zeros(0, np.uint8))
+                               for k in ann]) if seg_len.sum() else np.zeros(0, np.uint8))
         return AnnotationStore(
             self.image_ids[idx], self.widths[idx], self.heights[idx], self.file_names[idx],
-            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), self.boxes[ann],
+            new_offsets, self.boxes[ann],
             self.category_ids[ann], self.ann_ids[ann], self.areas[ann], self.crowd[ann],
             seg.astype(np.uint8), np.concatenate([[0], np.cumsum(seg_len)]).astype(np.int64),
             self.categories, self.images_dir, self.report)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
 from rcnn_cli.data.loader import DetectionView
 from rcnn_cli.data.shapes import ShapesDataset
 from rcnn_cli.errors import ConfigError
@@ -52,9 +50,7 @@ def build_raw_dataset(cfg, split: str, with_masks: bool = False):
 def drop_empty(raw, name: str):
     """Training only: leave out images without a (non-crowd) target, counted and logged."""
     s = raw.store
-    has_target = np.add.reduceat(~s.crowd, s.ann_offsets[:-1]) if len(s.crowd) else None
-    keep = (np.diff(s.ann_offsets) > 0) & (has_target > 0) if has_target is not None else \
-        np.zeros(len(s), bool)
+    keep = s.targets_per_image() > 0
     if keep.all():
         return raw
     if not keep.any():
@@ -64,6 +60,17 @@ def drop_empty(raw, name: str):
     log.info("dataset=%s: %d of %d training images have no (non-crowd) annotation: left out "
              "(dataset.filter_empty=true)", name, int((~keep).sum()), len(keep))
     return type(raw)(s.subset(keep), raw.with_masks, raw.max_pixels)
+
+
+def check_same_classes(train, val, name: str) -> None:
+    """Training and evaluation must agree on the categories (names and ids, in order)."""
+    a = list(zip(train.category_ids, train.classes))
+    b = list(zip(val.category_ids, val.classes))
+    if a != b:
+        from rcnn_cli.errors import DataError
+
+        raise DataError(f"dataset={name}: the val split's categories (id, name) {b} differ "
+                        f"from the train split's {a}")
 
 
 def build_dataset(cfg, split: str, train: bool, with_masks: bool = False) -> DetectionView:

@@ -40,6 +40,12 @@ def load_json(path: Path) -> dict:
     return data
 
 
+def _integer_id(value, what: str, path: Path) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DataError(f"{path}: {what}, field 'id': not an integer: {value!r}")
+    return value
+
+
 def _require(obj: dict, keys: tuple[str, ...], what: str, path: Path) -> None:
     if not isinstance(obj, dict):
         raise DataError(f"{path}: {what}: expected an object, got {type(obj).__name__}")
@@ -56,12 +62,12 @@ def parse_coco(json_path: str | Path, images_dir: str | Path) -> RawIndex:
     categories = []
     for n, c in enumerate(data["categories"]):
         _require(c, ("id", "name"), f"categories[{n}]", path)
-        if not isinstance(c["id"], int) or isinstance(c["id"], bool):
-            raise DataError(f"{path}: categories[{n}], field 'id': not an integer: {c['id']!r}")
+        _integer_id(c["id"], f"categories[{n}]", path)
         categories.append((c["id"], str(c["name"])))
     images = []
     for n, im in enumerate(data["images"]):
         _require(im, ("id", "file_name"), f"images[{n}]", path)
+        _integer_id(im["id"], f"images[{n}]", path)
         w, h = im.get("width"), im.get("height")
         if (w is not None and not _number(w)) or (h is not None and not _number(h)):
             raise DataError(f"{path}: image id {im['id']}, field 'width/height': not numbers")
@@ -70,6 +76,7 @@ def parse_coco(json_path: str | Path, images_dir: str | Path) -> RawIndex:
     anns = []
     for n, a in enumerate(data["annotations"]):
         _require(a, ("id",), f"annotations[{n}]", path)
+        _integer_id(a["id"], f"annotations[{n}]", path)
         where = f"annotation id {a['id']}"
         _require(a, ("image_id", "category_id", "bbox"), where, path)
         box = a["bbox"]

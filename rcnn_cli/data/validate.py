@@ -287,13 +287,15 @@ def _pack(raw: RawIndex, keep_image, keep, img_of, boxes) -> AnnotationStore:
 def report_of(store: AnnotationStore, problems: Problems, strict: bool) -> dict:
     """Counts for the log and ``rcnn-data check`` (stored in the index cache)."""
     n_ann = np.diff(store.ann_offsets)
-    n_target = np.add.reduceat(~store.crowd, store.ann_offsets[:-1]) if len(store.crowd) else 0
-    n_target = np.where(n_ann > 0, n_target, 0)
+    n_target = store.targets_per_image()
     ids = [c for c, _ in store.categories]
     notes = []
     if ids and ids != list(range(1, len(ids) + 1)):
         notes.append(f"category ids {ids} are not 1..{len(ids)}: mapped to contiguous labels "
                      f"1..{len(ids)} and back in results")
+    unused = sorted(set(ids) - set(store.category_ids.tolist()))
+    if unused:
+        notes.append(f"categories {unused} have no annotation in this split")
     return {"policy": "strict" if strict else "lenient", "problems": problems.summary(),
             "images": int(len(store)), "annotations": int(len(store.boxes)),
             "crowd": int(store.crowd.sum()), "empty_images": int((n_ann == 0).sum()),
