@@ -51,6 +51,11 @@ class EvalMetric(Enum):
     voc = "voc"
 
 
+class Validation(Enum):
+    strict = "strict"
+    lenient = "lenient"
+
+
 # --- model parts ----------------------------------------------------------------------
 
 
@@ -155,6 +160,49 @@ class DatasetConf:
     max_size: int = 1333
     flip_prob: float = 0.5
     num_workers: int = 0
+    # multi-scale training: shorter sides drawn per image (empty: min_size only)
+    train_min_sizes: list[int] = field(default_factory=list)
+    color_jitter: float = 0.0
+    aspect_grouping: bool = True
+
+
+@dataclass
+class FileDatasetConf(DatasetConf):
+    """Datasets read from files: validation policy (rcnn_cli.data.validate) and index cache."""
+
+    validation: Validation = Validation.lenient
+    filter_empty: bool = True
+    check_files: bool = True
+    max_pixels: int = 100_000_000
+    cache: bool = True
+    cache_dir: str | None = None
+
+
+@dataclass
+class CocoConf(FileDatasetConf):
+    """A COCO-format JSON file and an image folder per split (``rcnn_cli.data.coco``)."""
+
+    name: str = "coco"
+    train_json: str = MISSING
+    train_images: str = MISSING
+    val_json: str = MISSING
+    val_images: str = MISSING
+    test_json: str | None = None
+    test_images: str | None = None
+    with_masks: bool = False
+
+
+@dataclass
+class VocConf(FileDatasetConf):
+    """The Pascal VOC layout under ``root`` (``rcnn_cli.data.voc``)."""
+
+    name: str = "voc"
+    root: str = MISSING
+    train_split: str = "trainval"
+    val_split: str = "test"
+    test_split: str | None = None
+    classes: list[str] | None = None
+    use_difficult: bool = False
 
 
 @dataclass
@@ -281,6 +329,20 @@ class PredictMainConf:
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
 
+@dataclass
+class DataMainConf:
+    """``rcnn-data check|browse|convert``: dataset doctor (rcnn_cli.data_cli)."""
+
+    command: str = MISSING
+    dataset: Any = MISSING
+    split: str = "train"
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    n: int = 16
+    seed: int = 0
+    out: str | None = None
+    decode: bool = False
+
+
 GROUP_SCHEMAS: dict[str, type] = {
     "model": ModelConf,
     "backbone": BackboneConf,
@@ -301,6 +363,9 @@ def register_configs() -> None:
     for group, node in GROUP_SCHEMAS.items():
         cs.store(group=group, name=f"{group}_schema", node=node)
     cs.store(group="dataset", name="shapes_schema", node=ShapesConf)
+    cs.store(group="dataset", name="coco_schema", node=CocoConf)
+    cs.store(group="dataset", name="voc_schema", node=VocConf)
+    cs.store(name="data_schema", node=DataMainConf)
 
 
 register_configs()
@@ -352,7 +417,8 @@ POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("schedule.warmup_iters", 0), ("log.period", 1), ("eval.batch_size", 1),
                  ("dataset.num_workers", 0), ("schedule.keep_checkpoints", 1),
                  ("faults.max_nonfinite_steps", 1), ("log.images_every", 0),
-                 ("log.images_count", 1), ("limit", 0), ("batch_size", 1)]
+                 ("log.images_count", 1), ("limit", 0), ("batch_size", 1),
+                 ("dataset.max_pixels", 0), ("n", 1)]
 
 # (key, allowed values): checked when the key is present.
 CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools"))]
@@ -376,7 +442,7 @@ def _check_ranges(cfg) -> None:
         raise ConfigError(f"schedule.lr={lr}: must be > 0")
 
 
-DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf}
+DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf, "coco": CocoConf, "voc": VocConf}
 
 
 def typed_train_config(stored: dict, source: str = "checkpoint"):

@@ -22,7 +22,7 @@ from rich.progress import (
 )
 
 from rcnn_cli.config import validate
-from rcnn_cli.data.build import build_dataset
+from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader, train_loader
 from rcnn_cli.engine import faults, runtime
 from rcnn_cli.engine.checkpoint import CheckpointStore, resolve_resume, rng_state, set_rng_state
@@ -70,6 +70,7 @@ class Trainer:
         runtime.seed_everything(cfg.seed)
         self.train_set = build_dataset(cfg.dataset, "train", train=True)
         self.val_set = build_dataset(cfg.dataset, "val", train=False)
+        check_same_classes(self.train_set.raw, self.val_set.raw, cfg.dataset.name)
         self.classes = list(self.train_set.raw.classes)
         self.category_ids = list(self.train_set.raw.category_ids)
         self.model = build_detector(cfg, len(self.classes)).to(self.device)

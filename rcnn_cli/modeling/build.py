@@ -57,8 +57,10 @@ def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
         batch_size_per_image=s.roi.batch_size_per_image,
         positive_fraction=s.roi.positive_fraction,
     )
+    # Training images arrive resized by the input pipeline (rcnn_cli.data.transforms), so the
+    # model resizes only at inference (and maps boxes back to original image coordinates).
     transform = GeneralizedRCNNTransform(d.min_size, d.max_size, list(m.image_mean),
-                                         list(m.image_std))
+                                         list(m.image_std), _skip_resize=True)
     model = GeneralizedRCNN(backbone.module, rpn, roi_heads, transform)
     if m.weights:
         load_detector_weights(model, m.weights)
