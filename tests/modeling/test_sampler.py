@@ -62,7 +62,7 @@ def test_border_rule_reaches_the_rpn_of_the_paper_preset():
 
 
 @pytest.mark.parametrize(("n_pos", "n_neg", "batch", "fraction", "want_pos", "want_neg"), [
-    (100, 1000, 256, 0.5, 128, 128),   # enough of both: exactly the fraction
+    (200, 1000, 256, 0.5, 128, 128),   # enough of both: exactly the fraction
     (10, 1000, 256, 0.5, 10, 246),     # few positives: negatives fill the batch
     (100, 20, 256, 0.5, 100, 20),      # few of both: everything is taken
     (100, 1000, 64, 0.25, 16, 48),     # the paper's RoI minibatch: 25 % of 64 per image
