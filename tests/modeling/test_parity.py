@@ -1,7 +1,7 @@
 """torchvision parity: same parameter names and shapes, same detections with the same weights.
 
-Images are small (``min_size`` 320) on both sides to keep the tests fast; the layers that
-depend on the input scale are the same code paths at any size.
+Images are small (``min_size`` 224) and the test-time proposal / detection counts low on both
+sides to keep the tests fast; the same code paths run at any size and count.
 """
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ from rcnn_cli.modeling.backbones import resolve_weights
 from rcnn_cli.modeling.build import build_detector
 from tests.conftest import compose_cfg
 
-SIZE = {"min_size": 320, "max_size": 512}
+SIZE = {"min_size": 224, "max_size": 320}
+LIMITS = {"rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100,
+          "box_detections_per_img": 30}
 OURS = ["~experiment", "sampler=torchvision", "pooler=roi_align", "model.box_head.score_thresh=0.0",
-        f"dataset.min_size={SIZE['min_size']}", f"dataset.max_size={SIZE['max_size']}"]
+        f"dataset.min_size={SIZE['min_size']}", f"dataset.max_size={SIZE['max_size']}",
+        "model.rpn.pre_nms_top_n_test=300", "model.rpn.post_nms_top_n_test=100",
+        "model.box_head.detections_per_img=30"]
 
 CASES = {
     "faster_r50_fpn": (fasterrcnn_resnet50_fpn, {},
@@ -39,7 +43,7 @@ def make_pair(case: str):
     builder, kwargs, overrides = CASES[case]
     torch.manual_seed(0)
     ref = builder(weights=None, weights_backbone=None, num_classes=91, box_score_thresh=0.0,
-                  **SIZE, **kwargs)
+                  **SIZE, **LIMITS, **kwargs)
     ours = build_detector(compose_cfg("train", overrides + OURS), num_classes=90)
     return ref, ours
 
