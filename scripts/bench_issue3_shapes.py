@@ -5,7 +5,11 @@ Every model uses the default recipe (``experiment=shapes_cpu``: light ResNet-18 
 the same iterations, batch and data); only ``model=`` changes. Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/bench_issue3_shapes.py \
-        --out outputs/bench_issue3 [--max-iter 1200] [--models faster cascade mask] [-- k=v ...]
+        --out outputs/bench_issue3 [--max-iter 1200] [--models faster cascade mask] [k=v ...]
+
+Each model's numbers go to ``<out>/<model>/bench_result.json``, so the models can also run
+as separate processes (one ``--models`` each, same ``--out``); ``--report`` then prints the
+table and the verdict from whatever results are there.
 """
 
 from __future__ import annotations
@@ -48,19 +52,32 @@ def verdict(rows: dict[str, dict]) -> list[str]:
     return lines
 
 
+def report(out: Path) -> None:
+    rows = {p.parent.name: json.loads(p.read_text())
+            for p in sorted(out.glob("*/bench_result.json"))}
+    print("| model | iterations | bbox AP | bbox AP50 | bbox AP75 | segm AP50 | minutes |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        cells = [f"{r[k]:.4f}" if r[k] is not None else "n/a"
+                 for k in ("bbox/AP", "bbox/AP50", "bbox/AP75", "segm/AP50")]
+        print(f"| {name} | {r['max_iter']} | {' | '.join(cells)} | {r['seconds'] / 60:.1f} |")
+    print("\n".join(verdict(rows)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-iter", type=int, default=1200)
     parser.add_argument("--models", nargs="+", default=["faster", "cascade", "mask"])
+    parser.add_argument("--report", action="store_true", help="only print the results in --out")
     parser.add_argument("extra", nargs="*", help="more Hydra overrides for every model")
     args = parser.parse_args()
-    rows = {}
-    for model in args.models:
-        rows[model] = run_model(model, args.max_iter, args.extra, args.out)
-        atomic_write_json(args.out / "results.json", {"rows": rows, "verdict": verdict(rows)})
-        print(json.dumps(rows[model]), flush=True)
-    print("\n".join(verdict(rows)))
+    if not args.report:
+        for model in args.models:
+            row = run_model(model, args.max_iter, args.extra, args.out)
+            atomic_write_json(args.out / model / "bench_result.json",
+                              {**row, "max_iter": args.max_iter})
+    report(args.out)
 
 
 if __name__ == "__main__":
