@@ -18,7 +18,7 @@ from rcnn_cli.errors import CheckpointError
 from rcnn_cli.evaluation.build import build_evaluator, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.results import save_evaluation
-from rcnn_cli.modeling.build import build_detector
+from rcnn_cli.modeling.build import build_detector, uses_masks
 
 log = logging.getLogger("rcnn_cli")
 
@@ -53,7 +53,8 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
         train_cfg.dataset = cfg.dataset
     runtime.set_threads(cfg.threads)
     device = runtime.select_device(cfg.device)
-    dataset = build_dataset(train_cfg.dataset, "val", train=False)
+    masks = uses_masks(train_cfg.model.name)
+    dataset = build_dataset(train_cfg.dataset, "val", train=False, with_masks=masks)
     check_classes(ckpt, dataset.raw.classes, cfg.ckpt)
     evaluator = build_evaluator(dataset.raw.coco_gt(), cfg.eval, iou_types_for(train_cfg))
     model = build_trained_model(ckpt, train_cfg, device)

@@ -35,7 +35,7 @@ from rcnn_cli.engine.visuals import ValImages
 from rcnn_cli.evaluation.build import build_evaluator, headline, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
-from rcnn_cli.modeling.build import build_detector
+from rcnn_cli.modeling.build import build_detector, uses_masks
 
 log = logging.getLogger("rcnn_cli")
 
@@ -68,8 +68,9 @@ class Trainer:
         self.amp = runtime.amp_dtype(self.sched.amp, self.device)
         runtime.set_threads(cfg.threads)
         runtime.seed_everything(cfg.seed)
-        self.train_set = build_dataset(cfg.dataset, "train", train=True)
-        self.val_set = build_dataset(cfg.dataset, "val", train=False)
+        masks = uses_masks(cfg.model.name)
+        self.train_set = build_dataset(cfg.dataset, "train", train=True, with_masks=masks)
+        self.val_set = build_dataset(cfg.dataset, "val", train=False, with_masks=masks)
         check_same_classes(self.train_set.raw, self.val_set.raw, cfg.dataset.name)
         self.classes = list(self.train_set.raw.classes)
         self.category_ids = list(self.train_set.raw.category_ids)

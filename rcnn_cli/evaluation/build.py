@@ -90,8 +90,10 @@ def build_evaluator(gt: dict, eval_cfg, iou_types=("bbox",)) -> DetectionEvaluat
 
 
 def iou_types_for(cfg) -> tuple[str, ...]:
-    """Box AP always; mask AP too when the model predicts masks (``model=mask``)."""
-    return ("bbox", "segm") if cfg.model.name == "mask" else ("bbox",)
+    """Box AP always; mask AP too when the model predicts masks (``model=mask|cascade_mask``)."""
+    from rcnn_cli.modeling.build import uses_masks
+
+    return ("bbox", "segm") if uses_masks(cfg.model.name) else ("bbox",)
 
 
 def headline(metrics: dict) -> float:
