@@ -25,6 +25,7 @@ class Norm(Enum):
     frozen_bn = "frozen_bn"
     bn = "bn"
     gn = "gn"
+    none = "none"  # no normalisation layers (the original VGG16)
 
 
 class Amp(Enum):
@@ -74,6 +75,7 @@ class RPNSamplerConf:
     positive_fraction: float = 0.5
     fg_iou_thresh: float = 0.7
     bg_iou_thresh: float = 0.3
+    ignore_border: bool = False  # §3.1.3: anchors crossing the image border are ignored
 
 
 @dataclass
@@ -84,6 +86,7 @@ class RoISamplerConf:
     positive_fraction: float = 0.25
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.5
+    bg_iou_lo: float = 0.0  # background is IoU in [bg_iou_lo, bg_iou_thresh)
 
 
 @dataclass
@@ -102,6 +105,7 @@ class PoolerConf:
     sampling_ratio: int = 2
     canonical_scale: int = 224
     canonical_level: int = 4
+    aligned: bool = False  # RoIAlign half-pixel offset (roi_align only)
 
 
 @dataclass
@@ -112,6 +116,7 @@ class RPNConf:
     post_nms_top_n_test: int = 1000
     nms_thresh: float = 0.7
     score_thresh: float = 0.0
+    box_coder_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
 
 
 @dataclass
@@ -124,6 +129,27 @@ class BoxHeadConf:
 
 
 @dataclass
+class MaskHeadConf:
+    """Mask R-CNN §3: RoIAlign 14x14 -> 4 convs -> deconv -> per-class 28x28 masks."""
+
+    output_size: int = 14
+    sampling_ratio: int = 2
+    layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    dilation: int = 1
+    dim_reduced: int = 256
+
+
+@dataclass
+class CascadeConf:
+    """Cascade R-CNN §4: one entry per stage."""
+
+    iou_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7])
+    stage_loss_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    box_coder_weights: list[list[float]] = field(default_factory=lambda: [
+        [10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]])
+
+
+@dataclass
 class ModelConf:
     """Two-stage detector; ``weights`` loads a whole detector (torchvision name or file)."""
 
@@ -133,6 +159,8 @@ class ModelConf:
     image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     rpn: RPNConf = field(default_factory=RPNConf)
     box_head: BoxHeadConf = field(default_factory=BoxHeadConf)
+    mask_head: MaskHeadConf = field(default_factory=MaskHeadConf)
+    cascade: CascadeConf = field(default_factory=CascadeConf)
 
 
 # --- data -----------------------------------------------------------------------------

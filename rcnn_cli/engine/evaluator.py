@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: rebuild the model from its stored config, then COCO box AP."""
+"""Evaluate a checkpoint: rebuild the model from its stored config, then COCO box (and mask) AP."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from rcnn_cli.engine.checkpoint import load_checkpoint
 from rcnn_cli.engine.export import is_export, load_export
 from rcnn_cli.engine.trainer import hydra_run_dir, make_progress
 from rcnn_cli.errors import CheckpointError
-from rcnn_cli.evaluation.coco import CocoEvaluator
+from rcnn_cli.evaluation.coco import CocoEvaluators
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.report import print_metrics
 from rcnn_cli.io import atomic_write_json
-from rcnn_cli.modeling.build import build_detector
+from rcnn_cli.modeling.build import build_detector, uses_masks
 
 log = logging.getLogger("rcnn_cli")
 
@@ -36,7 +36,8 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
         train_cfg.dataset = cfg.dataset
     runtime.set_threads(cfg.threads)
     device = runtime.select_device(cfg.device)
-    dataset = build_dataset(train_cfg.dataset, "val", train=False)
+    masks = uses_masks(train_cfg.model.name)
+    dataset = build_dataset(train_cfg.dataset, "val", train=False, with_masks=masks)
     classes = list(ckpt["classes"])
     if list(dataset.raw.classes) != classes:
         raise CheckpointError(f"{cfg.ckpt}: the checkpoint's classes differ (count or order) "
@@ -48,7 +49,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
     loader = eval_loader(dataset, cfg.eval.batch_size, train_cfg.dataset.num_workers)
     with make_progress() as progress:
         dets = predict(model, loader, device, dataset.raw.category_ids, progress)
-    metrics = CocoEvaluator(dataset.raw.coco_gt()).evaluate(dets)
+    metrics = CocoEvaluators(dataset.raw.coco_gt(), with_masks=masks).evaluate(dets)
     metrics["iteration"] = int(ckpt["iteration"])
     atomic_write_json(run_dir / "predictions" / "detections.json", dets)
     atomic_write_json(run_dir / "metrics.json", metrics)

@@ -31,11 +31,11 @@ from rcnn_cli.engine.export import export_model
 from rcnn_cli.engine.faults import NonFiniteLossError  # noqa: F401  (re-exported)
 from rcnn_cli.engine.optim import build_optimizer, build_scheduler
 from rcnn_cli.engine.resume import check_resume_config
-from rcnn_cli.evaluation.coco import CocoEvaluator
+from rcnn_cli.evaluation.coco import CocoEvaluators
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.report import print_metrics
 from rcnn_cli.io import atomic_write_json
-from rcnn_cli.modeling.build import build_detector
+from rcnn_cli.modeling.build import build_detector, uses_masks
 
 log = logging.getLogger("rcnn_cli")
 
@@ -68,8 +68,9 @@ class Trainer:
         self.amp = runtime.amp_dtype(self.sched.amp, self.device)
         runtime.set_threads(cfg.threads)
         runtime.seed_everything(cfg.seed)
-        self.train_set = build_dataset(cfg.dataset, "train", train=True)
-        self.val_set = build_dataset(cfg.dataset, "val", train=False)
+        masks = uses_masks(cfg.model.name)
+        self.train_set = build_dataset(cfg.dataset, "train", train=True, with_masks=masks)
+        self.val_set = build_dataset(cfg.dataset, "val", train=False, with_masks=masks)
         self.classes = list(self.train_set.raw.classes)
         self.category_ids = list(self.train_set.raw.category_ids)
         self.model = build_detector(cfg, len(self.classes)).to(self.device)
@@ -80,7 +81,7 @@ class Trainer:
         self.store = CheckpointStore(run_dir / "checkpoints", self.sched.keep_checkpoints)
         self.grad_guard = faults.GradGuard(cfg.faults.max_nonfinite_steps)
         self.saved_iteration = -1
-        self.evaluator = CocoEvaluator(self.val_set.raw.coco_gt())
+        self.evaluator = CocoEvaluators(self.val_set.raw.coco_gt(), with_masks=masks)
         self.iteration, self.best_ap = 0, None
         if cfg.resume:
             self.resume(cfg.resume)

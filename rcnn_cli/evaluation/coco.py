@@ -1,4 +1,5 @@
-"""COCO box AP with pycocotools; the ground truth is built once from the annotations."""
+"""COCO box AP (and mask AP for mask models) with pycocotools; the ground truth is built once
+from the annotations."""
 
 from __future__ import annotations
 
@@ -53,6 +54,32 @@ class CocoEvaluator:
                for n, s in zip(STAT_NAMES, stats)}
         out[f"{self.iou_type}/dropped_nonfinite"] = dropped
         return out
+
+
+class CocoEvaluators:
+    """``bbox`` AP, plus ``segm`` AP when the detector predicts masks (Mask R-CNN §4)."""
+
+    def __init__(self, gt: dict, with_masks: bool = False):
+        types = ("bbox", "segm") if with_masks else ("bbox",)
+        self.parts = [CocoEvaluator(gt, t) for t in types]
+
+    def evaluate(self, detections: list[dict]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for part in self.parts:
+            out.update(part.evaluate(detections))
+        return out
+
+
+def encode_masks(masks: np.ndarray) -> list[dict]:
+    """COCO RLE (counts as str, JSON-ready) of binary ``(N, H, W)`` masks."""
+    from pycocotools import mask as mask_utils
+
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return list(rles)
 
 
 def finite_detections(dets: list[dict]) -> tuple[list[dict], int]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rcnn_cli.evaluation.coco import encode_masks
+
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader, device: torch.device, category_ids: list[int],
@@ -25,10 +27,17 @@ def predict(model: nn.Module, loader, device: torch.device, category_ids: list[i
     return results
 
 
-def to_coco_results(output: dict, image_id: int, category_ids: list[int]) -> list[dict]:
+def to_coco_results(output: dict, image_id: int, category_ids: list[int],
+                    mask_threshold: float = 0.5) -> list[dict]:
+    """Boxes as ``[x, y, w, h]``; pasted mask probabilities (Mask R-CNN) as binary RLE."""
     boxes = output["boxes"].float().cpu()
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
     scores = output["scores"].float().cpu().tolist()
     labels = output["labels"].cpu().tolist()
-    return [{"image_id": int(image_id), "category_id": int(category_ids[lab - 1]), "bbox": box,
-             "score": score} for box, score, lab in zip(xywh, scores, labels)]
+    results = [{"image_id": int(image_id), "category_id": int(category_ids[lab - 1]),
+                "bbox": box, "score": score} for box, score, lab in zip(xywh, scores, labels)]
+    if "masks" in output and results:
+        binary = (output["masks"][:, 0] > mask_threshold).cpu().numpy()
+        for result, rle in zip(results, encode_masks(binary)):
+            result["segmentation"] = rle
+    return results
