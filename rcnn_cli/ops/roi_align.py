@@ -1,11 +1,13 @@
-"""Vectorised CPU RoIAlign (Mask R-CNN §3), forward and backward, numerically torchvision's.
+"""Vectorised CPU RoIAlign (Mask R-CNN §3), forward and backward, bit-identical to torchvision's.
 
 Each output bin averages ``grid_h x grid_w`` bilinear samples; each sample reads four pixels.
 Instead of torchvision's scalar per-element loops (its backward recomputes every weight for
 every channel), all (RoI, bin, sample, corner) pixel indices and weights are built once as
 tensors, the feature map is read as a ``(N*H*W, C)`` pixel table (free for channels-last
 inputs), and the work becomes one ``index_select`` + weighted sum forward and one
-``index_add_`` backward, both vectorised over channels.
+``index_add_`` backward, both vectorised over channels and both doing torchvision's float
+operations in torchvision's order, so outputs and gradients are bit-identical (up to the
+accumulation order across RoIs of different sample-grid sizes when ``sampling_ratio <= 0``).
 
 Sampling rules are those of torchvision's CPU kernel, axis by axis (bilinear weights are
 separable): a sample with ``y < -1`` or ``y > H`` (or the same in x) contributes 0; otherwise
@@ -51,9 +53,8 @@ def _axis_corners(coord: Tensor, length: int) -> tuple[Tensor, Tensor]:
 
 def _plan(rois: Tensor, height: int, width: int, pooled: tuple[int, int], scale: float,
           sampling_ratio: int, aligned: bool):
-    """Yield ``(roi_ids, pixel_index (B, S), weight (B, S))`` per group of RoIs that share a
-    sample grid; ``B = len(roi_ids) * ph * pw`` bins, ``S`` sample corners per bin; the weights
-    include the 1 / sample-count average."""
+    """Yield ``(roi_ids, pixel_index (B, S, 4), weight (B, S, 4))`` per group of RoIs that share
+    a sample grid: ``B = len(roi_ids) * ph * pw`` bins, ``S`` samples per bin, 4 corners each."""
     ph, pw = pooled
     offset = 0.5 if aligned else 0.0
     x1, y1, x2, y2 = (rois[:, i] * scale - offset for i in range(1, 5))
@@ -75,13 +76,14 @@ def _plan(rois: Tensor, height: int, width: int, pooled: tuple[int, int], scale:
             continue
         yi, wy = _axis_corners(_axis_grid(y1[ids], roi_h[ids], ph, gh), height)
         xi, wx = _axis_corners(_axis_grid(x1[ids], roi_w[ids], pw, gw), width)
-        # (K, ph, gh, 2) x (K, pw, gw, 2) -> (K, ph, pw, gh, 2, gw, 2)
+        # (K, ph, gh, 2) x (K, pw, gw, 2) -> (K, ph, pw, gh, gw, 2, 2): torchvision's order of
+        # samples (iy, ix) and corners (w1..w4 = low/low, low/high, high/low, high/high).
         base = batch[ids] * (height * width)
         index = (base[:, None, None, None, None, None, None]
-                 + yi[:, :, None, :, :, None, None] * width + xi[:, None, :, None, None, :, :])
-        weight = wy[:, :, None, :, :, None, None] * wx[:, None, :, None, None, :, :]
+                 + yi[:, :, None, :, None, :, None] * width + xi[:, None, :, None, :, None, :])
+        weight = wy[:, :, None, :, None, :, None] * wx[:, None, :, None, :, None, :]
         bins = len(ids) * ph * pw
-        yield ids, index.reshape(bins, -1), weight.reshape(bins, -1) / (gh * gw)
+        yield ids, index.reshape(bins, gh * gw, 4), weight.reshape(bins, gh * gw, 4)
 
 
 def _pixel_table(x: Tensor) -> Tensor:
@@ -96,6 +98,22 @@ def _chunks(total_bins: int, per_bin: int, channels: int):
         yield slice(lo, min(total_bins, lo + step))
 
 
+def _pool_bins(table: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+    """Average of the bilinear samples of each bin, operation for operation as torchvision's
+    CPU kernel computes it (so the result is bit-identical): per sample
+    ``w1 v1 + w2 v2 + w3 v3 + w4 v4`` left to right, summed over samples in order, then divided
+    by the sample count."""
+    bins, samples, _ = index.shape
+    values = table.index_select(0, index.reshape(-1)).view(bins, samples, 4, -1)
+    w = weight.unsqueeze(-1)
+    per_sample = (w[:, :, 0] * values[:, :, 0] + w[:, :, 1] * values[:, :, 1]
+                  + w[:, :, 2] * values[:, :, 2] + w[:, :, 3] * values[:, :, 3])
+    total = per_sample[:, 0].clone()
+    for i in range(1, samples):
+        total += per_sample[:, i]
+    return total / samples
+
+
 def _forward(x: Tensor, rois: Tensor, pooled: tuple[int, int], scale: float, sampling_ratio: int,
              aligned: bool) -> Tensor:
     n, c, h, w = x.shape
@@ -107,15 +125,17 @@ def _forward(x: Tensor, rois: Tensor, pooled: tuple[int, int], scale: float, sam
         if index is None or len(ids) == 0:
             continue
         pooled_bins = x.new_empty(index.shape[0], c)
-        for part in _chunks(index.shape[0], index.shape[1], c):
-            values = table.index_select(0, index[part].reshape(-1)).view(-1, index.shape[1], c)
-            pooled_bins[part] = torch.bmm(weight[part].unsqueeze(1), values).squeeze(1)
+        for part in _chunks(index.shape[0], index[0].numel(), c):
+            pooled_bins[part] = _pool_bins(table, index[part], weight[part])
         flat[ids] = pooled_bins.view(len(ids), ph * pw, c)
     return out.permute(0, 3, 1, 2).contiguous(memory_format=_format(x))
 
 
 def _backward(grad: Tensor, rois: Tensor, shape: torch.Size, pooled: tuple[int, int],
               scale: float, sampling_ratio: int, aligned: bool, fmt) -> Tensor:
+    """Scatter ``grad * w / count`` to the four corners of every sample, in torchvision's order
+    (RoI, bin, sample, corner): ``index_add_`` accumulates rows in order, so the sums round as
+    torchvision's serial loop does."""
     n, c, h, w = shape
     ph, pw = pooled
     table = grad.new_zeros(n * h * w, c)
@@ -123,9 +143,10 @@ def _backward(grad: Tensor, rois: Tensor, shape: torch.Size, pooled: tuple[int, 
     for ids, index, weight in _plan(rois, h, w, pooled, scale, sampling_ratio, aligned):
         if index is None or len(ids) == 0:
             continue
-        g = grad_bins[ids].reshape(-1, c)
-        for part in _chunks(index.shape[0], index.shape[1], c):
-            spread = weight[part].unsqueeze(2) * g[part].unsqueeze(1)
+        count = index.shape[1]
+        g = grad_bins[ids].reshape(-1, 1, 1, c)
+        for part in _chunks(index.shape[0], index[0].numel(), c):
+            spread = g[part] * weight[part].unsqueeze(-1) / count
             table.index_add_(0, index[part].reshape(-1), spread.reshape(-1, c))
     return table.view(n, h, w, c).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
 
