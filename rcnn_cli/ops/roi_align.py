@@ -1,13 +1,13 @@
-"""Vectorised CPU RoIAlign (Mask R-CNN §3), forward and backward, bit-identical to torchvision's.
+"""RoIAlign (Mask R-CNN §3) with a vectorised backward, bit-identical to torchvision's.
 
-Each output bin averages ``grid_h x grid_w`` bilinear samples; each sample reads four pixels.
-Instead of torchvision's scalar per-element loops (its backward recomputes every weight for
-every channel), all (RoI, bin, sample, corner) pixel indices and weights are built once as
-tensors, the feature map is read as a ``(N*H*W, C)`` pixel table (free for channels-last
-inputs), and the work becomes one ``index_select`` + weighted sum forward and one
-``index_add_`` backward, both vectorised over channels and both doing torchvision's float
-operations in torchvision's order, so outputs and gradients are bit-identical (up to the
-accumulation order across RoIs of different sample-grid sizes when ``sampling_ratio <= 0``).
+torchvision's CPU forward is a tight loop and is used as is. Its CPU backward is a scalar loop
+that recomputes every bilinear weight for every channel and runs on one thread; here all
+(RoI, bin, sample, corner) pixel indices and weights are built once as tensors and the
+gradient is scattered with one ``index_add_`` per chunk, vectorised over channels, into a
+``(N*H*W, C)`` pixel table. The float operations and their order are torchvision's
+(``grad * w / count``, RoI by RoI, bin by bin, sample by sample, corner by corner), so the
+gradients are bit-identical, up to the order across RoIs of different sample-grid sizes when
+``sampling_ratio <= 0``.
 
 Sampling rules are those of torchvision's CPU kernel, axis by axis (bilinear weights are
 separable): a sample with ``y < -1`` or ``y > H`` (or the same in x) contributes 0; otherwise
@@ -86,49 +86,10 @@ def _plan(rois: Tensor, height: int, width: int, pooled: tuple[int, int], scale:
         yield ids, index.reshape(bins, gh * gw, 4), weight.reshape(bins, gh * gw, 4)
 
 
-def _pixel_table(x: Tensor) -> Tensor:
-    """``(N, C, H, W)`` -> ``(N*H*W, C)``; a view when ``x`` is channels-last."""
-    n, c, h, w = x.shape
-    return x.permute(0, 2, 3, 1).reshape(n * h * w, c)
-
-
 def _chunks(total_bins: int, per_bin: int, channels: int):
     step = max(1, CHUNK_ELEMENTS // max(1, per_bin * channels))
     for lo in range(0, total_bins, step):
         yield slice(lo, min(total_bins, lo + step))
-
-
-def _pool_bins(table: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-    """Average of the bilinear samples of each bin, operation for operation as torchvision's
-    CPU kernel computes it (so the result is bit-identical): per sample
-    ``w1 v1 + w2 v2 + w3 v3 + w4 v4`` left to right, summed over samples in order, then divided
-    by the sample count."""
-    bins, samples, _ = index.shape
-    values = table.index_select(0, index.reshape(-1)).view(bins, samples, 4, -1)
-    w = weight.unsqueeze(-1)
-    per_sample = (w[:, :, 0] * values[:, :, 0] + w[:, :, 1] * values[:, :, 1]
-                  + w[:, :, 2] * values[:, :, 2] + w[:, :, 3] * values[:, :, 3])
-    total = per_sample[:, 0].clone()
-    for i in range(1, samples):
-        total += per_sample[:, i]
-    return total / samples
-
-
-def _forward(x: Tensor, rois: Tensor, pooled: tuple[int, int], scale: float, sampling_ratio: int,
-             aligned: bool) -> Tensor:
-    n, c, h, w = x.shape
-    ph, pw = pooled
-    table = _pixel_table(x)
-    out = x.new_zeros(rois.shape[0], ph, pw, c)
-    flat = out.view(-1, ph * pw, c)
-    for ids, index, weight in _plan(rois, h, w, pooled, scale, sampling_ratio, aligned):
-        if index is None or len(ids) == 0:
-            continue
-        pooled_bins = x.new_empty(index.shape[0], c)
-        for part in _chunks(index.shape[0], index[0].numel(), c):
-            pooled_bins[part] = _pool_bins(table, index[part], weight[part])
-        flat[ids] = pooled_bins.view(len(ids), ph * pw, c)
-    return out.permute(0, 3, 1, 2).contiguous(memory_format=_format(x))
 
 
 def _backward(grad: Tensor, rois: Tensor, shape: torch.Size, pooled: tuple[int, int],
@@ -163,7 +124,9 @@ class _RoIAlign(torch.autograd.Function):
     def forward(ctx, x, rois, pooled, scale, sampling_ratio, aligned):
         ctx.save_for_backward(rois)
         ctx.args = (x.shape, pooled, scale, sampling_ratio, aligned, _format(x))
-        return _forward(x, rois, pooled, scale, sampling_ratio, aligned)
+        # torchvision's forward kernel is already a tight loop; only its backward is slow.
+        return torch.ops.torchvision.roi_align(x, rois, scale, pooled[0], pooled[1],
+                                               sampling_ratio, aligned)
 
     @staticmethod
     @once_differentiable
