@@ -34,6 +34,12 @@ class Amp(Enum):
     fp16 = "fp16"
 
 
+class RoIAlignKernel(Enum):
+    auto = "auto"
+    torchvision = "torchvision"
+    vectorised = "vectorised"
+
+
 class Optimizer(Enum):
     sgd = "sgd"
     adamw = "adamw"
@@ -119,6 +125,7 @@ class PoolerConf:
     canonical_scale: int = 224
     canonical_level: int = 4
     aligned: bool = False  # RoIAlign half-pixel offset (roi_align only)
+    kernel: RoIAlignKernel = RoIAlignKernel.auto  # modeling.poolers.roi_align_kernel
 
 
 @dataclass
