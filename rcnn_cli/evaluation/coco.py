@@ -60,6 +60,17 @@ class CocoResult:
     num_gt: list[int] = field(default_factory=list)
 
 
+def encode_binary_masks(masks: np.ndarray) -> list[dict]:
+    """Binary ``(N, H, W)`` masks -> COCO compressed RLEs (``counts`` as str, JSON-ready)."""
+    from pycocotools import mask as mask_utils
+
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")}
+            for r in rles]
+
+
 def finite_detections(dets: list[dict]) -> tuple[list[dict], int]:
     """Drop detections whose box or score is NaN/inf: pycocotools would count a NaN box as a
     match (its IoU comparisons are all False), so they are removed and counted instead."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
+
+from rcnn_cli.evaluation.coco import encode_binary_masks
 
 MASK_THRESHOLD = 0.5
 
@@ -30,12 +31,7 @@ def predict(model: nn.Module, loader, device: torch.device, category_ids: list[i
 
 def encode_masks(masks: torch.Tensor) -> list[dict]:
     """(N, 1, H, W) mask probabilities -> COCO compressed RLEs (``counts`` as str)."""
-    from pycocotools import mask as mask_utils
-
-    binary = (masks[:, 0] >= MASK_THRESHOLD).cpu().numpy().astype(np.uint8)
-    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0))) if len(binary) else []
-    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")}
-            for r in rles]
+    return encode_binary_masks((masks[:, 0] >= MASK_THRESHOLD).cpu().numpy())
 
 
 def to_coco_results(output: dict, image_id: int, category_ids: list[int]) -> list[dict]:
