@@ -43,6 +43,17 @@ class Decay(Enum):
     cosine = "cosine"
 
 
+class DistBackend(Enum):
+    auto = "auto"
+    nccl = "nccl"
+    gloo = "gloo"
+
+
+class MetricMode(Enum):
+    max = "max"
+    min = "min"
+
+
 # --- model parts ----------------------------------------------------------------------
 
 
@@ -192,6 +203,10 @@ class ScheduleConf:
     amp: Amp = Amp.none
     eval_period: int = 0
     checkpoint_period: int = 500
+    # Scaling out (rcnn_cli.engine.distributed): batch_size is per process and per micro-batch;
+    # one optimizer step sees batch_size * accum_steps * world_size images.
+    accum_steps: int = 1
+    scale_lr: bool = False  # lr *= accum_steps * world_size (linear scaling rule), logged
 
 
 @dataclass
@@ -203,6 +218,16 @@ class LogConf:
 @dataclass
 class EvalConf:
     batch_size: int = 8
+
+
+@dataclass
+class DistConf:
+    """DistributedDataParallel settings; used only when started by torchrun or SLURM."""
+
+    backend: DistBackend = DistBackend.auto  # auto: nccl on CUDA, gloo on CPU
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only; backbone.norm=bn)
+    find_unused_parameters: bool = False
+    timeout_s: int = 1800
 
 
 @dataclass
@@ -220,6 +245,9 @@ class TrainConf:
     device: Device = Device.auto
     threads: int = 0
     resume: str | None = None
+    dist: DistConf = field(default_factory=DistConf)
+    optimized_metric: str = "bbox/AP"  # what sweeps sort by and the task function returns
+    optimized_mode: MetricMode = MetricMode.max
 
 
 @dataclass
@@ -299,7 +327,8 @@ def validate(cfg) -> None:
 POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("schedule.checkpoint_period", 1), ("schedule.eval_period", 0),
                  ("schedule.warmup_iters", 0), ("log.period", 1), ("eval.batch_size", 1),
-                 ("dataset.num_workers", 0)]
+                 ("dataset.num_workers", 0), ("schedule.accum_steps", 1),
+                 ("dist.timeout_s", 1)]
 
 
 def _check_ranges(cfg) -> None:

@@ -23,8 +23,8 @@ from rich.progress import (
 
 from rcnn_cli.config import validate
 from rcnn_cli.data.build import build_dataset
-from rcnn_cli.data.loader import eval_loader, train_loader
-from rcnn_cli.engine import runtime
+from rcnn_cli.data.loader import eval_loader, sample_seed
+from rcnn_cli.engine import distributed, runtime
 from rcnn_cli.engine.checkpoint import (
     CheckpointStore,
     load_checkpoint,
@@ -40,6 +40,7 @@ from rcnn_cli.evaluation.coco import CocoEvaluator
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.report import print_metrics
 from rcnn_cli.io import atomic_write_json
+from rcnn_cli.modeling import seeded_sampler
 from rcnn_cli.modeling.build import build_detector
 
 log = logging.getLogger("rcnn_cli")
@@ -61,10 +62,10 @@ def hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def make_progress() -> Progress:
+def make_progress(disable: bool = False) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"),
-                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}"))
+                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), disable=disable)
 
 
 class Trainer:
@@ -73,7 +74,8 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
         self.sched = cfg.schedule
-        self.device = runtime.select_device(cfg.device)
+        self.device = distributed.local_device(runtime.select_device(cfg.device))
+        self.is_main = distributed.is_main()
         self.amp = runtime.amp_dtype(self.sched.amp, self.device)
         runtime.set_threads(cfg.threads)
         runtime.seed_everything(cfg.seed)
@@ -82,7 +84,10 @@ class Trainer:
         self.classes = list(self.train_set.raw.classes)
         self.category_ids = list(self.train_set.raw.category_ids)
         self.model = build_detector(cfg, len(self.classes)).to(self.device)
-        self.optimizer = build_optimizer(self.model, self.sched.optimizer, self.sched.lr,
+        seeded_sampler.install(self.model)
+        self.train_model = distributed.wrap_model(self.model, self.device, cfg.dist)
+        lr = distributed.effective_lr(self.sched, distributed.current().world_size)
+        self.optimizer = build_optimizer(self.model, self.sched.optimizer, lr,
                                          self.sched.momentum, self.sched.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -91,7 +96,7 @@ class Trainer:
         self.iteration, self.best_ap = 0, None
         if cfg.resume:
             self.resume(cfg.resume)
-        self.events = EventLogger(run_dir, cfg.log.tensorboard)
+        self.events = EventLogger(run_dir, cfg.log.tensorboard, enabled=self.is_main)
 
     def resume(self, target: str) -> None:
         path = resolve_resume(target)
@@ -113,50 +118,77 @@ class Trainer:
                 "classes": self.classes, "category_ids": self.category_ids,
                 "config": config_dict(self.cfg)}
 
-    def step(self, images, targets) -> dict[str, float]:
-        images = [im.to(self.device, non_blocking=True) for im in images]
-        targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()}
-                   for t in targets]
+    def step(self, batches: list) -> dict[str, float]:
+        """One optimizer step over ``accum_steps`` micro-batches (losses averaged over them)."""
         self.model.train()
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
-                            enabled=self.amp is not None):
-            losses = self.model(images, targets)
-        total = sum(losses.values())
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        if not torch.isfinite(total):
-            ids = [t["image_id"] for t in targets]
-            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration + 1}: "
-                                     f"{values}; image ids {ids}")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        sums: dict[str, float] = defaultdict(float)
+        for k, (images, targets) in enumerate(batches):
+            last = k == len(batches) - 1
+            with distributed.grad_sync(self.train_model, last):
+                total, values = self.forward(images, targets)
+                if last or not torch.isfinite(total):
+                    self.check_finite(total, values, targets)
+                self.scaler.scale(total / len(batches)).backward()
+            for name, v in values.items():
+                sums[name] += v / len(batches)
         if self.sched.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.sched.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        return distributed.mean_over_ranks(dict(sums))
+
+    def forward(self, images, targets) -> tuple[torch.Tensor, dict[str, float]]:
+        images = [im.to(self.device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()}
+                   for t in targets]
+        seeded_sampler.set_seeds(self.model, [sample_seed(self.cfg.seed, self.iteration,
+                                                          int(t["image_id"])) for t in targets])
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                            enabled=self.amp is not None):
+            losses = self.train_model(images, targets)
+        total = sum(losses.values())
+        values = {k: float(v.detach()) for k, v in losses.items()}
         values["total_loss"] = float(total.detach())
-        return values
+        return total, values
+
+    def check_finite(self, total: torch.Tensor, values: dict, targets) -> None:
+        """Every rank calls this once per step: a non-finite loss anywhere stops all ranks."""
+        finite = bool(torch.isfinite(total))
+        failed = distributed.check_peers(not finite)
+        if not finite:
+            ids = [t["image_id"] for t in targets]
+            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration + 1}: "
+                                     f"{values}; image ids {ids}")
+        if failed:
+            raise distributed.PeerFailedError(
+                f"rank(s) {failed} had a non-finite loss or failed at iteration "
+                f"{self.iteration + 1}; stopping (see their output)")
 
     def evaluate(self, progress: Progress | None = None) -> dict:
-        loader = eval_loader(self.val_set, self.cfg.eval.batch_size, self.cfg.dataset.num_workers)
+        shard = distributed.eval_shard(self.val_set)
+        loader = eval_loader(shard, self.cfg.eval.batch_size, self.cfg.dataset.num_workers)
         dets = predict(self.model, loader, self.device, self.category_ids, progress)
-        metrics = self.evaluator.evaluate(dets)
+        dets = distributed.gather_detections(dets, list(self.val_set.raw.image_ids))
+        metrics = distributed.broadcast(self.evaluator.evaluate(dets) if self.is_main else None)
         self.events.scalars(self.iteration, {k: v for k, v in metrics.items() if v is not None})
         return {**metrics, "iteration": self.iteration}, dets
 
     def run(self) -> dict:
         max_iter = self.sched.max_iter
-        loader = train_loader(self.train_set, self.sched.batch_size, self.cfg.seed, self.iteration,
-                              max_iter, self.cfg.dataset.num_workers)
+        loader = distributed.train_loader(self.train_set, self.sched.batch_size,
+                                          self.sched.accum_steps, self.cfg.seed, self.iteration,
+                                          max_iter, self.cfg.dataset.num_workers)
         window: dict[str, list[float]] = defaultdict(list)
-        with make_progress() as progress:
+        with make_progress(disable=not self.is_main) as progress:
             task = progress.add_task("train", total=max_iter, completed=self.iteration,
                                      speed="", losses="")
             t_data = time.perf_counter()
-            for images, targets in loader:
+            for batches in distributed.iteration_batches(loader, self.sched.accum_steps):
                 t0 = time.perf_counter()
-                values = self.step(images, targets)
+                values = self.step(batches)
                 self.iteration += 1
                 t1 = time.perf_counter()
                 values.update(data_time=t0 - t_data, step_time=t1 - t_data)
@@ -167,7 +199,7 @@ class Trainer:
                 self.after_step(window, progress)
                 t_data = time.perf_counter()
             if self.iteration % self.sched.checkpoint_period:
-                self.store.save("last", self.state())
+                self.save("last", self.state())
             metrics, dets = self.evaluate(progress)
         self.finish(metrics, dets)
         return metrics
@@ -182,7 +214,7 @@ class Trainer:
                      "  ".join(f"{k}={v:.4g}" for k, v in means.items()))
             window.clear()
         if it % self.sched.checkpoint_period == 0:
-            self.store.save("last", self.state())
+            self.save("last", self.state())
         if self.sched.eval_period and it % self.sched.eval_period == 0 and it < self.sched.max_iter:
             metrics, _ = self.evaluate(progress)
             log.info("iter %d: bbox/AP=%.4f bbox/AP50=%.4f", it, metrics["bbox/AP"] or 0.0,
@@ -193,10 +225,16 @@ class Trainer:
         ap = metrics["bbox/AP"] or 0.0
         if self.best_ap is None or ap > self.best_ap:
             self.best_ap = ap
-            self.store.save("best", {**self.state(), "metrics": metrics})
+            self.save("best", {**self.state(), "metrics": metrics})
+
+    def save(self, name: str, state: dict) -> None:
+        if self.is_main:
+            self.store.save(name, state)
 
     def finish(self, metrics: dict, dets: list[dict]) -> None:
         self.keep_best(metrics)
+        if not self.is_main:
+            return
         atomic_write_json(self.run_dir / "predictions" / "detections.json", dets)
         atomic_write_json(self.run_dir / "metrics.json", metrics)
         self.events.close()
@@ -206,10 +244,16 @@ class Trainer:
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """Train ``cfg`` into ``run_dir`` (Hydra's output dir by default); returns final metrics."""
     validate(cfg)
-    run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    env = distributed.setup(cfg)
+    if not env.is_main:
+        distributed.quiet_logging(env.rank)
+    run_dir = distributed.shared_run_dir(Path(run_dir) if run_dir is not None
+                                         else hydra_run_dir())
     log.info("run directory: %s", run_dir)
-    trainer = Trainer(cfg, run_dir)
-    metrics = trainer.run()
+    try:
+        metrics = Trainer(cfg, run_dir).run()
+    except Exception:
+        distributed.announce_failure()
+        raise
     log.info("run directory: %s", run_dir)
     return metrics
