@@ -207,6 +207,7 @@ class ScheduleConf:
     # one optimizer step sees batch_size * accum_steps * world_size images.
     accum_steps: int = 1
     scale_lr: bool = False  # lr *= accum_steps * world_size (linear scaling rule), logged
+    keep_checkpoints: int = 3
 
 
 @dataclass
@@ -231,6 +232,14 @@ class DistConf:
 
 
 @dataclass
+class FaultsConf:
+    """Training fault policy (``rcnn_cli.engine.faults``, docs/reliability.md)."""
+
+    max_nonfinite_steps: int = 10  # consecutive skipped steps (non-finite grads) before an error
+    dataloader_timeout: float = 600.0  # seconds to wait for a worker batch (num_workers > 0)
+
+
+@dataclass
 class TrainConf:
     model: Any = MISSING
     backbone: Any = MISSING
@@ -241,6 +250,7 @@ class TrainConf:
     dataset: Any = MISSING
     log: LogConf = field(default_factory=LogConf)
     eval: EvalConf = field(default_factory=EvalConf)
+    faults: FaultsConf = field(default_factory=FaultsConf)
     seed: int = 0
     device: Device = Device.auto
     threads: int = 0
@@ -248,6 +258,7 @@ class TrainConf:
     dist: DistConf = field(default_factory=DistConf)
     optimized_metric: str = "bbox/AP"  # what sweeps sort by and the task function returns
     optimized_mode: MetricMode = MetricMode.max
+    ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
 
 @dataclass
@@ -257,6 +268,7 @@ class EvalMainConf:
     eval: EvalConf = field(default_factory=EvalConf)
     device: Device = Device.auto
     threads: int = 0
+    ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
 
 GROUP_SCHEMAS: dict[str, type] = {
@@ -327,7 +339,8 @@ def validate(cfg) -> None:
 POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("schedule.checkpoint_period", 1), ("schedule.eval_period", 0),
                  ("schedule.warmup_iters", 0), ("log.period", 1), ("eval.batch_size", 1),
-                 ("dataset.num_workers", 0), ("schedule.accum_steps", 1),
+                 ("dataset.num_workers", 0), ("schedule.keep_checkpoints", 1),
+                 ("faults.max_nonfinite_steps", 1), ("schedule.accum_steps", 1),
                  ("dist.timeout_s", 1)]
 
 

@@ -142,8 +142,11 @@ def wrap_model(model: nn.Module, device: torch.device, dist_cfg) -> nn.Module:
         for name, child in model.named_children():
             setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
     ids = [device.index] if device.type == "cuda" else None
+    # No buffer broadcast in forward: frozen BN buffers are equal on every rank anyway, and a
+    # collective inside forward would not line up with a failed peer's ``announce_failure``.
     return nn.parallel.DistributedDataParallel(
-        model, device_ids=ids, find_unused_parameters=dist_cfg.find_unused_parameters)
+        model, device_ids=ids, broadcast_buffers=False,
+        find_unused_parameters=dist_cfg.find_unused_parameters)
 
 
 def grad_sync(train_model: nn.Module, sync: bool):
@@ -221,6 +224,16 @@ def check_peers(failed: bool = False) -> list[int]:
         global _announced
         _announced = True
     return bad
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any (a stop signal seen by one rank)."""
+    env = current()
+    if not env.enabled:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def stop_if_peers_failed(where: str) -> None:

@@ -12,6 +12,7 @@ from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.engine import runtime
 from rcnn_cli.engine.checkpoint import load_checkpoint
+from rcnn_cli.engine.export import is_export, load_export
 from rcnn_cli.engine.trainer import hydra_run_dir, make_progress
 from rcnn_cli.errors import CheckpointError
 from rcnn_cli.evaluation.coco import CocoEvaluator
@@ -28,7 +29,8 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("run directory: %s", run_dir)
-    ckpt = load_checkpoint(cfg.ckpt)
+    ckpt = load_export(cfg.ckpt) if is_export(cfg.ckpt) else load_checkpoint(cfg.ckpt,
+                                                                             cfg.ckpt_trust)
     train_cfg = typed_train_config(ckpt["config"], source=cfg.ckpt)
     if cfg.dataset is not None:
         train_cfg.dataset = cfg.dataset
@@ -37,8 +39,9 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
     dataset = build_dataset(train_cfg.dataset, "val", train=False)
     classes = list(ckpt["classes"])
     if list(dataset.raw.classes) != classes:
-        raise CheckpointError(f"{cfg.ckpt}: checkpoint classes {classes} differ from dataset "
-                              f"classes {list(dataset.raw.classes)}")
+        raise CheckpointError(f"{cfg.ckpt}: the checkpoint's classes differ (count or order) "
+                              f"from the dataset's: checkpoint {classes}, dataset "
+                              f"{list(dataset.raw.classes)}")
     model = build_detector(train_cfg, len(classes))
     model.load_state_dict(ckpt["model"])
     model.to(device)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -24,18 +25,13 @@ from rich.progress import (
 from rcnn_cli.config import validate
 from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import eval_loader, sample_seed
-from rcnn_cli.engine import distributed, runtime
-from rcnn_cli.engine.checkpoint import (
-    CheckpointStore,
-    load_checkpoint,
-    resolve_resume,
-    rng_state,
-    set_rng_state,
-)
+from rcnn_cli.engine import distributed, faults, runtime
+from rcnn_cli.engine.checkpoint import CheckpointStore, resolve_resume, rng_state, set_rng_state
 from rcnn_cli.engine.events import EventLogger
+from rcnn_cli.engine.export import export_model
+from rcnn_cli.engine.faults import NonFiniteLossError  # noqa: F401  (re-exported)
 from rcnn_cli.engine.optim import build_optimizer, build_scheduler
 from rcnn_cli.engine.resume import check_resume_config
-from rcnn_cli.errors import RcnnError
 from rcnn_cli.evaluation.coco import CocoEvaluator
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.report import print_metrics
@@ -44,10 +40,6 @@ from rcnn_cli.modeling import seeded_sampler
 from rcnn_cli.modeling.build import build_detector
 
 log = logging.getLogger("rcnn_cli")
-
-
-class NonFiniteLossError(RcnnError):
-    pass
 
 
 def config_dict(cfg: DictConfig) -> dict:
@@ -91,7 +83,9 @@ class Trainer:
                                          self.sched.momentum, self.sched.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.store = CheckpointStore(run_dir / "checkpoints")
+        self.store = CheckpointStore(run_dir / "checkpoints", self.sched.keep_checkpoints)
+        self.grad_guard = faults.GradGuard(cfg.faults.max_nonfinite_steps)
+        self.saved_iteration = -1
         self.evaluator = CocoEvaluator(self.val_set.raw.coco_gt())
         self.iteration, self.best_ap = 0, None
         if cfg.resume:
@@ -99,8 +93,10 @@ class Trainer:
         self.events = EventLogger(run_dir, cfg.log.tensorboard, enabled=self.is_main)
 
     def resume(self, target: str) -> None:
-        path = resolve_resume(target)
-        ckpt = load_checkpoint(path)
+        found = resolve_resume(target, self.run_dir, self.cfg.ckpt_trust)
+        if found is None:
+            return
+        path, ckpt = found
         check_resume_config(ckpt["config"], config_dict(self.cfg), path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -108,64 +104,92 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.iteration, self.best_ap = int(ckpt["iteration"]), ckpt.get("best_ap")
-        log.info("resumed from %s at iteration %d (model, optimizer, scheduler, scaler, RNG)",
-                 path, self.iteration)
+        world = distributed.current().world_size
+        if ckpt.get("world_size", 1) != world:
+            log.warning("resuming a %s-process checkpoint with %d process(es): the global batch "
+                        "(schedule.batch_size x accum_steps x processes) changes",
+                        ckpt.get("world_size", 1), world)
+        global_batch = self.sched.batch_size * self.sched.accum_steps * world
+        epoch, pos = divmod(self.iteration, len(self.train_set) // global_batch)
+        log.info("resumed from %s at iteration %d (epoch %d, batch %d of the epoch): model, "
+                 "optimizer, scheduler, scaler, RNG states, best AP %s", path, self.iteration,
+                 epoch, pos, self.best_ap)
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iteration, "rng": rng_state(), "best_ap": self.best_ap,
                 "classes": self.classes, "category_ids": self.category_ids,
-                "config": config_dict(self.cfg)}
+                "config": config_dict(self.cfg), "world_size": distributed.current().world_size}
 
     def step(self, batches: list) -> dict[str, float]:
         """One optimizer step over ``accum_steps`` micro-batches (losses averaged over them)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
-        for k, (images, targets) in enumerate(batches):
-            last = k == len(batches) - 1
-            with distributed.grad_sync(self.train_model, last):
-                total, values = self.forward(images, targets)
-                if last or not torch.isfinite(total):
-                    self.check_finite(total, values, targets)
+        for m, (images, targets) in enumerate(batches):
+            last = m == len(batches) - 1
+            faults.check_targets(targets)
+            images = [im.to(self.device, non_blocking=True) for im in images]
+            targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()}
+                       for t in targets]
+            with distributed.grad_sync(self.train_model, last), \
+                    faults.oom_guard(images, targets, self.iteration + 1):
+                losses = self.forward(images, targets)
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                if last or not all(math.isfinite(v) for v in values.values()):
+                    self.check_finite(losses, values, images, targets)
+                total = sum(losses.values())
                 self.scaler.scale(total / len(batches)).backward()
+            values["total_loss"] = float(total.detach())
             for name, v in values.items():
                 sums[name] += v / len(batches)
-        if self.sched.clip_grad_norm:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.sched.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.apply_gradients()
         self.scheduler.step()
         return distributed.mean_over_ranks(dict(sums))
 
-    def forward(self, images, targets) -> tuple[torch.Tensor, dict[str, float]]:
-        images = [im.to(self.device, non_blocking=True) for im in images]
-        targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()}
-                   for t in targets]
+    def forward(self, images, targets) -> dict[str, torch.Tensor]:
+        """The loss terms; fg/bg sampling seeded per image (``seeded_sampler``)."""
         seeded_sampler.set_seeds(self.model, [sample_seed(self.cfg.seed, self.iteration,
                                                           int(t["image_id"])) for t in targets])
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
                             enabled=self.amp is not None):
-            losses = self.train_model(images, targets)
-        total = sum(losses.values())
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        values["total_loss"] = float(total.detach())
-        return total, values
+            return self.train_model(images, targets)
 
-    def check_finite(self, total: torch.Tensor, values: dict, targets) -> None:
-        """Every rank calls this once per step: a non-finite loss anywhere stops all ranks."""
-        finite = bool(torch.isfinite(total))
+    def check_finite(self, losses: dict, values: dict, images, targets) -> None:
+        """Every rank calls this once per step (after its last micro-batch's forward, or at a
+        non-finite loss): a non-finite loss on any rank stops all ranks at this step."""
+        finite = all(math.isfinite(v) for v in values.values())
         failed = distributed.check_peers(not finite)
         if not finite:
-            ids = [t["image_id"] for t in targets]
-            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration + 1}: "
-                                     f"{values}; image ids {ids}")
+            faults.check_loss(losses, self.iteration + 1, images, targets, self.run_dir)
         if failed:
             raise distributed.PeerFailedError(
                 f"rank(s) {failed} had a non-finite loss or failed at iteration "
                 f"{self.iteration + 1}; stopping (see their output)")
+
+    def apply_gradients(self) -> None:
+        """Optimizer step unless a gradient is non-finite (GradScaler skips those itself)."""
+        clip = self.sched.clip_grad_norm
+        if self.scaler.is_enabled():
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < scale
+            detail = f"; loss scale now {self.scaler.get_scale():.3g}"
+        else:
+            if clip:
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                skipped = not bool(torch.isfinite(norm))
+            else:
+                skipped = not faults.grads_finite(self.model.parameters())
+            if not skipped:
+                self.optimizer.step()
+            detail = ""
+        self.grad_guard.update(skipped, self.iteration + 1, detail)
 
     def evaluate(self, progress: Progress | None = None) -> dict:
         shard = distributed.eval_shard(self.val_set)
@@ -182,11 +206,12 @@ class Trainer:
                                           self.sched.accum_steps, self.cfg.seed, self.iteration,
                                           max_iter, self.cfg.dataset.num_workers)
         window: dict[str, list[float]] = defaultdict(list)
-        with make_progress(disable=not self.is_main) as progress:
+        with make_progress(disable=not self.is_main) as progress, faults.StopSignal() as stop:
             task = progress.add_task("train", total=max_iter, completed=self.iteration,
                                      speed="", losses="")
             t_data = time.perf_counter()
-            for batches in distributed.iteration_batches(loader, self.sched.accum_steps):
+            batches_iter = faults.guarded_batches(loader, self.cfg.faults.dataloader_timeout)
+            for batches in distributed.iteration_batches(batches_iter, self.sched.accum_steps):
                 t0 = time.perf_counter()
                 values = self.step(batches)
                 self.iteration += 1
@@ -197,9 +222,11 @@ class Trainer:
                 progress.update(task, advance=1, speed=f"{1 / (t1 - t_data):.2f} it/s",
                                 losses=f"loss {values['total_loss']:.3f}")
                 self.after_step(window, progress)
+                if distributed.any_rank(stop.requested is not None):
+                    self.stop_for(stop.requested or "a stop signal on another rank")
                 t_data = time.perf_counter()
-            if self.iteration % self.sched.checkpoint_period:
-                self.save("last", self.state())
+            if self.saved_iteration != self.iteration:
+                self.save_checkpoint()
             metrics, dets = self.evaluate(progress)
         self.finish(metrics, dets)
         return metrics
@@ -214,7 +241,7 @@ class Trainer:
                      "  ".join(f"{k}={v:.4g}" for k, v in means.items()))
             window.clear()
         if it % self.sched.checkpoint_period == 0:
-            self.save("last", self.state())
+            self.save_checkpoint()
         if self.sched.eval_period and it % self.sched.eval_period == 0 and it < self.sched.max_iter:
             metrics, _ = self.evaluate(progress)
             log.info("iter %d: bbox/AP=%.4f bbox/AP50=%.4f", it, metrics["bbox/AP"] or 0.0,
@@ -225,11 +252,26 @@ class Trainer:
         ap = metrics["bbox/AP"] or 0.0
         if self.best_ap is None or ap > self.best_ap:
             self.best_ap = ap
-            self.save("best", {**self.state(), "metrics": metrics})
+            self.save_named("best", {**self.state(), "metrics": metrics})
 
-    def save(self, name: str, state: dict) -> None:
+    def save_checkpoint(self) -> Path:
+        """Rank 0 writes; every rank records the iteration as saved."""
+        path = self.store.save(self.state()) if self.is_main else self.store.path("last")
+        self.saved_iteration = self.iteration
+        return path
+
+    def save_named(self, name: str, state: dict) -> None:
         if self.is_main:
-            self.store.save(name, state)
+            self.store.save_named(name, state)
+
+    def stop_for(self, signal_name: str) -> None:
+        """Signal received: checkpoint at this step boundary, then ``faults.Interrupted``."""
+        if self.saved_iteration != self.iteration:
+            self.save_checkpoint()
+        self.events.close()
+        raise faults.Interrupted(
+            f"{signal_name} at iteration {self.iteration}: checkpoint {self.store.path('last')} "
+            f"written. Resume with: {resume_command(self.run_dir)}")
 
     def finish(self, metrics: dict, dets: list[dict]) -> None:
         self.keep_best(metrics)
@@ -237,8 +279,20 @@ class Trainer:
             return
         atomic_write_json(self.run_dir / "predictions" / "detections.json", dets)
         atomic_write_json(self.run_dir / "metrics.json", metrics)
+        export_model(self.run_dir / "export", self.model.state_dict(), self.classes,
+                     self.category_ids, config_dict(self.cfg), self.iteration)
         self.events.close()
         print_metrics(metrics, f"final evaluation (iteration {self.iteration})")
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command line that continues this run: its overrides plus ``resume=<run_dir>``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    args = []
+    if HydraConfig.initialized():
+        args = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+    return " ".join(["rcnn-train", *args, f"resume={run_dir}"])
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
@@ -252,8 +306,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     log.info("run directory: %s", run_dir)
     try:
         metrics = Trainer(cfg, run_dir).run()
+    except faults.Interrupted:
+        raise  # every rank stopped at the same step (``distributed.any_rank``)
     except Exception:
         distributed.announce_failure()
         raise
     log.info("run directory: %s", run_dir)
+    distributed.shutdown()
     return metrics
