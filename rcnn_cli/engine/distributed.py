@@ -9,8 +9,11 @@ or SLURM (submitit); NCCL on GPUs, gloo on CPU.
   takes its contiguous slice, so N processes with batch B train exactly like one process with
   batch N*B (with per-image seeded sampling, ``rcnn_cli.modeling.seeded_sampler``).
 - Rank 0 alone creates the run directory and writes logs, TensorBoard and checkpoints.
-- Every synchronisation point starts with ``check_peers``: a one-element-per-rank all-reduce of
-  failure flags, so a non-finite loss or an exception on one rank stops all ranks at once.
+- Each step has two synchronisation points of the same shape (``_exchange``: one code per
+  rank), after the forward pass and at the step's end; a rank that fails all-reduces its
+  failure code (``announce_failure``), which its peers receive at whichever point they wait in,
+  so a non-finite loss or an exception on one rank stops all ranks at once. Work done by rank 0
+  alone (COCO evaluation) goes through ``on_main``, which passes a failure on too.
 """
 
 from __future__ import annotations
@@ -209,31 +212,39 @@ def eval_shard(view):
 # --- collectives --------------------------------------------------------------------------
 
 _announced = False  # this rank's failure is already known to the others
+OK, FAILED, STOP = 0, 1, 2  # what a rank reports at a synchronisation point
+
+
+def _exchange(code: int) -> list[int]:
+    """All-reduce one code per rank (same shape at every call site, so a failed rank's
+    ``announce_failure`` lines up with whichever check its peers are in)."""
+    env = current()
+    flags = torch.zeros(env.world_size, dtype=torch.int32, device=_comm_device())
+    flags[env.rank] = code
+    dist.all_reduce(flags)
+    codes = [int(c) for c in flags.tolist()]
+    if FAILED in codes:
+        global _announced
+        _announced = True
+    return codes
 
 
 def check_peers(failed: bool = False) -> list[int]:
-    """All-reduce one failure flag per rank; returns the failed ranks (all ranks agree)."""
-    env = current()
-    if not env.enabled:
+    """The ranks that failed (all ranks agree); this rank reports ``failed``."""
+    if not current().enabled:
         return [0] if failed else []
-    flags = torch.zeros(env.world_size, dtype=torch.int32, device=_comm_device())
-    flags[env.rank] = int(failed)
-    dist.all_reduce(flags)
-    bad = [int(r) for r in flags.nonzero().flatten().tolist()]
+    return [r for r, c in enumerate(_exchange(FAILED if failed else OK)) if c == FAILED]
+
+
+def any_rank_stopping(requested: bool) -> bool:
+    """True on every rank if a stop signal reached any rank; a peer's failure raises."""
+    if not current().enabled:
+        return requested
+    codes = _exchange(STOP if requested else OK)
+    bad = [r for r, c in enumerate(codes) if c == FAILED]
     if bad:
-        global _announced
-        _announced = True
-    return bad
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank if ``flag`` is true on any (a stop signal seen by one rank)."""
-    env = current()
-    if not env.enabled:
-        return flag
-    t = torch.tensor([int(flag)], dtype=torch.int32, device=_comm_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+        raise PeerFailedError(f"rank(s) {bad} failed; stopping (see their output)")
+    return STOP in codes
 
 
 def stop_if_peers_failed(where: str) -> None:
@@ -243,16 +254,39 @@ def stop_if_peers_failed(where: str) -> None:
 
 
 def announce_failure(timeout_s: float = 30.0) -> None:
-    """On an exception: tell the other ranks (they are waiting in ``check_peers``)."""
+    """On an exception: tell the other ranks (they are waiting in ``_exchange``)."""
     global _announced
     env = current()
     if not env.enabled or _announced:
         return
     _announced = True
     flags = torch.zeros(env.world_size, dtype=torch.int32, device=_comm_device())
-    flags[env.rank] = 1
+    flags[env.rank] = FAILED
     with contextlib.suppress(Exception):
         dist.all_reduce(flags, async_op=True).wait(datetime.timedelta(seconds=timeout_s))
+
+
+def on_main(fn):
+    """``fn()`` on rank 0, its result on every rank; if it raises there, every rank raises
+    (the others a ``PeerFailedError``) instead of waiting for a result that never comes."""
+    env = current()
+    if not env.enabled:
+        return fn()
+    box, error = [None], None
+    if env.is_main:
+        try:
+            box = [(OK, fn())]
+        except Exception as e:
+            box, error = [(FAILED, None)], e
+    dist.broadcast_object_list(box, src=0)
+    code, value = box[0]
+    if code == FAILED:
+        global _announced
+        _announced = True
+        if error is not None:
+            raise error
+        raise PeerFailedError("rank 0 failed; stopping (see its output)")
+    return value
 
 
 def _comm_device() -> torch.device:
@@ -329,10 +363,11 @@ def quiet_hydra_logging(rank: int) -> dict:
 
 def shared_run_dir(run_dir: Path) -> Path:
     """Rank 0's run directory, created by rank 0 only, known to every rank."""
-    env = current()
-    if env.is_main:
+    def create() -> str:
         run_dir.mkdir(parents=True, exist_ok=True)
-    return Path(broadcast(str(run_dir.resolve())))
+        return str(run_dir.resolve())
+
+    return Path(on_main(create))
 
 
 class SharedRunDir(Callback):

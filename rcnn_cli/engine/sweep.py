@@ -92,9 +92,14 @@ def record_job(cfg):
     else:
         result.update(status="completed", metrics=out.get("metrics", {}), error=None)
     if detect_env().is_main:
-        atomic_write_json(job_dir / RESULT, _json_safe(result))
-        if result["status"] == "completed" and cfg.log.tensorboard:
-            write_hparams(job_dir / "tb", result)
+        write_result(job_dir, result, cfg.log.tensorboard)
+
+
+def write_result(job_dir: Path, result: dict, tensorboard: bool) -> None:
+    """``result.json`` of one job (and its TensorBoard HParams record if it completed)."""
+    atomic_write_json(Path(job_dir) / RESULT, _json_safe(result))
+    if result["status"] == "completed" and tensorboard:
+        write_hparams(Path(job_dir) / "tb", result)
 
 
 def _json_safe(obj):

@@ -196,7 +196,7 @@ class Trainer:
         loader = eval_loader(shard, self.cfg.eval.batch_size, self.cfg.dataset.num_workers)
         dets = predict(self.model, loader, self.device, self.category_ids, progress)
         dets = distributed.gather_detections(dets, list(self.val_set.raw.image_ids))
-        metrics = distributed.broadcast(self.evaluator.evaluate(dets) if self.is_main else None)
+        metrics = distributed.on_main(lambda: self.evaluator.evaluate(dets))
         self.events.scalars(self.iteration, {k: v for k, v in metrics.items() if v is not None})
         return {**metrics, "iteration": self.iteration}, dets
 
@@ -222,7 +222,7 @@ class Trainer:
                 progress.update(task, advance=1, speed=f"{1 / (t1 - t_data):.2f} it/s",
                                 losses=f"loss {values['total_loss']:.3f}")
                 self.after_step(window, progress)
-                if distributed.any_rank(stop.requested is not None):
+                if distributed.any_rank_stopping(stop.requested is not None):
                     self.stop_for(stop.requested or "a stop signal on another rank")
                 t_data = time.perf_counter()
             if self.saved_iteration != self.iteration:
@@ -307,7 +307,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     try:
         metrics = Trainer(cfg, run_dir).run()
     except faults.Interrupted:
-        raise  # every rank stopped at the same step (``distributed.any_rank``)
+        raise  # every rank stopped at the same step (``distributed.any_rank_stopping``)
     except Exception:
         distributed.announce_failure()
         raise

@@ -1,11 +1,13 @@
 """One rank of a test DDP job: ``python ddp_fault_worker.py MODE OVERRIDES...``.
 
 On rank 1 only, from its second training batch on, MODE ``nan`` feeds NaN images (a
-non-finite loss) and MODE ``raise`` makes the dataset raise. The time of the fault
-is written to ``$FAULT_TIME_FILE``. Then it runs ``rcnn-train`` with the overrides.
+non-finite loss), MODE ``raise`` makes the dataset raise and MODE ``term`` sends rank 1 a
+SIGTERM (once). The time of the fault is written to ``$FAULT_TIME_FILE``. Then it runs
+``rcnn-train`` with the overrides.
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -26,6 +28,11 @@ def inject(mode: str) -> None:
         if isinstance(item, tuple):  # a training item (index, seed)
             calls["n"] += 1
             if calls["n"] > 2:  # rank 1's second batch of 2
+                if mode == "term":
+                    if calls["n"] == 3:
+                        mark_fault()
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    return image, target
                 mark_fault()
                 if mode == "raise":
                     raise RuntimeError("injected failure on rank 1")
