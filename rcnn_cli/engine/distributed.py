@@ -9,8 +9,8 @@ or SLURM (submitit); NCCL on GPUs, gloo on CPU.
   takes its contiguous slice, so N processes with batch B train exactly like one process with
   batch N*B (with per-image seeded sampling, ``rcnn_cli.modeling.seeded_sampler``).
 - Rank 0 alone creates the run directory and writes logs, TensorBoard and checkpoints.
-- Each step has two synchronisation points of the same shape (``_exchange``: one code per
-  rank), after the forward pass and at the step's end; a rank that fails all-reduces its
+- Each step has three synchronisation points of the same shape (``_exchange``: one code per
+  rank): before the forward pass, after it, and at the step's end; a rank that fails all-reduces its
   failure code (``announce_failure``), which its peers receive at whichever point they wait in,
   so a non-finite loss or an exception on one rank stops all ranks at once. Work done by rank 0
   alone (COCO evaluation) goes through ``on_main``, which passes a failure on too.

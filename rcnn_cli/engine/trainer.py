@@ -124,12 +124,16 @@ class Trainer:
 
     def step(self, batches: list) -> dict[str, float]:
         """One optimizer step over ``accum_steps`` micro-batches (losses averaged over them)."""
+        for _, targets in batches:
+            faults.check_targets(targets)
+        # before DDP's forward (which has collectives of its own at iteration 2): a peer that
+        # failed loading its data is heard of here
+        distributed.stop_if_peers_failed(f"before iteration {self.iteration + 1}")
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
         for m, (images, targets) in enumerate(batches):
             last = m == len(batches) - 1
-            faults.check_targets(targets)
             images = [im.to(self.device, non_blocking=True) for im in images]
             targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()}
                        for t in targets]
