@@ -61,6 +61,15 @@ class EvalMetric(Enum):
 class Validation(Enum):
     strict = "strict"
     lenient = "lenient"
+class DistBackend(Enum):
+    auto = "auto"
+    nccl = "nccl"
+    gloo = "gloo"
+
+
+class MetricMode(Enum):
+    max = "max"
+    min = "min"
 
 
 # --- model parts ----------------------------------------------------------------------
@@ -283,6 +292,10 @@ class ScheduleConf:
     amp: Amp = Amp.none
     eval_period: int = 0
     checkpoint_period: int = 500
+    # Scaling out (rcnn_cli.engine.distributed): batch_size is per process and per micro-batch;
+    # one optimizer step sees batch_size * accum_steps * world_size images.
+    accum_steps: int = 1
+    scale_lr: bool = False  # lr *= accum_steps * world_size (linear scaling rule), logged
     keep_checkpoints: int = 3
 
 
@@ -305,6 +318,16 @@ class EvalConf:
     batch_size: int = 8
     metric: EvalMetric = EvalMetric.coco
     backend: str = "faster-coco-eval"
+
+
+@dataclass
+class DistConf:
+    """DistributedDataParallel settings; used only when started by torchrun or SLURM."""
+
+    backend: DistBackend = DistBackend.auto  # auto: nccl on CUDA, gloo on CPU
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only; backbone.norm=bn)
+    find_unused_parameters: bool = False
+    timeout_s: int = 1800
 
 
 @dataclass
@@ -331,6 +354,9 @@ class TrainConf:
     device: Device = Device.auto
     threads: int = 0
     resume: str | None = None
+    dist: DistConf = field(default_factory=DistConf)
+    optimized_metric: str = "bbox/AP"  # what sweeps sort by and the task function returns
+    optimized_mode: MetricMode = MetricMode.max
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
 
@@ -453,7 +479,8 @@ POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("dataset.num_workers", 0), ("schedule.keep_checkpoints", 1),
                  ("faults.max_nonfinite_steps", 1), ("log.images_every", 0),
                  ("log.images_count", 1), ("limit", 0), ("batch_size", 1),
-                 ("dataset.max_pixels", 0), ("n", 1)]
+                 ("dataset.max_pixels", 0), ("n", 1), ("schedule.accum_steps", 1),
+                 ("dist.timeout_s", 1)]
 
 # (key, allowed values): checked when the key is present.
 CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools"))]
