@@ -61,6 +61,8 @@ def make_progress() -> Progress:
 class Trainer:
     """Holds the run's state; ``run()`` trains to ``schedule.max_iter`` and evaluates."""
 
+    label = "train"  # the progress bar's name
+
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
         self.sched = cfg.schedule
@@ -165,7 +167,7 @@ class Trainer:
                               max_iter, self.cfg.dataset.num_workers)
         window: dict[str, list[float]] = defaultdict(list)
         with make_progress() as progress, faults.StopSignal() as stop:
-            task = progress.add_task("train", total=max_iter, completed=self.iteration,
+            task = progress.add_task(self.label, total=max_iter, completed=self.iteration,
                                      speed="", losses="")
             t_data = time.perf_counter()
             for images, targets in faults.guarded_batches(loader,
@@ -252,7 +254,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("run directory: %s", run_dir)
-    trainer = Trainer(cfg, run_dir)
-    metrics = trainer.run()
+    if cfg.schedule.name == "alternating":
+        from rcnn_cli.engine.alternating import train_alternating
+
+        metrics = train_alternating(cfg, run_dir)
+    else:
+        metrics = Trainer(cfg, run_dir).run()
     log.info("run directory: %s", run_dir)
     return metrics
