@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import time
 
 import pytest
 import torch
@@ -14,7 +18,7 @@ import torch
 from rcnn_cli.engine import alternating
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
 from rcnn_cli.engine.trainer import train
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import BIN, TINY, compose_cfg, run_cli
 
 STAGE_ITERS = ["schedule.stages.rpn1.max_iter=2", "schedule.stages.fast1.max_iter=4",
                "schedule.stages.rpn2.max_iter=2", "schedule.stages.fast2.max_iter=2"]
@@ -161,3 +165,66 @@ def test_changed_stage_config_reruns_that_stage_and_later_ones(full_run, tmp_pat
     assert ran == ["rpn2", "proposals2", "fast2"]
     assert "stage rpn2: its config or inputs changed" in caplog.text
     assert changed_keys(state(full_dir, "fast1"), state(tmp_path / "changed", "fast1")) == set()
+
+
+@pytest.mark.slow
+def test_kill_9_during_fast1_then_cli_resume_in_place_matches(full_run, tmp_path):
+    full_dir, _ = full_run
+    run, marker = tmp_path / "run", tmp_path / "paused"
+    # rpn1/rpn2/fast2 run 2 iterations: the first model_0000004.pt written is fast1's
+    env = {**os.environ, "RCNN_CLI_TEST_PAUSE_WRITE": f"model_0000004.pt:{marker}"}
+    cmd = [str(BIN / "rcnn-train"), *ALT, f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "fast1 never wrote its iteration-4 checkpoint"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert manifest(run, "fast1")["status"] == "running"
+    done = run_cli("rcnn-train", *ALT, f"resume={run}", f"hydra.run.dir={run}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout + done.stderr + (run / "train.log").read_text()
+    assert "stage proposals1: finished before" in out and "at iteration 2" in out
+    a = torch.load(full_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert changed_keys(a, b) == set()
+
+
+def test_stage_iterations_follow_the_paper_split_unless_set():
+    cfg = compose_cfg("train", ["schedule=four_step", "schedule.max_iter=1000"])
+    assert cfg.schedule.name == "alternating"
+    iters = alternating.stage_iterations(cfg.schedule)
+    assert iters == {"rpn1": 333, "fast1": 167, "rpn2": 333, "fast2": 167}
+    cfg = compose_cfg("train", ["schedule=alternating", "schedule.stages.fast1.max_iter=50",
+                                "schedule.stages.fast1.lr=0.5"])
+    assert alternating.stage_iterations(cfg.schedule)["fast1"] == 50
+    stage = alternating.stage_cfg(cfg, "fast1").schedule
+    assert (stage.max_iter, stage.lr, list(stage.decay_steps)) == (50, 0.5, [0.75])
+
+
+def test_misspelt_stage_key_fails_at_start(tmp_path):
+    from rcnn_cli.errors import ConfigError
+
+    with pytest.raises(Exception, match="rpn3"):
+        cfg = compose_cfg("train", ALT + ["+schedule.stages.rpn3.max_iter=2"])
+        train(cfg, tmp_path)
+    with pytest.raises(ConfigError, match="schedule=alternating trains Faster R-CNN"):
+        cfg = compose_cfg("train", ALT)
+        cfg.model.name = "fast"
+        alternating.train_alternating(cfg, tmp_path)
+
+
+def test_frozen_batchnorm_stays_in_eval_mode_in_train():
+    cfg = compose_cfg("train", ALT)
+    detector = alternating.build_detector(cfg, 3)
+    alternating.freeze(detector.backbone)
+    net = alternating.rpn_network(detector).train()
+    bns = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns) and net.rpn.training
