@@ -20,7 +20,8 @@ class WithProposals(DetectionView):
     (h, w of the image the boxes refer to); ``proposals`` maps image id -> boxes."""
 
     def __init__(self, view: DetectionView, proposals: dict[int, torch.Tensor]):
-        self.raw, self.transforms, self.proposals = view.raw, view.transforms, proposals
+        self.__dict__.update(view.__dict__)  # raw, transforms, grouping: the same view
+        self.proposals = proposals
         missing = [i for i in view.raw.image_ids if int(i) not in proposals]
         if missing:
             raise DataError(f"the proposal file has no boxes for {len(missing)} image id(s), "

@@ -35,7 +35,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import resize_boxes
 
 from rcnn_cli.config import ScheduleConf
-from rcnn_cli.data.build import build_dataset
+from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.with_proposals import WithProposals
 from rcnn_cli.engine import faults, runtime
@@ -46,11 +46,11 @@ from rcnn_cli.engine.optim import build_optimizer, build_scheduler
 from rcnn_cli.engine.stage_store import StageDir, link_tree, stage_key
 from rcnn_cli.engine.trainer import Trainer, config_dict, make_progress
 from rcnn_cli.errors import CheckpointError, ConfigError
-from rcnn_cli.evaluation.coco import CocoEvaluator
+from rcnn_cli.evaluation.build import build_evaluator, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.proposal_recall import recall_metrics
-from rcnn_cli.evaluation.report import print_metrics
-from rcnn_cli.io import atomic_torch_save, atomic_write_json
+from rcnn_cli.evaluation.results import log_curves, save_evaluation
+from rcnn_cli.io import atomic_torch_save
 from rcnn_cli.modeling.build import build_detector
 from rcnn_cli.modeling.fixed_proposals import FixedProposals
 
@@ -244,6 +244,7 @@ def train_alternating(cfg: DictConfig, run_dir: Path) -> dict:
               runtime.select_device(cfg.device))
     run.train_set = build_dataset(cfg.dataset, "train", train=True)
     run.val_set = build_dataset(cfg.dataset, "val", train=False)
+    check_same_classes(run.train_set.raw, run.val_set.raw, cfg.dataset.name)
     run.classes = list(run.train_set.raw.classes)
     run.category_ids = list(run.train_set.raw.category_ids)
     source = resume_source(cfg, run_dir)
@@ -466,6 +467,10 @@ class StageEvents:
         self.latest.update({f"{prefix}{k}": float(v) for k, v in values.items()})
         self.events.scalars(iteration, values, self.prefix + prefix)
 
+    @property
+    def tensorboard(self):
+        return self.events.tensorboard
+
     def close(self) -> None:
         self.events.close()
 
@@ -488,6 +493,7 @@ class StageTrainer(Trainer):
         self.store = CheckpointStore(stage.dir / "checkpoints", self.sched.keep_checkpoints)
         self.grad_guard = faults.GradGuard(self.cfg.faults.max_nonfinite_steps)
         self.saved_iteration, self.iteration, self.best_ap = -1, 0, None
+        self.val_images = None  # no per-stage pictures: the stage networks are partial
         self.events = StageEvents(run.events, f"{stage.stage}/")
         if self.store.candidates():
             self.resume(str(stage.dir))
@@ -514,14 +520,15 @@ def finish(run: Run) -> dict:
     loader = eval_loader(run.val_set, run.cfg.eval.batch_size, run.cfg.dataset.num_workers)
     with make_progress() as progress:
         dets = predict(model, loader, run.device, run.category_ids, progress)
-    metrics = CocoEvaluator(run.val_set.raw.coco_gt()).evaluate(dets)
+    evaluator = build_evaluator(run.val_set.raw.coco_gt(), run.cfg.eval, iou_types_for(run.cfg))
+    metrics = evaluator.evaluate(dets)
     run.events.scalars(iterations, {k: v for k, v in metrics.items() if v is not None})
+    log_curves(run.events.tensorboard, evaluator, iterations)
     metrics = {**metrics, "iteration": iterations,
                **{f"time/{k}": v for k, v in run.timing.items()},
                "time/total": sum(run.timing.values())}
-    atomic_write_json(run.run_dir / "predictions" / "detections.json", dets)
-    atomic_write_json(run.run_dir / "metrics.json", metrics)
+    save_evaluation(run.run_dir, evaluator, metrics, dets,
+                    f"final network after 4-step training ({iterations} iterations)")
     export_model(run.run_dir / "export", model.state_dict(), run.classes, run.category_ids,
                  config_dict(run.cfg), iterations)
-    print_metrics(metrics, f"final network after 4-step training ({iterations} iterations)")
     return metrics
