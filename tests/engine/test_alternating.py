@@ -228,3 +228,17 @@ def test_frozen_batchnorm_stays_in_eval_mode_in_train():
     net = alternating.rpn_network(detector).train()
     bns = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and not any(m.training for m in bns) and net.rpn.training
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["vgg16", "r50_c4"])
+def test_single_map_backbones_train_and_freeze_the_same_way(tmp_path, backbone):
+    overrides = ALT + [f"backbone={backbone}", "anchors=paper_small",
+                       *[f"schedule.stages.{s}.max_iter=1" for s in alternating.TRAINING]]
+    metrics = train(compose_cfg("train", overrides), tmp_path)
+    assert metrics["iteration"] == 4
+    fast1, rpn2, fast2 = (state(tmp_path, s) for s in ("fast1", "rpn2", "fast2"))
+    assert changed_keys(fast1, rpn2) == param_keys("rpn.", rpn2)
+    changed = changed_keys(rpn2, fast2)
+    assert param_keys("roi_heads.box_predictor.", fast2) <= changed
+    assert all(k.startswith("roi_heads.") for k in changed)  # C4: res5 is the RoI head's
