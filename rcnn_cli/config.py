@@ -299,6 +299,55 @@ class ScheduleConf:
     keep_checkpoints: int = 3
 
 
+class HeadInit(Enum):
+    random = "random"  # a freshly initialised layer, as the original code does in stage 2
+    carry = "carry"  # the stage-1 layer's trained weights
+
+
+@dataclass
+class StageConf:
+    """One training stage of the 4-step schedule; null ``max_iter``/``lr`` take the paper's share
+    of ``schedule.max_iter`` (80k:40k:80k:40k) and ``schedule.lr``."""
+
+    max_iter: int | None = None
+    lr: float | None = None
+    decay_steps: list[float] = field(default_factory=lambda: [0.75])  # 60k of 80k, 30k of 40k
+
+
+@dataclass
+class StageProposalsConf:
+    """RPN proposals between stages (Faster R-CNN §3.2): test mode, NMS, top-N after NMS.
+
+    ``min_size`` is in pixels at the paper's 600 px input scale and is scaled with
+    ``dataset.min_size``; null ``pre_nms_top_n`` means no cut before NMS."""
+
+    pre_nms_top_n: int | None = None
+    post_nms_top_n: int = 2000
+    nms_thresh: float = 0.7
+    min_size: float = 16.0
+    batch_size: int = 8
+
+
+@dataclass
+class StagesConf:
+    rpn1: StageConf = field(default_factory=StageConf)
+    fast1: StageConf = field(default_factory=StageConf)
+    rpn2: StageConf = field(default_factory=StageConf)
+    fast2: StageConf = field(default_factory=StageConf)
+
+
+@dataclass
+class AlternatingScheduleConf(ScheduleConf):
+    """4-step alternating training (Faster R-CNN §3.2, ``rcnn_cli.engine.alternating``);
+    ``max_iter`` is the total over the four training stages."""
+
+    name: str = "alternating"
+    stages: StagesConf = field(default_factory=StagesConf)
+    proposals: StageProposalsConf = field(default_factory=StageProposalsConf)
+    rpn2_head_init: HeadInit = HeadInit.random
+    fast2_predictor_init: HeadInit = HeadInit.random
+
+
 @dataclass
 class LogConf:
     """``images_every``: iterations between TensorBoard pictures of ``images_count`` fixed
@@ -427,6 +476,7 @@ def register_configs() -> None:
     cs.store(group="dataset", name="coco_schema", node=CocoConf)
     cs.store(group="dataset", name="voc_schema", node=VocConf)
     cs.store(name="data_schema", node=DataMainConf)
+    cs.store(group="schedule", name="alternating_schema", node=AlternatingScheduleConf)
 
 
 register_configs()
@@ -505,6 +555,7 @@ def _check_ranges(cfg) -> None:
 
 
 DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf, "coco": CocoConf, "voc": VocConf}
+SCHEDULE_SCHEMAS: dict[str, type] = {"alternating": AlternatingScheduleConf}
 
 
 def typed_train_config(stored: dict, source: str = "checkpoint"):
@@ -522,6 +573,8 @@ def typed_train_config(stored: dict, source: str = "checkpoint"):
                 schema = GROUP_SCHEMAS[key]
                 if key == "dataset":
                     schema = DATASET_SCHEMAS.get(value.get("name"), DatasetConf)
+                if key == "schedule":
+                    schema = SCHEDULE_SCHEMAS.get(value.get("name"), ScheduleConf)
                 cfg[key] = OmegaConf.merge(OmegaConf.structured(schema), value)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{source}: stored config does not match the schema: {e}") from None

@@ -103,7 +103,7 @@ class OursLoop:
         self.window: dict[str, list[float]] = defaultdict(list)
 
     def step(self, images, targets) -> float:
-        values = self.trainer.step(images, targets)
+        values = self.trainer.step([(images, targets)])
         self.trainer.iteration += 1
         for k, v in values.items():
             self.window[k].append(v)

@@ -63,6 +63,8 @@ def make_progress(disable: bool = False) -> Progress:
 class Trainer:
     """Holds the run's state; ``run()`` trains to ``schedule.max_iter`` and evaluates."""
 
+    label = "train"  # the progress bar's name
+
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
         self.sched = cfg.schedule
@@ -218,7 +220,7 @@ class Trainer:
                                           max_iter, self.cfg.dataset.num_workers)
         window: dict[str, list[float]] = defaultdict(list)
         with make_progress(disable=not self.is_main) as progress, faults.StopSignal() as stop:
-            task = progress.add_task("train", total=max_iter, completed=self.iteration,
+            task = progress.add_task(self.label, total=max_iter, completed=self.iteration,
                                      speed="", losses="")
             t_data = time.perf_counter()
             batches_iter = faults.guarded_batches(loader, self.cfg.faults.dataloader_timeout)
@@ -322,7 +324,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
                                          else hydra_run_dir())
     log.info("run directory: %s", run_dir)
     try:
-        metrics = Trainer(cfg, run_dir).run()
+        if cfg.schedule.name == "alternating":
+            from rcnn_cli.engine.alternating import train_alternating
+
+            metrics = train_alternating(cfg, run_dir)
+        else:
+            metrics = Trainer(cfg, run_dir).run()
     except faults.Interrupted:
         raise  # every rank stopped at the same step (``distributed.any_rank_stopping``)
     except Exception:
