@@ -34,6 +34,12 @@ class Amp(Enum):
     fp16 = "fp16"
 
 
+class RoIAlignKernel(Enum):
+    auto = "auto"
+    torchvision = "torchvision"
+    vectorised = "vectorised"
+
+
 class Optimizer(Enum):
     sgd = "sgd"
     adamw = "adamw"
@@ -42,6 +48,28 @@ class Optimizer(Enum):
 class Decay(Enum):
     step = "step"
     cosine = "cosine"
+
+
+class EvalMetric(Enum):
+    """COCO's 12 stats, or Pascal VOC AP at IoU 0.5 (VOC07 11-point or VOC2010+ area)."""
+
+    coco = "coco"
+    voc07 = "voc07"
+    voc = "voc"
+
+
+class Validation(Enum):
+    strict = "strict"
+    lenient = "lenient"
+class DistBackend(Enum):
+    auto = "auto"
+    nccl = "nccl"
+    gloo = "gloo"
+
+
+class MetricMode(Enum):
+    max = "max"
+    min = "min"
 
 
 # --- model parts ----------------------------------------------------------------------
@@ -106,6 +134,7 @@ class PoolerConf:
     canonical_scale: int = 224
     canonical_level: int = 4
     aligned: bool = False  # RoIAlign half-pixel offset (roi_align only)
+    kernel: RoIAlignKernel = RoIAlignKernel.auto  # modeling.poolers.roi_align_kernel
 
 
 @dataclass
@@ -175,6 +204,49 @@ class DatasetConf:
     max_size: int = 1333
     flip_prob: float = 0.5
     num_workers: int = 0
+    # multi-scale training: shorter sides drawn per image (empty: min_size only)
+    train_min_sizes: list[int] = field(default_factory=list)
+    color_jitter: float = 0.0
+    aspect_grouping: bool = True
+
+
+@dataclass
+class FileDatasetConf(DatasetConf):
+    """Datasets read from files: validation policy (rcnn_cli.data.validate) and index cache."""
+
+    validation: Validation = Validation.lenient
+    filter_empty: bool = True
+    check_files: bool = True
+    max_pixels: int = 100_000_000
+    cache: bool = True
+    cache_dir: str | None = None
+
+
+@dataclass
+class CocoConf(FileDatasetConf):
+    """A COCO-format JSON file and an image folder per split (``rcnn_cli.data.coco``)."""
+
+    name: str = "coco"
+    train_json: str = MISSING
+    train_images: str = MISSING
+    val_json: str = MISSING
+    val_images: str = MISSING
+    test_json: str | None = None
+    test_images: str | None = None
+    with_masks: bool = False
+
+
+@dataclass
+class VocConf(FileDatasetConf):
+    """The Pascal VOC layout under ``root`` (``rcnn_cli.data.voc``)."""
+
+    name: str = "voc"
+    root: str = MISSING
+    train_split: str = "trainval"
+    val_split: str = "test"
+    test_split: str | None = None
+    classes: list[str] | None = None
+    use_difficult: bool = False
 
 
 @dataclass
@@ -220,18 +292,91 @@ class ScheduleConf:
     amp: Amp = Amp.none
     eval_period: int = 0
     checkpoint_period: int = 500
+    # Scaling out (rcnn_cli.engine.distributed): batch_size is per process and per micro-batch;
+    # one optimizer step sees batch_size * accum_steps * world_size images.
+    accum_steps: int = 1
+    scale_lr: bool = False  # lr *= accum_steps * world_size (linear scaling rule), logged
     keep_checkpoints: int = 3
+
+
+class HeadInit(Enum):
+    random = "random"  # a freshly initialised layer, as the original code does in stage 2
+    carry = "carry"  # the stage-1 layer's trained weights
+
+
+@dataclass
+class StageConf:
+    """One training stage of the 4-step schedule; null ``max_iter``/``lr`` take the paper's share
+    of ``schedule.max_iter`` (80k:40k:80k:40k) and ``schedule.lr``."""
+
+    max_iter: int | None = None
+    lr: float | None = None
+    decay_steps: list[float] = field(default_factory=lambda: [0.75])  # 60k of 80k, 30k of 40k
+
+
+@dataclass
+class StageProposalsConf:
+    """RPN proposals between stages (Faster R-CNN §3.2): test mode, NMS, top-N after NMS.
+
+    ``min_size`` is in pixels at the paper's 600 px input scale and is scaled with
+    ``dataset.min_size``; null ``pre_nms_top_n`` means no cut before NMS."""
+
+    pre_nms_top_n: int | None = None
+    post_nms_top_n: int = 2000
+    nms_thresh: float = 0.7
+    min_size: float = 16.0
+    batch_size: int = 8
+
+
+@dataclass
+class StagesConf:
+    rpn1: StageConf = field(default_factory=StageConf)
+    fast1: StageConf = field(default_factory=StageConf)
+    rpn2: StageConf = field(default_factory=StageConf)
+    fast2: StageConf = field(default_factory=StageConf)
+
+
+@dataclass
+class AlternatingScheduleConf(ScheduleConf):
+    """4-step alternating training (Faster R-CNN §3.2, ``rcnn_cli.engine.alternating``);
+    ``max_iter`` is the total over the four training stages."""
+
+    name: str = "alternating"
+    stages: StagesConf = field(default_factory=StagesConf)
+    proposals: StageProposalsConf = field(default_factory=StageProposalsConf)
+    rpn2_head_init: HeadInit = HeadInit.random
+    fast2_predictor_init: HeadInit = HeadInit.random
 
 
 @dataclass
 class LogConf:
+    """``images_every``: iterations between TensorBoard pictures of ``images_count`` fixed
+    validation images (ground truth and predictions above ``images_score_thresh``); 0 = off."""
+
     period: int = 20
     tensorboard: bool = True
+    images_every: int = 250
+    images_count: int = 4
+    images_score_thresh: float = 0.5
 
 
 @dataclass
 class EvalConf:
+    """``backend``: faster-coco-eval (C++) or pycocotools; same numbers, see docs/benchmarks.md."""
+
     batch_size: int = 8
+    metric: EvalMetric = EvalMetric.coco
+    backend: str = "faster-coco-eval"
+
+
+@dataclass
+class DistConf:
+    """DistributedDataParallel settings; used only when started by torchrun or SLURM."""
+
+    backend: DistBackend = DistBackend.auto  # auto: nccl on CUDA, gloo on CPU
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only; backbone.norm=bn)
+    find_unused_parameters: bool = False
+    timeout_s: int = 1800
 
 
 @dataclass
@@ -258,6 +403,9 @@ class TrainConf:
     device: Device = Device.auto
     threads: int = 0
     resume: str | None = None
+    dist: DistConf = field(default_factory=DistConf)
+    optimized_metric: str = "bbox/AP"  # what sweeps sort by and the task function returns
+    optimized_mode: MetricMode = MetricMode.max
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
 
@@ -269,6 +417,40 @@ class EvalMainConf:
     device: Device = Device.auto
     threads: int = 0
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
+
+
+@dataclass
+class PredictMainConf:
+    """``input``: an image, a folder, a glob, or ``dataset`` (the ``split`` of ``dataset``, by
+    default the checkpoint's dataset config). ``ann_file``: a COCO annotation file whose image
+    ids the results use (matched by file name). ``limit``: first N images (0 = all)."""
+
+    ckpt: str = MISSING
+    input: str = MISSING
+    output: str | None = None
+    score_thresh: float = 0.5
+    batch_size: int = 4
+    split: str = "val"
+    limit: int = 0
+    ann_file: str | None = None
+    dataset: Any = None
+    device: Device = Device.auto
+    threads: int = 0
+    ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
+
+
+@dataclass
+class DataMainConf:
+    """``rcnn-data check|browse|convert``: dataset doctor (rcnn_cli.data_cli)."""
+
+    command: str = MISSING
+    dataset: Any = MISSING
+    split: str = "train"
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    n: int = 16
+    seed: int = 0
+    out: str | None = None
+    decode: bool = False
 
 
 GROUP_SCHEMAS: dict[str, type] = {
@@ -287,9 +469,14 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConf)
     cs.store(name="eval_schema", node=EvalMainConf)
+    cs.store(name="predict_schema", node=PredictMainConf)
     for group, node in GROUP_SCHEMAS.items():
         cs.store(group=group, name=f"{group}_schema", node=node)
     cs.store(group="dataset", name="shapes_schema", node=ShapesConf)
+    cs.store(group="dataset", name="coco_schema", node=CocoConf)
+    cs.store(group="dataset", name="voc_schema", node=VocConf)
+    cs.store(name="data_schema", node=DataMainConf)
+    cs.store(group="schedule", name="alternating_schema", node=AlternatingScheduleConf)
 
 
 register_configs()
@@ -340,7 +527,13 @@ POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("schedule.checkpoint_period", 1), ("schedule.eval_period", 0),
                  ("schedule.warmup_iters", 0), ("log.period", 1), ("eval.batch_size", 1),
                  ("dataset.num_workers", 0), ("schedule.keep_checkpoints", 1),
-                 ("faults.max_nonfinite_steps", 1)]
+                 ("faults.max_nonfinite_steps", 1), ("log.images_every", 0),
+                 ("log.images_count", 1), ("limit", 0), ("batch_size", 1),
+                 ("dataset.max_pixels", 0), ("n", 1), ("schedule.accum_steps", 1),
+                 ("dist.timeout_s", 1)]
+
+# (key, allowed values): checked when the key is present.
+CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools"))]
 
 
 def _check_ranges(cfg) -> None:
@@ -352,12 +545,17 @@ def _check_ranges(cfg) -> None:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if isinstance(value, int) and value < low:
             raise ConfigError(f"{key}={value}: must be >= {low}")
+    for key, allowed in CHOICE_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"{key}={value}: must be one of {', '.join(allowed)}")
     lr = OmegaConf.select(cfg, "schedule.lr", default=None, throw_on_missing=False)
     if isinstance(lr, float) and lr <= 0:
         raise ConfigError(f"schedule.lr={lr}: must be > 0")
 
 
-DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf}
+DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf, "coco": CocoConf, "voc": VocConf}
+SCHEDULE_SCHEMAS: dict[str, type] = {"alternating": AlternatingScheduleConf}
 
 
 def typed_train_config(stored: dict, source: str = "checkpoint"):
@@ -375,6 +573,8 @@ def typed_train_config(stored: dict, source: str = "checkpoint"):
                 schema = GROUP_SCHEMAS[key]
                 if key == "dataset":
                     schema = DATASET_SCHEMAS.get(value.get("name"), DatasetConf)
+                if key == "schedule":
+                    schema = SCHEDULE_SCHEMAS.get(value.get("name"), ScheduleConf)
                 cfg[key] = OmegaConf.merge(OmegaConf.structured(schema), value)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{source}: stored config does not match the schema: {e}") from None

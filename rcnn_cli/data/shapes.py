@@ -187,8 +187,9 @@ class ShapesDataset:
 
     def _add_segmentations(self, anns: list[dict]) -> None:
         """Visible masks as RLE, in annotation order (for COCO ``segm`` evaluation)."""
-        from rcnn_cli.evaluation.coco import encode_masks
+        from rcnn_cli.evaluation.coco import encode_binary_masks
 
-        rles = [rle for idx in range(len(self)) for rle in encode_masks(self._layout(idx)[1])]
+        rles = [rle for idx in range(len(self))
+                for rle in encode_binary_masks(self._layout(idx)[1])]
         for ann, rle in zip(anns, rles, strict=True):
             ann["segmentation"] = rle

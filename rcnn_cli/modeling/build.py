@@ -55,8 +55,10 @@ def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
         box_coder_weights=list(m.rpn.box_coder_weights),
     )
     roi_heads = build_roi_heads(cfg, backbone, num_classes + 1)
+    # Training images arrive resized by the input pipeline (rcnn_cli.data.transforms), so the
+    # model resizes only at inference (and maps boxes back to original image coordinates).
     transform = GeneralizedRCNNTransform(d.min_size, d.max_size, list(m.image_mean),
-                                         list(m.image_std))
+                                         list(m.image_std), _skip_resize=True)
     model = GeneralizedRCNN(backbone.module, rpn, roi_heads, transform)
     if m.weights:
         load_detector_weights(model, m.weights)
@@ -67,7 +69,7 @@ def build_roi_heads(cfg, backbone: BackboneSpec, num_classes: int) -> nn.Module:
     """Box head (standard or cascade) + optional mask branch; ``num_classes`` counts background."""
     m, s, p = cfg.model, cfg.sampler, cfg.pooler
     pooler = build_pooler(p.name, backbone.pooled_names, p.output_size, p.sampling_ratio,
-                          p.canonical_scale, p.canonical_level, p.aligned)
+                          p.canonical_scale, p.canonical_level, p.aligned, _value(p.kernel))
 
     built = []
 
@@ -86,7 +88,8 @@ def build_roi_heads(cfg, backbone: BackboneSpec, num_classes: int) -> nn.Module:
             backbone.pooled_names, backbone.out_channels, num_classes,
             output_size=mh.output_size, sampling_ratio=mh.sampling_ratio, layers=list(mh.layers),
             dilation=mh.dilation, dim_reduced=mh.dim_reduced,
-            canonical_scale=p.canonical_scale, canonical_level=p.canonical_level)
+            canonical_scale=p.canonical_scale, canonical_level=p.canonical_level,
+            kernel=_value(p.kernel))
     bh = m.box_head
     if m.name.startswith("cascade"):
         c = m.cascade

@@ -22,13 +22,14 @@ from rcnn_cli.modeling.poolers import build_pooler
 def build_mask_branch(feature_names: list[str], in_channels: int, num_classes: int, *,
                       output_size: int, sampling_ratio: int, layers: list[int], dilation: int,
                       dim_reduced: int, canonical_scale: int,
-                      canonical_level: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+                      canonical_level: int,
+                      kernel: str = "auto") -> tuple[nn.Module, nn.Module, nn.Module]:
     """(mask pooler, mask head, mask predictor); ``num_classes`` counts the background."""
     if not layers or any(c < 1 for c in layers) or dilation < 1 or dim_reduced < 1:
         raise ConfigError("model.mask_head: need at least one conv layer, positive widths and "
                           "dilation >= 1")
     pooler = build_pooler("roi_align", feature_names, output_size, sampling_ratio,
-                          canonical_scale, canonical_level)
+                          canonical_scale, canonical_level, kernel=kernel)
     head = MaskRCNNHeads(in_channels, list(layers), dilation)
     predictor = MaskRCNNPredictor(layers[-1], dim_reduced, num_classes)
     return pooler, head, predictor

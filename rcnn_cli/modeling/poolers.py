@@ -24,8 +24,18 @@ from torchvision.ops import roi_align, roi_pool
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 from rcnn_cli.errors import ConfigError
+from rcnn_cli.ops.roi_align import roi_align as vectorised_roi_align
 
 POOLERS = ("roi_pool", "roi_align")
+KERNELS = ("auto", "torchvision", "vectorised")
+
+
+def roi_align_kernel(kernel: str, device: torch.device) -> Callable[..., Tensor]:
+    """``vectorised`` (``rcnn_cli.ops``, same numerics) or torchvision's own RoIAlign kernel;
+    ``auto`` takes the vectorised one on CPU, where torchvision's backward is a scalar loop."""
+    if kernel == "vectorised" or (kernel == "auto" and device.type == "cpu"):
+        return vectorised_roi_align
+    return roi_align
 
 
 class LevelPooler(nn.Module):
@@ -58,9 +68,13 @@ class LevelPooler(nn.Module):
         return result
 
 
-def pool_op(name: str, output_size: int, sampling_ratio: int,
-            aligned: bool) -> Callable[[Tensor, Tensor, float], Tensor]:
-    """The per-level op: torchvision's ``roi_pool`` or ``roi_align``."""
+def pool_op(name: str, output_size: int, sampling_ratio: int, aligned: bool,
+            kernel: str = "auto") -> Callable[[Tensor, Tensor, float], Tensor]:
+    """The per-level op: torchvision's ``roi_pool`` or ``roi_align`` (``kernel`` picks the
+    RoIAlign implementation, see ``roi_align_kernel``)."""
+    if kernel not in KERNELS:
+        raise ConfigError(f"pooler.kernel={kernel} is not supported; available: "
+                          f"{', '.join(KERNELS)}")
     if name == "roi_pool":
         if aligned:
             raise ConfigError("pooler=roi_pool quantises its RoIs; pooler.aligned=true only "
@@ -73,16 +87,18 @@ def pool_op(name: str, output_size: int, sampling_ratio: int,
     if name == "roi_align":
 
         def op(feature: Tensor, rois: Tensor, scale: float) -> Tensor:
-            return roi_align(feature, rois, output_size, scale, sampling_ratio, aligned)
+            align = roi_align_kernel(kernel, feature.device)
+            return align(feature, rois, output_size, scale, sampling_ratio, aligned)
 
         return op
     raise ConfigError(f"pooler={name} is not supported; available: {', '.join(POOLERS)}")
 
 
 def build_pooler(name: str, feature_names: list[str], output_size: int, sampling_ratio: int,
-                 canonical_scale: int, canonical_level: int, aligned: bool = False) -> LevelPooler:
+                 canonical_scale: int, canonical_level: int, aligned: bool = False,
+                 kernel: str = "auto") -> LevelPooler:
     if output_size < 1 or sampling_ratio < 0 or canonical_scale < 1:
         raise ConfigError(f"pooler={name}: need output_size >= 1, sampling_ratio >= 0 and "
                           f"canonical_scale >= 1")
-    op = pool_op(name, output_size, sampling_ratio, aligned)
+    op = pool_op(name, output_size, sampling_ratio, aligned, kernel)
     return LevelPooler(op, feature_names, output_size, canonical_scale, canonical_level)

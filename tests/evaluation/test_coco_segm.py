@@ -7,8 +7,8 @@ import torch
 from pycocotools import mask as mask_utils
 
 from rcnn_cli.data.shapes import ShapesDataset
-from rcnn_cli.evaluation.coco import CocoEvaluators, encode_masks
-from rcnn_cli.evaluation.inference import to_coco_results
+from rcnn_cli.evaluation.coco import CocoEvaluator
+from rcnn_cli.evaluation.inference import encode_masks, to_coco_results
 
 
 def test_shapes_ground_truth_carries_the_visible_masks_as_rle():
@@ -27,7 +27,7 @@ def test_shapes_ground_truth_carries_the_visible_masks_as_rle():
 
 def test_perfect_masks_score_ap_1_and_shifted_masks_lower():
     ds = ShapesDataset("val", 4, 64, with_masks=True)
-    evaluator = CocoEvaluators(ds.coco_gt(), with_masks=True)
+    evaluator = CocoEvaluator(ds.coco_gt(), ("bbox", "segm"))
     perfect, shifted = [], []
     for i in range(len(ds)):
         _, t = ds.raw(i)
@@ -45,4 +45,4 @@ def test_perfect_masks_score_ap_1_and_shifted_masks_lower():
 
 
 def test_encode_masks_of_no_objects():
-    assert encode_masks(np.zeros((0, 8, 8), bool)) == []
+    assert encode_masks(torch.zeros(0, 1, 8, 8)) == []
