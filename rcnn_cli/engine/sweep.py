@@ -156,9 +156,14 @@ def sort_rows(rows: list[dict], metric: str, mode: str) -> list[dict]:
 
 
 def columns(rows: list[dict], metric: str) -> tuple[list[str], list[str]]:
+    """The parameters that differ between jobs (a job records all its overrides, including
+    the ones every job shares), then the metrics."""
     params: list[str] = []
     for row in rows:
         params += [k for k in row["params"] if k not in params]
+    if len(rows) > 1:
+        params = [k for k in params
+                  if len({json.dumps(r["params"].get(k), default=str) for r in rows}) > 1]
     metrics = list(dict.fromkeys([metric, *SHOWN_METRICS]))
     return params, metrics
 
@@ -216,7 +221,12 @@ def print_summary(rows: list[dict], metric: str, title: str,
         table.add_column(name, overflow="fold")
     for line, row in zip(body, rows):
         table.add_row(*line, style=None if row["status"] == "completed" else "red")
-    (console or Console()).print(table)
+    console = console or Console()
+    console.print(table)
+    for row in rows:
+        if row["status"] != "completed":
+            console.print(f"job {row['job']} {row['status']}: {row.get('error')}",
+                          soft_wrap=True, markup=False, highlight=False)
 
 
 class SweepSummary(Callback):

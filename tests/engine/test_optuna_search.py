@@ -12,9 +12,10 @@ from rcnn_cli.engine import optuna_search
 from rcnn_cli.errors import ConfigError
 from tests.conftest import TINY
 
-BASE = [o for o in TINY if not o.startswith("schedule.max_iter")] + [
-    "schedule.max_iter=2", "dataset.val_size=2", "device=cpu", "threads=1",
-    "log.tensorboard=false", "model.box_head.score_thresh=0.0"]
+BASE = [o for o in TINY if not o.startswith(("schedule.max_iter", "schedule.checkpoint_period"))] + [
+    "schedule.max_iter=2", "schedule.checkpoint_period=100", "dataset.val_size=2", "device=cpu",
+    "threads=1", "log.tensorboard=false", "model.box_head.score_thresh=0.0",
+    "schedule.optimizer=sgd", "schedule.momentum=0"]
 
 
 def distributions(specs: list[str]) -> dict:
@@ -45,6 +46,7 @@ def test_a_search_spec_that_is_not_a_sweep_is_a_config_error(spec):
         optuna_search.parse_space([spec])
 
 
+@pytest.mark.slow
 def test_three_tiny_trials_report_the_best_parameters(tmp_path, capsys):
     out = tmp_path / "study"
     rc = optuna_search.main(["--trials", "3", "--out", str(out), "--seed", "1",
