@@ -139,6 +139,9 @@ def stage_iterations(sched) -> dict[str, int]:
         out[stage] = int(own) if own is not None else max(1, out[stage])
         if out[stage] < 1:
             raise ConfigError(f"schedule.stages.{stage}.max_iter={own}: must be >= 1")
+        lr = sched.stages[stage].lr
+        if lr is not None and lr <= 0:
+            raise ConfigError(f"schedule.stages.{stage}.lr={lr}: must be > 0")
     return out
 
 

@@ -95,6 +95,12 @@ def test_final_network_shares_the_fast1_backbone_and_evaluates_like_any_run(full
     again = evaluate_checkpoint(compose_cfg("eval", [f"ckpt={run_dir / 'checkpoints' / 'last.pt'}"]),
                                 tmp_path / "eval")
     assert again["bbox/AP"] == pytest.approx(metrics["bbox/AP"], abs=1e-9)
+    from rcnn_cli.engine.predictor import predict_images
+
+    summary = predict_images(compose_cfg("predict", [
+        f"ckpt={run_dir / 'checkpoints' / 'last.pt'}", "input=dataset", "limit=2",
+        f"output={tmp_path / 'predict'}"]))
+    assert summary["images"] == 2
 
 
 def test_stage_artifacts_recall_and_scalars(full_run):
@@ -215,6 +221,8 @@ def test_misspelt_stage_key_fails_at_start(tmp_path):
     with pytest.raises(Exception, match="rpn3"):
         cfg = compose_cfg("train", ALT + ["+schedule.stages.rpn3.max_iter=2"])
         train(cfg, tmp_path)
+    with pytest.raises(ConfigError, match=r"schedule.stages.rpn2.lr=-1.0: must be > 0"):
+        train(compose_cfg("train", ALT + ["schedule.stages.rpn2.lr=-1"]), tmp_path)
     with pytest.raises(ConfigError, match="schedule=alternating trains Faster R-CNN"):
         cfg = compose_cfg("train", ALT)
         cfg.model.name = "fast"
