@@ -197,7 +197,7 @@ def bench_rss(args) -> None:
         synthetic_coco(work, args.images)
         print(f"wrote {json_path} ({json_path.stat().st_size / 2**20:.0f} MiB) in "
               f"{time.perf_counter() - t0:.1f} s")
-    os.environ.setdefault("RCNN_CLI_CACHE", str(work / "cache"))
+    os.environ["RCNN_CLI_CACHE"] = tempfile.mkdtemp(prefix="cache-", dir=work)  # a real parse
     cfg = OmegaConf.merge(OmegaConf.structured(CocoConf), {
         "train_json": str(json_path), "train_images": str(work / "images"),
         "val_json": str(json_path), "val_images": str(work / "images"),
