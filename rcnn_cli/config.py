@@ -25,12 +25,19 @@ class Norm(Enum):
     frozen_bn = "frozen_bn"
     bn = "bn"
     gn = "gn"
+    none = "none"  # no normalisation layers (the original VGG16)
 
 
 class Amp(Enum):
     none = "none"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+class RoIAlignKernel(Enum):
+    auto = "auto"
+    torchvision = "torchvision"
+    vectorised = "vectorised"
 
 
 class Optimizer(Enum):
@@ -41,6 +48,14 @@ class Optimizer(Enum):
 class Decay(Enum):
     step = "step"
     cosine = "cosine"
+
+
+class EvalMetric(Enum):
+    """COCO's 12 stats, or Pascal VOC AP at IoU 0.5 (VOC07 11-point or VOC2010+ area)."""
+
+    coco = "coco"
+    voc07 = "voc07"
+    voc = "voc"
 
 
 class Validation(Enum):
@@ -79,6 +94,7 @@ class RPNSamplerConf:
     positive_fraction: float = 0.5
     fg_iou_thresh: float = 0.7
     bg_iou_thresh: float = 0.3
+    ignore_border: bool = False  # §3.1.3: anchors crossing the image border are ignored
 
 
 @dataclass
@@ -89,6 +105,7 @@ class RoISamplerConf:
     positive_fraction: float = 0.25
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.5
+    bg_iou_lo: float = 0.0  # background is IoU in [bg_iou_lo, bg_iou_thresh)
 
 
 @dataclass
@@ -107,6 +124,8 @@ class PoolerConf:
     sampling_ratio: int = 2
     canonical_scale: int = 224
     canonical_level: int = 4
+    aligned: bool = False  # RoIAlign half-pixel offset (roi_align only)
+    kernel: RoIAlignKernel = RoIAlignKernel.auto  # modeling.poolers.roi_align_kernel
 
 
 @dataclass
@@ -117,6 +136,7 @@ class RPNConf:
     post_nms_top_n_test: int = 1000
     nms_thresh: float = 0.7
     score_thresh: float = 0.0
+    box_coder_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
 
 
 @dataclass
@@ -129,6 +149,27 @@ class BoxHeadConf:
 
 
 @dataclass
+class MaskHeadConf:
+    """Mask R-CNN §3: RoIAlign 14x14 -> 4 convs -> deconv -> per-class 28x28 masks."""
+
+    output_size: int = 14
+    sampling_ratio: int = 2
+    layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    dilation: int = 1
+    dim_reduced: int = 256
+
+
+@dataclass
+class CascadeConf:
+    """Cascade R-CNN §4: one entry per stage."""
+
+    iou_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7])
+    stage_loss_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    box_coder_weights: list[list[float]] = field(default_factory=lambda: [
+        [10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]])
+
+
+@dataclass
 class ModelConf:
     """Two-stage detector; ``weights`` loads a whole detector (torchvision name or file)."""
 
@@ -138,6 +179,8 @@ class ModelConf:
     image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     rpn: RPNConf = field(default_factory=RPNConf)
     box_head: BoxHeadConf = field(default_factory=BoxHeadConf)
+    mask_head: MaskHeadConf = field(default_factory=MaskHeadConf)
+    cascade: CascadeConf = field(default_factory=CascadeConf)
 
 
 # --- data -----------------------------------------------------------------------------
@@ -245,13 +288,23 @@ class ScheduleConf:
 
 @dataclass
 class LogConf:
+    """``images_every``: iterations between TensorBoard pictures of ``images_count`` fixed
+    validation images (ground truth and predictions above ``images_score_thresh``); 0 = off."""
+
     period: int = 20
     tensorboard: bool = True
+    images_every: int = 250
+    images_count: int = 4
+    images_score_thresh: float = 0.5
 
 
 @dataclass
 class EvalConf:
+    """``backend``: faster-coco-eval (C++) or pycocotools; same numbers, see docs/benchmarks.md."""
+
     batch_size: int = 8
+    metric: EvalMetric = EvalMetric.coco
+    backend: str = "faster-coco-eval"
 
 
 @dataclass
@@ -292,6 +345,26 @@ class EvalMainConf:
 
 
 @dataclass
+class PredictMainConf:
+    """``input``: an image, a folder, a glob, or ``dataset`` (the ``split`` of ``dataset``, by
+    default the checkpoint's dataset config). ``ann_file``: a COCO annotation file whose image
+    ids the results use (matched by file name). ``limit``: first N images (0 = all)."""
+
+    ckpt: str = MISSING
+    input: str = MISSING
+    output: str | None = None
+    score_thresh: float = 0.5
+    batch_size: int = 4
+    split: str = "val"
+    limit: int = 0
+    ann_file: str | None = None
+    dataset: Any = None
+    device: Device = Device.auto
+    threads: int = 0
+    ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
+
+
+@dataclass
 class DataMainConf:
     """``rcnn-data check|browse|convert``: dataset doctor (rcnn_cli.data_cli)."""
 
@@ -321,6 +394,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConf)
     cs.store(name="eval_schema", node=EvalMainConf)
+    cs.store(name="predict_schema", node=PredictMainConf)
     for group, node in GROUP_SCHEMAS.items():
         cs.store(group=group, name=f"{group}_schema", node=node)
     cs.store(group="dataset", name="shapes_schema", node=ShapesConf)
@@ -376,8 +450,13 @@ def validate(cfg) -> None:
 POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("schedule.checkpoint_period", 1), ("schedule.eval_period", 0),
                  ("schedule.warmup_iters", 0), ("log.period", 1), ("eval.batch_size", 1),
-                 ("dataset.num_workers", 0), ("dataset.max_pixels", 0), ("n", 1),
-                 ("schedule.keep_checkpoints", 1), ("faults.max_nonfinite_steps", 1)]
+                 ("dataset.num_workers", 0), ("schedule.keep_checkpoints", 1),
+                 ("faults.max_nonfinite_steps", 1), ("log.images_every", 0),
+                 ("log.images_count", 1), ("limit", 0), ("batch_size", 1),
+                 ("dataset.max_pixels", 0), ("n", 1)]
+
+# (key, allowed values): checked when the key is present.
+CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools"))]
 
 
 def _check_ranges(cfg) -> None:
@@ -389,6 +468,10 @@ def _check_ranges(cfg) -> None:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if isinstance(value, int) and value < low:
             raise ConfigError(f"{key}={value}: must be >= {low}")
+    for key, allowed in CHOICE_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"{key}={value}: must be one of {', '.join(allowed)}")
     lr = OmegaConf.select(cfg, "schedule.lr", default=None, throw_on_missing=False)
     if isinstance(lr, float) and lr <= 0:
         raise ConfigError(f"schedule.lr={lr}: must be > 0")
