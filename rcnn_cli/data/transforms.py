@@ -23,6 +23,12 @@ def to_sample(image: np.ndarray, target: dict) -> tuple[tv_tensors.Image, dict]:
     return img, out
 
 
+def proposal_boxes(boxes: np.ndarray, image: tv_tensors.Image) -> tv_tensors.BoundingBoxes:
+    """External proposals as BoundingBoxes, so the v2 transforms move them with the image."""
+    return tv_tensors.BoundingBoxes(torch.as_tensor(boxes, dtype=torch.float32), format="XYXY",
+                                    canvas_size=tuple(image.shape[-2:]))
+
+
 def build_transforms(train: bool, flip_prob: float) -> v2.Transform:
     steps: list[v2.Transform] = []
     if train and flip_prob > 0:

@@ -24,6 +24,7 @@ from rich.progress import (
 from rcnn_cli.config import validate
 from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import eval_loader, train_loader
+from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import runtime
 from rcnn_cli.engine.checkpoint import (
     CheckpointStore,
@@ -79,6 +80,8 @@ class Trainer:
         runtime.seed_everything(cfg.seed)
         self.train_set = build_dataset(cfg.dataset, "train", train=True)
         self.val_set = build_dataset(cfg.dataset, "val", train=False)
+        attach_proposals(cfg, "train", self.train_set)
+        attach_proposals(cfg, "val", self.val_set)
         self.classes = list(self.train_set.raw.classes)
         self.category_ids = list(self.train_set.raw.category_ids)
         self.model = build_detector(cfg, len(self.classes)).to(self.device)
