@@ -167,7 +167,7 @@ class ProposalsConf:
     max_proposals: int = 2000
     min_box_size: float = 2.0
     file: str | None = None
-    cache_dir: str = ".cache/rcnn-cli/proposals"
+    cache_dir: str = "~/.cache/rcnn-cli/proposals"
     workers: int = 2
 
 

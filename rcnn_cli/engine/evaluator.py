@@ -10,12 +10,15 @@ from omegaconf import DictConfig, OmegaConf
 from rcnn_cli.config import typed_train_config, validate
 from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import eval_loader
+from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import runtime
 from rcnn_cli.engine.checkpoint import load_checkpoint
+from rcnn_cli.engine.compress import compress_and_compare, save_compressed
 from rcnn_cli.engine.trainer import hydra_run_dir, make_progress
 from rcnn_cli.errors import CheckpointError
 from rcnn_cli.evaluation.coco import CocoEvaluator
 from rcnn_cli.evaluation.inference import predict
+from rcnn_cli.evaluation.recall import evaluate_proposal_recall, recall_metrics, write_recall_report
 from rcnn_cli.evaluation.report import print_metrics
 from rcnn_cli.io import atomic_write_json
 from rcnn_cli.modeling.build import build_detector
@@ -35,6 +38,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
     runtime.set_threads(cfg.threads)
     device = runtime.select_device(cfg.device)
     dataset = build_dataset(train_cfg.dataset, "val", train=False)
+    attach_proposals(train_cfg, "val", dataset)
     classes = list(ckpt["classes"])
     if list(dataset.raw.classes) != classes:
         raise CheckpointError(f"{cfg.ckpt}: checkpoint classes {classes} differ from dataset "
@@ -47,6 +51,16 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
         dets = predict(model, loader, device, dataset.raw.category_ids, progress)
     metrics = CocoEvaluator(dataset.raw.coco_gt()).evaluate(dets)
     metrics["iteration"] = int(ckpt["iteration"])
+    if cfg.eval.proposals:
+        result = evaluate_proposal_recall(model, loader, device, list(cfg.eval.proposal_counts))
+        metrics.update(recall_metrics(result))
+        write_recall_report(result, run_dir, f"proposal recall: {Path(cfg.ckpt).name}")
+    if cfg.compress.fc6 is not None or cfg.compress.fc7 is not None:
+        svd, small = compress_and_compare(model, cfg.compress.fc6, cfg.compress.fc7, loader,
+                                          device, dataset.raw.category_ids, dataset.raw.coco_gt())
+        metrics.update(svd)
+        if cfg.compress.save:
+            save_compressed(ckpt, small, cfg.compress.fc6, cfg.compress.fc7, run_dir)
     atomic_write_json(run_dir / "predictions" / "detections.json", dets)
     atomic_write_json(run_dir / "metrics.json", metrics)
     OmegaConf.save(train_cfg, run_dir / "model_config.yaml")
