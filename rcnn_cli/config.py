@@ -228,6 +228,7 @@ class ScheduleConf:
     amp: Amp = Amp.none
     eval_period: int = 0
     checkpoint_period: int = 500
+    keep_checkpoints: int = 3
 
 
 @dataclass
@@ -253,6 +254,14 @@ class CompressConf:
 
 
 @dataclass
+class FaultsConf:
+    """Training fault policy (``rcnn_cli.engine.faults``, docs/reliability.md)."""
+
+    max_nonfinite_steps: int = 10  # consecutive skipped steps (non-finite grads) before an error
+    dataloader_timeout: float = 600.0  # seconds to wait for a worker batch (num_workers > 0)
+
+
+@dataclass
 class TrainConf:
     model: Any = MISSING
     backbone: Any = MISSING
@@ -264,10 +273,12 @@ class TrainConf:
     proposals: Any = None
     log: LogConf = field(default_factory=LogConf)
     eval: EvalConf = field(default_factory=EvalConf)
+    faults: FaultsConf = field(default_factory=FaultsConf)
     seed: int = 0
     device: Device = Device.auto
     threads: int = 0
     resume: str | None = None
+    ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
 
 @dataclass
@@ -278,6 +289,7 @@ class EvalMainConf:
     compress: CompressConf = field(default_factory=CompressConf)
     device: Device = Device.auto
     threads: int = 0
+    ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
 
 GROUP_SCHEMAS: dict[str, type] = {
@@ -349,7 +361,8 @@ def validate(cfg) -> None:
 POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("schedule.checkpoint_period", 1), ("schedule.eval_period", 0),
                  ("schedule.warmup_iters", 0), ("log.period", 1), ("eval.batch_size", 1),
-                 ("dataset.num_workers", 0)]
+                 ("dataset.num_workers", 0), ("schedule.keep_checkpoints", 1),
+                 ("faults.max_nonfinite_steps", 1)]
 
 
 def _check_ranges(cfg) -> None:

@@ -22,7 +22,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            half = len(data) // 2
+            f.write(data[:half])
+            _test_pause(path, f)
+            f.write(data[half:])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -46,6 +49,21 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def _test_pause(path: Path, f) -> None:
+    """TEST-ONLY hook: ``RCNN_CLI_TEST_PAUSE_WRITE=<file name>:<marker path>`` stops a write
+    of that file half-way (marker created, process sleeps) so a test can ``kill -9`` it at a
+    known point. Unset in normal use; it changes nothing else."""
+    spec = os.environ.get("RCNN_CLI_TEST_PAUSE_WRITE")
+    if not spec or spec.split(":", 1)[0] != path.name:
+        return
+    import time
+
+    f.flush()
+    Path(spec.split(":", 1)[1]).touch()
+    while True:
+        time.sleep(1)
 
 
 def _umask() -> int:

@@ -97,3 +97,45 @@ def test_bad_checkpoint_is_one_clear_line(tmp_path: Path):
     r = run_cli("rcnn-eval", f"ckpt={bad}", f"hydra.run.dir={tmp_path / 'eval'}")
     assert r.returncode == 1
     assert "bad.pt" in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
+
+
+# Row 1 end to end: rcnn-eval refuses a code payload, names the global, never runs it.
+def test_rcnn_eval_refuses_a_code_payload(tmp_path: Path):
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch PAYLOAD_RAN",))
+
+    torch.save({"format": "rcnn-cli/1", "model": {}, "x": Payload()}, tmp_path / "evil.pt",
+               pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    r = run_cli("rcnn-eval", f"ckpt={tmp_path / 'evil.pt'}", f"hydra.run.dir={tmp_path / 'e'}",
+                cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "evil.pt was refused" in out and "posix.system" in out and "ckpt_trust" in out
+    assert "Traceback" not in out and not (tmp_path / "PAYLOAD_RAN").exists()
+
+
+# Errors for people: the debug switch shows the traceback that is otherwise hidden.
+def test_hydra_verbose_shows_the_traceback(tmp_path: Path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"")
+    r = run_cli("rcnn-eval", f"ckpt={bad}", f"hydra.run.dir={tmp_path / 'eval'}",
+                "hydra.verbose=true")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "Traceback" in out and "CheckpointError" in out
+
+
+# Row 32: one failing sweep job does not stop the others; the sweep exits non-zero.
+@pytest.mark.slow
+def test_sweep_with_a_failing_job_finishes_the_others(tmp_path: Path):
+    overrides = [o for o in TINY if not o.startswith("schedule.max_iter")]
+    r = run_cli("rcnn-train", "-m", *overrides, "schedule.max_iter=1", "log.tensorboard=false",
+                "schedule.lr=-1,0.01", f"hydra.sweep.dir={tmp_path}")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "schedule.lr=-1.0: must be > 0" in out or "schedule.lr=-1: must be > 0" in out
+    assert (tmp_path / "1" / "metrics.json").is_file(), out
+    assert not (tmp_path / "0" / "metrics.json").exists()

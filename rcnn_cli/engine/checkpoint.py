@@ -1,15 +1,26 @@
-"""Checkpoints: atomic writes, an index of sizes and hashes, and ``weights_only`` loads only.
+"""Checkpoints: atomic writes, a verified index of sizes and hashes, ``weights_only`` loads.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so
-``torch.load(weights_only=True)`` reads it; nothing is ever retried with pickle.
+``torch.load(weights_only=True)`` reads it. A file that needs other globals is refused,
+naming the global; nothing is retried with pickle unless the user sets ``ckpt_trust=true``.
+
+Layout of ``<run>/checkpoints``: ``model_<iter>.pt`` (the newest ``keep`` are kept),
+``last.pt`` (a hard link to the newest, or a copy), ``best.pt`` and ``index.json``
+(file, iteration, size, sha256 of each). A new checkpoint is verified (size and hash of the
+bytes on disk) before the index points at it and before any old one is pruned.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
+import os
 import pickle
+import pickletools
 import random
+import re
 import zipfile
 from pathlib import Path
 
@@ -17,10 +28,13 @@ import numpy as np
 import torch
 
 from rcnn_cli.errors import CheckpointError
-from rcnn_cli.io import atomic_torch_save, atomic_write_json
+from rcnn_cli.io import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger("rcnn_cli")
 
 FORMAT = "rcnn-cli/1"
 INDEX = "index.json"
+TRUST_HINT = "ckpt_trust=true"
 
 
 def sha256(path: Path) -> str:
@@ -31,8 +45,51 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_file(path: str | Path) -> dict:
-    """``torch.load(weights_only=True)`` with errors that name the file and the cause."""
+def pickle_globals(path: Path) -> list[str]:
+    """Every ``module.name`` a checkpoint's pickle imports, read statically (nothing runs)."""
+    with zipfile.ZipFile(path) as z:
+        name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+        data = z.read(name)
+    found: list[str] = []
+    strings: list[str] = []
+    memo: dict[int, object] = {}
+    last: object = None
+    for op, arg, _ in pickletools.genops(data):
+        if op.name == "GLOBAL":
+            found.append(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            found.append(f"{strings[-2]}.{strings[-1]}")
+        if op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+            memo[len(memo) if op.name == "MEMOIZE" else arg] = last
+            continue
+        last = memo.get(arg) if op.name in ("GET", "BINGET", "LONG_BINGET") else arg
+        if isinstance(last, str):
+            strings.append(last)
+    return list(dict.fromkeys(found))
+
+
+def offending_global(path: Path, message: str) -> str:
+    """The first global the weights-only loader does not allow (from the file, else torch's
+    message, which names it only for protocol-2 pickles)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+        unsafe = [g for g in pickle_globals(path) if g not in allowed]
+        if unsafe:
+            return unsafe[0]
+    except Exception:  # noqa: BLE001  (best effort: fall back to the message)
+        pass
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    return found.group(1) if found else "an unsupported global"
+
+
+def load_file(path: str | Path, trust: bool = False) -> dict:
+    """``torch.load(weights_only=True)``; errors name the file, its size and the cause.
+
+    ``trust=True`` (``ckpt_trust=true``) loads a refused file with ``weights_only=False``,
+    which runs whatever code the pickle carries: it is logged as a warning every time.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -42,30 +99,45 @@ def load_file(path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
-        raise CheckpointError(
-            f"checkpoint {path} was refused by the weights-only loader (it needs code to "
-            f"unpickle, which is never run): {first[-1] if first else e}") from None
+        name = offending_global(path, str(e))
+        if not trust:
+            raise CheckpointError(
+                f"checkpoint {path} was refused: unpickling it needs the global {name}, i.e. "
+                f"running code from the file, which the weights-only loader never does. If and "
+                f"only if you trust where the file comes from, load it with {TRUST_HINT}") from None
+        log.warning("%s: loading %s with weights_only=False although it needs the global %s; "
+                    "ANY CODE IN THIS FILE RUNS NOW", TRUST_HINT.upper(), path, name)
+        obj = _load_trusted(path, size)
     except (EOFError, RuntimeError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(
-            f"checkpoint {path} ({size} bytes) is truncated or not a checkpoint: "
-            f"{type(e).__name__}: {e or 'unexpected end of file'}") from None
+        raise _unreadable(path, size, e) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
     return obj
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    ckpt = load_file(path)
+def _load_trusted(path: Path, size: int):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001  (any unpickling failure of a trusted file)
+        raise _unreadable(path, size, e) from None
+
+
+def _unreadable(path: Path, size: int, e: BaseException) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} ({size} bytes) is truncated or not a checkpoint: "
+                           f"{type(e).__name__}: {str(e) or 'unexpected end of file'}")
+
+
+def load_checkpoint(path: str | Path, trust: bool = False) -> dict:
+    ckpt = load_file(path, trust)
     if ckpt.get("format") != FORMAT or "model" not in ckpt:
         raise CheckpointError(f"{path} is not an rcnn-cli checkpoint (no '{FORMAT}' format "
                               "field); use model.weights= for plain state dicts")
     return ckpt
 
 
-def load_state_file(path: str | Path) -> dict:
+def load_state_file(path: str | Path, trust: bool = False) -> dict:
     """Model weights from a plain state dict or from an rcnn-cli checkpoint."""
-    obj = load_file(path)
+    obj = load_file(path, trust)
     state = obj["model"] if obj.get("format") == FORMAT else obj
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is not a state dict of tensors")
@@ -93,38 +165,161 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class CheckpointStore:
-    """``<run>/checkpoints/{last,best}.pt`` plus ``index.json`` (iteration, size, sha256)."""
+def serialize(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buf)
+    return buf.getvalue()
 
-    def __init__(self, directory: str | Path):
-        self.dir = Path(directory)
+
+class CheckpointStore:
+    """``<run>/checkpoints``: verified ``model_<iter>.pt`` files, ``last.pt``, ``best.pt``."""
+
+    def __init__(self, directory: str | Path, keep: int = 3):
+        self.dir, self.keep = Path(directory), keep
+        self.remove_stale_temp_files()
 
     def path(self, name: str) -> Path:
         return self.dir / f"{name}.pt"
 
-    def save(self, name: str, state: dict) -> Path:
-        path = atomic_torch_save(self.path(name), {"format": FORMAT, **state})
-        index = self.index()
-        index[name] = {"file": path.name, "iteration": int(state.get("iteration", -1)),
-                       "size": path.stat().st_size, "sha256": sha256(path)}
-        atomic_write_json(self.dir / INDEX, index)
-        return path
-
     def index(self) -> dict:
         try:
-            return json.loads((self.dir / INDEX).read_text())
+            index = json.loads((self.dir / INDEX).read_text())
         except (OSError, ValueError):
-            return {}
+            return {"checkpoints": []}
+        return index if isinstance(index, dict) else {"checkpoints": []}
+
+    def remove_stale_temp_files(self) -> None:
+        """Temp files of a writer that was killed: never read, removed when a store opens."""
+        stale = sorted(self.dir.glob(".*.tmp")) if self.dir.is_dir() else []
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            log.warning("removed %d stale temp file(s) of an interrupted checkpoint write in %s",
+                        len(stale), self.dir)
+
+    def save(self, state: dict) -> Path:
+        """Periodic checkpoint: write + verify ``model_<iter>.pt``, point ``last.pt`` and the
+        index at it, then prune the oldest beyond ``keep``. Returns the new file."""
+        iteration = int(state["iteration"])
+        data = serialize(state)
+        entry = self._write(self.dir / f"model_{iteration:07d}.pt", data, iteration)
+        last = self._link_last(self.dir / entry["file"], data)
+        index = self.index()
+        entries = [e for e in index.get("checkpoints", []) if e["file"] != entry["file"]]
+        entries = sorted(entries + [entry], key=lambda e: e["iteration"])
+        kept, pruned = entries[-self.keep:], entries[:-self.keep]
+        index.update(checkpoints=kept, last={**entry, "file": last.name})
+        self._write_index(index)
+        for old in pruned:
+            (self.dir / old["file"]).unlink(missing_ok=True)
+        return self.dir / entry["file"]
+
+    def save_named(self, name: str, state: dict) -> Path:
+        """A named checkpoint (``best``), written and verified the same way."""
+        entry = self._write(self.path(name), serialize(state), int(state.get("iteration", -1)))
+        index = self.index()
+        index[name] = entry
+        self._write_index(index)
+        return self.path(name)
+
+    def _write(self, path: Path, data: bytes, iteration: int) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as e:
+            raise CheckpointError(
+                f"could not write checkpoint {path} ({len(data)} bytes): {e.strerror or e}; "
+                f"nothing was pruned and the previous checkpoints are intact") from None
+        entry = {"file": path.name, "iteration": iteration, "size": len(data), "sha256": digest}
+        if not self.verify(entry):
+            raise CheckpointError(f"checkpoint {path} does not read back as written (size or "
+                                  "sha256 differ); nothing was pruned")
+        return entry
+
+    def _link_last(self, target: Path, data: bytes) -> Path:
+        last = self.path("last")
+        tmp = self.dir / f".last.pt.{os.getpid()}.tmp"
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(target, tmp)
+            os.replace(tmp, last)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            atomic_write_bytes(last, data)
+        return last
+
+    def _write_index(self, index: dict) -> None:
+        try:
+            atomic_write_json(self.dir / INDEX, index)
+        except OSError as e:
+            raise CheckpointError(f"could not write {self.dir / INDEX}: {e.strerror or e}; "
+                                  "nothing was pruned") from None
+
+    def verify(self, entry: dict) -> bool:
+        path = self.dir / entry["file"]
+        try:
+            return path.stat().st_size == entry["size"] and sha256(path) == entry["sha256"]
+        except OSError:
+            return False
+
+    def candidates(self) -> list[Path]:
+        """Checkpoints newest first whose size and hash match the index; others are named."""
+        index = self.index()
+        entries = sorted(index.get("checkpoints", []), key=lambda e: -e["iteration"])
+        if "last" in index:
+            entries.append(index["last"])
+        if not entries and self.path("last").is_file():
+            return [self.path("last")]  # a run without an index: trust the atomic write
+        good = []
+        for e in entries:
+            if self.verify(e):
+                good.append(self.dir / e["file"])
+            else:
+                log.warning("skipping checkpoint %s: missing, or its size/sha256 differ from "
+                            "%s (corrupt or partial)", self.dir / e["file"], INDEX)
+        return list(dict.fromkeys(good))
 
 
-def resolve_resume(target: str | Path) -> Path:
-    """A run directory means its ``checkpoints/last.pt``; a file means itself."""
+def load_latest(run_dir: Path, trust: bool = False) -> tuple[Path, dict]:
+    """The newest checkpoint of a run that verifies and loads, walking back past bad ones."""
+    store = CheckpointStore(run_dir / "checkpoints")
+    tried = []
+    for path in store.candidates():
+        try:
+            return path, load_checkpoint(path, trust)
+        except CheckpointError as e:
+            log.warning("cannot resume from %s (%s); trying the previous checkpoint", path, e)
+            tried.append(path.name)
+    raise CheckpointError(f"resume={run_dir}: no loadable checkpoint in {run_dir / 'checkpoints'}"
+                          + (f" (tried {', '.join(tried)})" if tried else ""))
+
+
+def latest_run(search_dir: Path, exclude: Path | None = None) -> Path | None:
+    """The most recently checkpointed run directory directly under ``search_dir``."""
+    runs = [p.parent.parent for p in search_dir.glob(f"*/checkpoints/{INDEX}")
+            if exclude is None or p.parent.parent.resolve() != exclude.resolve()]
+    return max(runs, key=lambda r: (r / "checkpoints" / INDEX).stat().st_mtime, default=None)
+
+
+def resolve_resume(target: str | Path, run_dir: Path | None = None,
+                   trust: bool = False) -> tuple[Path, dict] | None:
+    """``resume=``: a file is loaded as is; a run directory walks back to its newest good
+    checkpoint; ``auto`` does that for the latest run next to ``run_dir`` (None: none found)."""
+    if str(target) == "auto":
+        if run_dir is None:
+            raise CheckpointError("resume=auto needs the run directory to search beside")
+        found = latest_run(run_dir.parent, exclude=run_dir)
+        if found is None:
+            log.warning("resume=auto: no checkpointed run under %s; STARTING FRESH from "
+                        "iteration 0", run_dir.parent)
+            return None
+        log.info("resume=auto: latest run is %s", found)
+        return load_latest(found, trust)
     target = Path(target).expanduser()
     if target.is_dir():
-        cand = target / "checkpoints" / "last.pt"
-        if not cand.is_file():
-            raise CheckpointError(f"resume={target}: no checkpoints/last.pt in that run directory")
-        return cand
+        if not (target / "checkpoints").is_dir():
+            raise CheckpointError(f"resume={target}: no checkpoints/ in that run directory")
+        return load_latest(target, trust)
     if not target.is_file():
         raise CheckpointError(f"resume={target}: no such file or run directory")
-    return target
+    return target, load_checkpoint(target, trust)

@@ -61,9 +61,12 @@ def timed_eval(model, loader, device, category_ids, coco_gt: dict) -> dict:
 
 
 def compress_and_compare(model, fc6: int | None, fc7: int | None, loader, device,
-                         category_ids, coco_gt: dict) -> tuple[dict, torch.nn.Module]:
-    """Returns ``svd/*`` metrics and the compressed copy of ``model``."""
-    predict(model, loader, device, category_ids)  # warm-up: allocator, caches, threads
+                         category_ids, coco_gt: dict,
+                         warm_up: bool = True) -> tuple[dict, torch.nn.Module]:
+    """Returns ``svd/*`` metrics and the compressed copy of ``model``. ``warm_up=False`` when
+    the caller has just run the model on the loader (allocator, caches and threads are warm)."""
+    if warm_up:
+        predict(model, loader, device, category_ids)
     before = timed_eval(model, loader, device, category_ids, coco_gt)
     small = copy.deepcopy(model)
     compress_box_head(small, fc6, fc7)
@@ -90,6 +93,6 @@ def save_compressed(ckpt: dict, model, fc6: int | None, fc7: int | None, run_dir
     state = {k: v for k, v in ckpt.items() if k not in ("format", "optimizer", "scheduler",
                                                          "scaler")}
     state.update(model=model.state_dict(), config=config)
-    path = CheckpointStore(Path(run_dir) / "checkpoints").save("compressed", state)
+    path = CheckpointStore(Path(run_dir) / "checkpoints").save_named("compressed", state)
     log.info("compressed checkpoint: %s", path)
     return path

@@ -14,6 +14,7 @@ from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import runtime
 from rcnn_cli.engine.checkpoint import load_checkpoint
 from rcnn_cli.engine.compress import compress_and_compare, save_compressed
+from rcnn_cli.engine.export import is_export, load_export
 from rcnn_cli.engine.trainer import hydra_run_dir, make_progress
 from rcnn_cli.errors import CheckpointError
 from rcnn_cli.evaluation.coco import CocoEvaluator
@@ -31,7 +32,8 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("run directory: %s", run_dir)
-    ckpt = load_checkpoint(cfg.ckpt)
+    ckpt = load_export(cfg.ckpt) if is_export(cfg.ckpt) else load_checkpoint(cfg.ckpt,
+                                                                             cfg.ckpt_trust)
     train_cfg = typed_train_config(ckpt["config"], source=cfg.ckpt)
     if cfg.dataset is not None:
         train_cfg.dataset = cfg.dataset
@@ -41,8 +43,9 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
     attach_proposals(train_cfg, "val", dataset)
     classes = list(ckpt["classes"])
     if list(dataset.raw.classes) != classes:
-        raise CheckpointError(f"{cfg.ckpt}: checkpoint classes {classes} differ from dataset "
-                              f"classes {list(dataset.raw.classes)}")
+        raise CheckpointError(f"{cfg.ckpt}: the checkpoint's classes differ (count or order) "
+                              f"from the dataset's: checkpoint {classes}, dataset "
+                              f"{list(dataset.raw.classes)}")
     model = build_detector(train_cfg, len(classes))
     model.load_state_dict(ckpt["model"])
     model.to(device)
@@ -57,7 +60,8 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
         write_recall_report(result, run_dir, f"proposal recall: {Path(cfg.ckpt).name}")
     if cfg.compress.fc6 is not None or cfg.compress.fc7 is not None:
         svd, small = compress_and_compare(model, cfg.compress.fc6, cfg.compress.fc7, loader,
-                                          device, dataset.raw.category_ids, dataset.raw.coco_gt())
+                                          device, dataset.raw.category_ids, dataset.raw.coco_gt(),
+                                          warm_up=False)
         metrics.update(svd)
         if cfg.compress.save:
             save_compressed(ckpt, small, cfg.compress.fc6, cfg.compress.fc7, run_dir)

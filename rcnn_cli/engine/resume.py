@@ -6,7 +6,8 @@ from rcnn_cli.errors import ConfigError
 
 # Keys that may differ between the checkpoint's run and the resumed run.
 MAY_CHANGE = ("schedule.max_iter", "schedule.eval_period", "schedule.checkpoint_period",
-              "dataset.num_workers", "log.", "eval.", "device", "threads", "resume")
+              "schedule.keep_checkpoints", "dataset.num_workers", "log.", "eval.", "faults.",
+              "device", "threads", "resume", "ckpt_trust")
 
 
 def flatten(d, prefix: str = "") -> dict:

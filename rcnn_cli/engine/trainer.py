@@ -25,18 +25,13 @@ from rcnn_cli.config import validate
 from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import eval_loader, train_loader
 from rcnn_cli.data.proposal_cache import attach_proposals
-from rcnn_cli.engine import runtime
-from rcnn_cli.engine.checkpoint import (
-    CheckpointStore,
-    load_checkpoint,
-    resolve_resume,
-    rng_state,
-    set_rng_state,
-)
+from rcnn_cli.engine import faults, runtime
+from rcnn_cli.engine.checkpoint import CheckpointStore, resolve_resume, rng_state, set_rng_state
 from rcnn_cli.engine.events import EventLogger
+from rcnn_cli.engine.export import export_model
+from rcnn_cli.engine.faults import NonFiniteLossError  # noqa: F401  (re-exported)
 from rcnn_cli.engine.optim import build_optimizer, build_scheduler
 from rcnn_cli.engine.resume import check_resume_config
-from rcnn_cli.errors import RcnnError
 from rcnn_cli.evaluation.coco import CocoEvaluator
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.report import print_metrics
@@ -44,10 +39,6 @@ from rcnn_cli.io import atomic_write_json
 from rcnn_cli.modeling.build import build_detector
 
 log = logging.getLogger("rcnn_cli")
-
-
-class NonFiniteLossError(RcnnError):
-    pass
 
 
 def config_dict(cfg: DictConfig) -> dict:
@@ -89,7 +80,9 @@ class Trainer:
                                          self.sched.momentum, self.sched.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.store = CheckpointStore(run_dir / "checkpoints")
+        self.store = CheckpointStore(run_dir / "checkpoints", self.sched.keep_checkpoints)
+        self.grad_guard = faults.GradGuard(cfg.faults.max_nonfinite_steps)
+        self.saved_iteration = -1
         self.evaluator = CocoEvaluator(self.val_set.raw.coco_gt())
         self.iteration, self.best_ap = 0, None
         if cfg.resume:
@@ -97,8 +90,10 @@ class Trainer:
         self.events = EventLogger(run_dir, cfg.log.tensorboard)
 
     def resume(self, target: str) -> None:
-        path = resolve_resume(target)
-        ckpt = load_checkpoint(path)
+        found = resolve_resume(target, self.run_dir, self.cfg.ckpt_trust)
+        if found is None:
+            return
+        path, ckpt = found
         check_resume_config(ckpt["config"], config_dict(self.cfg), path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -106,8 +101,10 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.iteration, self.best_ap = int(ckpt["iteration"]), ckpt.get("best_ap")
-        log.info("resumed from %s at iteration %d (model, optimizer, scheduler, scaler, RNG)",
-                 path, self.iteration)
+        epoch, pos = divmod(self.iteration, len(self.train_set) // self.sched.batch_size)
+        log.info("resumed from %s at iteration %d (epoch %d, batch %d of the epoch): model, "
+                 "optimizer, scheduler, scaler, RNG states, best AP %s", path, self.iteration,
+                 epoch, pos, self.best_ap)
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -117,29 +114,46 @@ class Trainer:
                 "config": config_dict(self.cfg)}
 
     def step(self, images, targets) -> dict[str, float]:
+        faults.check_targets(targets)
         images = [im.to(self.device, non_blocking=True) for im in images]
         targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()}
                    for t in targets]
         self.model.train()
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
-                            enabled=self.amp is not None):
-            losses = self.model(images, targets)
-        total = sum(losses.values())
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        if not torch.isfinite(total):
-            ids = [t["image_id"] for t in targets]
-            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration + 1}: "
-                                     f"{values}; image ids {ids}")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        if self.sched.clip_grad_norm:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.sched.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        with faults.oom_guard(images, targets, self.iteration + 1):
+            with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                                enabled=self.amp is not None):
+                losses = self.model(images, targets)
+            values = faults.check_loss(losses, self.iteration + 1, images, targets, self.run_dir)
+            total = sum(losses.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+        self.apply_gradients()
         self.scheduler.step()
         values["total_loss"] = float(total.detach())
         return values
+
+    def apply_gradients(self) -> None:
+        """Optimizer step unless a gradient is non-finite (GradScaler skips those itself)."""
+        clip = self.sched.clip_grad_norm
+        if self.scaler.is_enabled():
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < scale
+            detail = f"; loss scale now {self.scaler.get_scale():.3g}"
+        else:
+            if clip:
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                skipped = not bool(torch.isfinite(norm))
+            else:
+                skipped = not faults.grads_finite(self.model.parameters())
+            if not skipped:
+                self.optimizer.step()
+            detail = ""
+        self.grad_guard.update(skipped, self.iteration + 1, detail)
 
     def evaluate(self, progress: Progress | None = None) -> dict:
         loader = eval_loader(self.val_set, self.cfg.eval.batch_size, self.cfg.dataset.num_workers)
@@ -153,11 +167,12 @@ class Trainer:
         loader = train_loader(self.train_set, self.sched.batch_size, self.cfg.seed, self.iteration,
                               max_iter, self.cfg.dataset.num_workers)
         window: dict[str, list[float]] = defaultdict(list)
-        with make_progress() as progress:
+        with make_progress() as progress, faults.StopSignal() as stop:
             task = progress.add_task("train", total=max_iter, completed=self.iteration,
                                      speed="", losses="")
             t_data = time.perf_counter()
-            for images, targets in loader:
+            for images, targets in faults.guarded_batches(loader,
+                                                          self.cfg.faults.dataloader_timeout):
                 t0 = time.perf_counter()
                 values = self.step(images, targets)
                 self.iteration += 1
@@ -168,9 +183,11 @@ class Trainer:
                 progress.update(task, advance=1, speed=f"{1 / (t1 - t_data):.2f} it/s",
                                 losses=f"loss {values['total_loss']:.3f}")
                 self.after_step(window, progress)
+                if stop.requested:
+                    self.stop_for(stop.requested)
                 t_data = time.perf_counter()
-            if self.iteration % self.sched.checkpoint_period:
-                self.store.save("last", self.state())
+            if self.saved_iteration != self.iteration:
+                self.save_checkpoint()
             metrics, dets = self.evaluate(progress)
         self.finish(metrics, dets)
         return metrics
@@ -185,7 +202,7 @@ class Trainer:
                      "  ".join(f"{k}={v:.4g}" for k, v in means.items()))
             window.clear()
         if it % self.sched.checkpoint_period == 0:
-            self.store.save("last", self.state())
+            self.save_checkpoint()
         if self.sched.eval_period and it % self.sched.eval_period == 0 and it < self.sched.max_iter:
             metrics, _ = self.evaluate(progress)
             log.info("iter %d: bbox/AP=%.4f bbox/AP50=%.4f", it, metrics["bbox/AP"] or 0.0,
@@ -196,14 +213,40 @@ class Trainer:
         ap = metrics["bbox/AP"] or 0.0
         if self.best_ap is None or ap > self.best_ap:
             self.best_ap = ap
-            self.store.save("best", {**self.state(), "metrics": metrics})
+            self.store.save_named("best", {**self.state(), "metrics": metrics})
+
+    def save_checkpoint(self) -> Path:
+        path = self.store.save(self.state())
+        self.saved_iteration = self.iteration
+        return path
+
+    def stop_for(self, signal_name: str) -> None:
+        """Signal received: checkpoint at this step boundary, then ``faults.Interrupted``."""
+        if self.saved_iteration != self.iteration:
+            self.save_checkpoint()
+        self.events.close()
+        raise faults.Interrupted(
+            f"{signal_name} at iteration {self.iteration}: checkpoint {self.store.path('last')} "
+            f"written. Resume with: {resume_command(self.run_dir)}")
 
     def finish(self, metrics: dict, dets: list[dict]) -> None:
         self.keep_best(metrics)
         atomic_write_json(self.run_dir / "predictions" / "detections.json", dets)
         atomic_write_json(self.run_dir / "metrics.json", metrics)
+        export_model(self.run_dir / "export", self.model.state_dict(), self.classes,
+                     self.category_ids, config_dict(self.cfg), self.iteration)
         self.events.close()
         print_metrics(metrics, f"final evaluation (iteration {self.iteration})")
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command line that continues this run: its overrides plus ``resume=<run_dir>``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    args = []
+    if HydraConfig.initialized():
+        args = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+    return " ".join(["rcnn-train", *args, f"resume={run_dir}"])
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:

@@ -38,6 +38,7 @@ def selective_search(image: np.ndarray, mode: str = "fast", scale: float = 1.0,
     bgr = np.ascontiguousarray(image[:, :, ::-1])
     if scale != 1.0:
         bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    seed_c_rand(0)
     search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     search.setBaseImage(bgr)
     if mode == "fast":
@@ -49,6 +50,18 @@ def selective_search(image: np.ndarray, mode: str = "fast", scale: float = 1.0,
     h, w = image.shape[:2]
     boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
     return filter_boxes(boxes, min_box_size, max_proposals)
+
+
+def seed_c_rand(seed: int) -> None:
+    """OpenCV ranks selective-search regions by ``level x std::rand()`` (the paper's
+    pseudo-random ranking); seeding the C library's generator per image makes the ranking,
+    hence the top-K, the same in every process whatever ran before."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).srand(seed)
+    except (OSError, AttributeError, TypeError):  # no process-wide C library (Windows)
+        pass
 
 
 def filter_boxes(boxes: np.ndarray, min_box_size: float, max_proposals: int) -> np.ndarray:

@@ -1,0 +1,186 @@
+"""Faults during training: each one stops the run with a message a person can act on.
+
+- non-finite loss: stop at that step naming iteration, loss terms and image ids, and write
+  ``failed_batch.json``; the last good checkpoint is kept (nothing is saved after the fault);
+- non-finite gradients: the step is skipped (GradScaler does this under fp16); more than
+  ``faults.max_nonfinite_steps`` in a row is an error (a collapsing loss scale never errors
+  by itself);
+- SIGTERM / SIGINT: finish the current step, checkpoint, exit with ``EXIT_INTERRUPTED`` and
+  a resume hint (cluster preemption);
+- out-of-memory: error naming the batch's image sizes and box counts;
+- DataLoader worker killed or hung: error with a hint, instead of a bare RuntimeError;
+- bad boxes reaching the model (non-finite, w or h <= 0): error naming image and box, since
+  an ``inf`` coordinate crashes ``roi_align`` outright.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+from pathlib import Path
+
+import torch
+
+from rcnn_cli.errors import DataError, RcnnError
+from rcnn_cli.io import atomic_write_json
+
+log = logging.getLogger("rcnn_cli")
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: "try again" -- the run can be resumed
+
+
+class TrainingFault(RcnnError):
+    """Training cannot go on (non-finite values, out of memory, data loading failed)."""
+
+
+class NonFiniteLossError(TrainingFault):
+    pass
+
+
+class NonFiniteGradError(TrainingFault):
+    pass
+
+
+class Interrupted(RcnnError):
+    """SIGTERM/SIGINT: a checkpoint was written; the CLI exits with ``EXIT_INTERRUPTED``."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+def image_id(target: dict):
+    v = target.get("image_id")
+    return v.item() if torch.is_tensor(v) else v
+
+
+def describe_batch(images, targets) -> dict:
+    return {"image_ids": [image_id(t) for t in targets],
+            "image_sizes": [list(im.shape[-2:]) for im in images],
+            "box_counts": [int(len(t["boxes"])) for t in targets]}
+
+
+def check_targets(targets) -> None:
+    """Boxes must be finite with positive width and height before they reach the model."""
+    for t in targets:
+        boxes = t["boxes"]
+        if boxes.numel() == 0:
+            continue
+        finite = torch.isfinite(boxes).all(dim=1)
+        positive = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        bad = (~(finite & positive)).nonzero().flatten().tolist()
+        if bad:
+            raise DataError(f"image {image_id(t)}: box {bad[0]} = {boxes[bad[0]].tolist()} is "
+                            f"non-finite or has w/h <= 0 ({len(bad)} such box(es)); the dataset "
+                            "validation should have caught it")
+
+
+def check_loss(losses: dict, iteration: int, images, targets, run_dir: Path) -> dict:
+    """The loss terms as floats; ``NonFiniteLossError`` (after writing ``failed_batch.json``)
+    if any is NaN or infinite."""
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    if all(math.isfinite(v) for v in values.values()):
+        return values
+    batch = describe_batch(images, targets)
+    path = Path(run_dir) / "failed_batch.json"
+    atomic_write_json(path, {"iteration": iteration,
+                             "losses": {k: repr(v) for k, v in values.items()}, **batch})
+    raise NonFiniteLossError(
+        f"non-finite loss at iteration {iteration}: "
+        + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        + f"; image ids {batch['image_ids']}; batch written to {path}; the last good "
+        "checkpoint is kept")
+
+
+class GradGuard:
+    """Counts consecutive optimizer steps skipped for non-finite gradients."""
+
+    def __init__(self, limit: int):
+        self.limit, self.skipped_in_a_row, self.skipped_total = limit, 0, 0
+
+    def update(self, skipped: bool, iteration: int, detail: str = "") -> None:
+        if not skipped:
+            self.skipped_in_a_row = 0
+            return
+        self.skipped_in_a_row += 1
+        self.skipped_total += 1
+        log.warning("iteration %d: non-finite gradients, optimizer step skipped (%d in a row)%s",
+                    iteration, self.skipped_in_a_row, detail)
+        if self.skipped_in_a_row >= self.limit:
+            raise NonFiniteGradError(
+                f"{self.skipped_in_a_row} steps in a row with non-finite gradients (up to "
+                f"iteration {iteration}){detail}; training diverged: lower schedule.lr, set "
+                "schedule.clip_grad_norm, or raise faults.max_nonfinite_steps")
+
+
+def grads_finite(params) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+
+
+class StopSignal:
+    """Within ``with``: SIGTERM/SIGINT set ``requested`` instead of killing the process.
+
+    The loop checks it at each step boundary; a second SIGINT interrupts at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        log.warning("%s received: stopping after the current step with a checkpoint",
+                    self.requested)
+
+    def __enter__(self) -> StopSignal:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def oom_guard(images, targets, iteration: int):
+    """Out-of-memory becomes a ``TrainingFault`` describing the batch."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        batch = describe_batch(images, targets)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise TrainingFault(
+            f"out of memory at iteration {iteration} ({first}); batch image ids "
+            f"{batch['image_ids']}, image sizes (h, w) {batch['image_sizes']}, box counts "
+            f"{batch['box_counts']}: lower schedule.batch_size or dataset.max_size") from None
+
+
+WORKER_FAILURES = ("DataLoader worker", "DataLoader timed out")
+
+
+def guarded_batches(loader, timeout: float):
+    """Iterate a DataLoader; a killed, crashed or hung worker becomes a ``TrainingFault``."""
+    if loader.num_workers > 0 and timeout > 0:
+        loader.timeout = timeout
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if not any(s in str(e) for s in WORKER_FAILURES):
+                raise
+            raise TrainingFault(
+                f"data loading failed: {str(e).strip().splitlines()[0]}. Hint: a worker killed "
+                "by the OS usually ran out of memory (or /dev/shm is small); try "
+                "dataset.num_workers=0 to see the underlying error, or raise "
+                "faults.dataloader_timeout if loading is slow") from None
+        yield batch
