@@ -25,12 +25,19 @@ class Norm(Enum):
     frozen_bn = "frozen_bn"
     bn = "bn"
     gn = "gn"
+    none = "none"  # no normalisation layers (the original VGG16)
 
 
 class Amp(Enum):
     none = "none"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+class RoIAlignKernel(Enum):
+    auto = "auto"
+    torchvision = "torchvision"
+    vectorised = "vectorised"
 
 
 class Optimizer(Enum):
@@ -41,6 +48,19 @@ class Optimizer(Enum):
 class Decay(Enum):
     step = "step"
     cosine = "cosine"
+
+
+class EvalMetric(Enum):
+    """COCO's 12 stats, or Pascal VOC AP at IoU 0.5 (VOC07 11-point or VOC2010+ area)."""
+
+    coco = "coco"
+    voc07 = "voc07"
+    voc = "voc"
+
+
+class Validation(Enum):
+    strict = "strict"
+    lenient = "lenient"
 
 
 # --- model parts ----------------------------------------------------------------------
@@ -74,6 +94,7 @@ class RPNSamplerConf:
     positive_fraction: float = 0.5
     fg_iou_thresh: float = 0.7
     bg_iou_thresh: float = 0.3
+    ignore_border: bool = False  # §3.1.3: anchors crossing the image border are ignored
 
 
 @dataclass
@@ -84,6 +105,7 @@ class RoISamplerConf:
     positive_fraction: float = 0.25
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.5
+    bg_iou_lo: float = 0.0  # background is IoU in [bg_iou_lo, bg_iou_thresh)
 
 
 @dataclass
@@ -102,6 +124,8 @@ class PoolerConf:
     sampling_ratio: int = 2
     canonical_scale: int = 224
     canonical_level: int = 4
+    aligned: bool = False  # RoIAlign half-pixel offset (roi_align only)
+    kernel: RoIAlignKernel = RoIAlignKernel.auto  # modeling.poolers.roi_align_kernel
 
 
 @dataclass
@@ -112,6 +136,7 @@ class RPNConf:
     post_nms_top_n_test: int = 1000
     nms_thresh: float = 0.7
     score_thresh: float = 0.0
+    box_coder_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
 
 
 @dataclass
@@ -128,13 +153,33 @@ class BoxHeadConf:
 
 @dataclass
 class FastRCNNConf:
-    """Fast R-CNN head specifics (Fast R-CNN §2.3): dropout on fc6/fc7, background IoU in
-    [bg_iou_lo, sampler.roi.bg_iou_thresh), smooth-L1 (beta) weighted by lambda."""
+    """Fast R-CNN head specifics (Fast R-CNN §2.3): dropout on fc6/fc7, smooth-L1 (beta)
+    weighted by lambda. The minibatch rule (incl. background IoU band) is ``sampler``."""
 
     dropout: float = 0.5
-    bg_iou_lo: float = 0.1
     smooth_l1_beta: float = 1.0
     box_loss_weight: float = 1.0
+
+
+@dataclass
+class MaskHeadConf:
+    """Mask R-CNN §3: RoIAlign 14x14 -> 4 convs -> deconv -> per-class 28x28 masks."""
+
+    output_size: int = 14
+    sampling_ratio: int = 2
+    layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    dilation: int = 1
+    dim_reduced: int = 256
+
+
+@dataclass
+class CascadeConf:
+    """Cascade R-CNN §4: one entry per stage."""
+
+    iou_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7])
+    stage_loss_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    box_coder_weights: list[list[float]] = field(default_factory=lambda: [
+        [10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]])
 
 
 @dataclass
@@ -148,6 +193,8 @@ class ModelConf:
     rpn: RPNConf = field(default_factory=RPNConf)
     box_head: BoxHeadConf = field(default_factory=BoxHeadConf)
     fast_rcnn: FastRCNNConf = field(default_factory=FastRCNNConf)
+    mask_head: MaskHeadConf = field(default_factory=MaskHeadConf)
+    cascade: CascadeConf = field(default_factory=CascadeConf)
 
 
 class SSMode(Enum):
@@ -183,6 +230,49 @@ class DatasetConf:
     max_size: int = 1333
     flip_prob: float = 0.5
     num_workers: int = 0
+    # multi-scale training: shorter sides drawn per image (empty: min_size only)
+    train_min_sizes: list[int] = field(default_factory=list)
+    color_jitter: float = 0.0
+    aspect_grouping: bool = True
+
+
+@dataclass
+class FileDatasetConf(DatasetConf):
+    """Datasets read from files: validation policy (rcnn_cli.data.validate) and index cache."""
+
+    validation: Validation = Validation.lenient
+    filter_empty: bool = True
+    check_files: bool = True
+    max_pixels: int = 100_000_000
+    cache: bool = True
+    cache_dir: str | None = None
+
+
+@dataclass
+class CocoConf(FileDatasetConf):
+    """A COCO-format JSON file and an image folder per split (``rcnn_cli.data.coco``)."""
+
+    name: str = "coco"
+    train_json: str = MISSING
+    train_images: str = MISSING
+    val_json: str = MISSING
+    val_images: str = MISSING
+    test_json: str | None = None
+    test_images: str | None = None
+    with_masks: bool = False
+
+
+@dataclass
+class VocConf(FileDatasetConf):
+    """The Pascal VOC layout under ``root`` (``rcnn_cli.data.voc``)."""
+
+    name: str = "voc"
+    root: str = MISSING
+    train_split: str = "trainval"
+    val_split: str = "test"
+    test_split: str | None = None
+    classes: list[str] | None = None
+    use_difficult: bool = False
 
 
 @dataclass
@@ -233,13 +323,23 @@ class ScheduleConf:
 
 @dataclass
 class LogConf:
+    """``images_every``: iterations between TensorBoard pictures of ``images_count`` fixed
+    validation images (ground truth and predictions above ``images_score_thresh``); 0 = off."""
+
     period: int = 20
     tensorboard: bool = True
+    images_every: int = 250
+    images_count: int = 4
+    images_score_thresh: float = 0.5
 
 
 @dataclass
 class EvalConf:
+    """``backend``: faster-coco-eval (C++) or pycocotools; same numbers, see docs/benchmarks.md."""
+
     batch_size: int = 8
+    metric: EvalMetric = EvalMetric.coco
+    backend: str = "faster-coco-eval"
     proposals: bool = False
     proposal_counts: list[int] = field(default_factory=lambda: [100, 300, 1000])
 
@@ -292,6 +392,40 @@ class EvalMainConf:
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
 
+@dataclass
+class PredictMainConf:
+    """``input``: an image, a folder, a glob, or ``dataset`` (the ``split`` of ``dataset``, by
+    default the checkpoint's dataset config). ``ann_file``: a COCO annotation file whose image
+    ids the results use (matched by file name). ``limit``: first N images (0 = all)."""
+
+    ckpt: str = MISSING
+    input: str = MISSING
+    output: str | None = None
+    score_thresh: float = 0.5
+    batch_size: int = 4
+    split: str = "val"
+    limit: int = 0
+    ann_file: str | None = None
+    dataset: Any = None
+    device: Device = Device.auto
+    threads: int = 0
+    ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
+
+
+@dataclass
+class DataMainConf:
+    """``rcnn-data check|browse|convert``: dataset doctor (rcnn_cli.data_cli)."""
+
+    command: str = MISSING
+    dataset: Any = MISSING
+    split: str = "train"
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    n: int = 16
+    seed: int = 0
+    out: str | None = None
+    decode: bool = False
+
+
 GROUP_SCHEMAS: dict[str, type] = {
     "model": ModelConf,
     "backbone": BackboneConf,
@@ -309,9 +443,13 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConf)
     cs.store(name="eval_schema", node=EvalMainConf)
+    cs.store(name="predict_schema", node=PredictMainConf)
     for group, node in GROUP_SCHEMAS.items():
         cs.store(group=group, name=f"{group}_schema", node=node)
     cs.store(group="dataset", name="shapes_schema", node=ShapesConf)
+    cs.store(group="dataset", name="coco_schema", node=CocoConf)
+    cs.store(group="dataset", name="voc_schema", node=VocConf)
+    cs.store(name="data_schema", node=DataMainConf)
 
 
 register_configs()
@@ -362,7 +500,12 @@ POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("schedule.checkpoint_period", 1), ("schedule.eval_period", 0),
                  ("schedule.warmup_iters", 0), ("log.period", 1), ("eval.batch_size", 1),
                  ("dataset.num_workers", 0), ("schedule.keep_checkpoints", 1),
-                 ("faults.max_nonfinite_steps", 1)]
+                 ("faults.max_nonfinite_steps", 1), ("log.images_every", 0),
+                 ("log.images_count", 1), ("limit", 0), ("batch_size", 1),
+                 ("dataset.max_pixels", 0), ("n", 1)]
+
+# (key, allowed values): checked when the key is present.
+CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools"))]
 
 
 def _check_ranges(cfg) -> None:
@@ -374,12 +517,16 @@ def _check_ranges(cfg) -> None:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if isinstance(value, int) and value < low:
             raise ConfigError(f"{key}={value}: must be >= {low}")
+    for key, allowed in CHOICE_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"{key}={value}: must be one of {', '.join(allowed)}")
     lr = OmegaConf.select(cfg, "schedule.lr", default=None, throw_on_missing=False)
     if isinstance(lr, float) and lr <= 0:
         raise ConfigError(f"schedule.lr={lr}: must be > 0")
 
 
-DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf}
+DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf, "coco": CocoConf, "voc": VocConf}
 
 
 def typed_train_config(stored: dict, source: str = "checkpoint"):

@@ -16,9 +16,9 @@ from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
-from torchvision.ops import box_iou
 
 from rcnn_cli.errors import ConfigError
+from rcnn_cli.modeling.sampler import RangeMatcher, build_balanced_sampler
 
 
 class FastRCNNHead(nn.Module):
@@ -29,6 +29,8 @@ class FastRCNNHead(nn.Module):
 
     def __init__(self, in_features: int, representation_size: int, dropout: float):
         super().__init__()
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"model.fast_rcnn.dropout={dropout}: must be in [0, 1)")
         self.fc6 = nn.Linear(in_features, representation_size)
         self.fc7 = nn.Linear(representation_size, representation_size)
         self.dropout = nn.Dropout(dropout)
@@ -52,25 +54,14 @@ def fast_rcnn_loss(class_logits, box_regression, labels, regression_targets, bet
 
 class FastRCNNRoIHeads(RoIHeads):
     """torchvision's RoIHeads (sampling, box coding, per-class NMS at test) with Fast R-CNN's
-    background band: proposals with max IoU < ``bg_iou_lo`` are ignored, not background
-    (§2.3: background IoU in [0.1, 0.5)). Ground-truth boxes join the proposals in training
-    (``RoIHeads.add_gt_proposals``). This sampler rule is private to Fast R-CNN on purpose; a
-    general sampler module can replace ``assign_targets_to_proposals`` later.
+    loss options. The background band [bg_iou_lo, bg_iou_thresh) comes from the shared
+    ``RangeMatcher`` (rcnn_cli.modeling.sampler); ground-truth boxes join the proposals in
+    training (``RoIHeads.add_gt_proposals``).
     """
 
-    def __init__(self, *args, bg_iou_lo: float, smooth_l1_beta: float, box_loss_weight: float,
-                 **kwargs):
+    def __init__(self, *args, smooth_l1_beta: float, box_loss_weight: float, **kwargs):
         super().__init__(*args, **kwargs)
-        self.bg_iou_lo = bg_iou_lo
         self.smooth_l1_beta, self.box_loss_weight = smooth_l1_beta, box_loss_weight
-
-    def assign_targets_to_proposals(self, proposals, gt_boxes, gt_labels):
-        matched_idxs, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
-        for props, gt, lab in zip(proposals, gt_boxes, labels):
-            if gt.numel() and self.bg_iou_lo > 0:
-                max_iou = box_iou(gt, props).max(dim=0).values
-                lab[(lab == 0) & (max_iou < self.bg_iou_lo)] = -1
-        return matched_idxs, labels
 
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.training:
@@ -116,22 +107,18 @@ class FastRCNN(nn.Module):
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
 
 
-def build_fast_rcnn_roi_heads(pooler: nn.Module, in_channels: int, pool_size: int,
-                              num_classes: int, *, representation_size: int, dropout: float,
-                              box_coder_weights: list[float], score_thresh: float,
-                              nms_thresh: float, detections_per_img: int, fg_iou_thresh: float,
-                              bg_iou_thresh: float, bg_iou_lo: float, batch_size_per_image: int,
-                              positive_fraction: float, smooth_l1_beta: float,
-                              box_loss_weight: float) -> FastRCNNRoIHeads:
+def build_fast_rcnn_roi_heads(pooler: nn.Module, box_head: nn.Module, head_dim: int,
+                              num_classes: int, *, box_coder_weights: list[float],
+                              score_thresh: float, nms_thresh: float, detections_per_img: int,
+                              fg_iou_thresh: float, bg_iou_thresh: float, bg_iou_lo: float,
+                              batch_size_per_image: int, positive_fraction: float,
+                              smooth_l1_beta: float, box_loss_weight: float) -> FastRCNNRoIHeads:
     """``num_classes`` counts the background class (index 0)."""
-    if not 0 <= bg_iou_lo <= bg_iou_thresh <= fg_iou_thresh:
-        raise ConfigError(f"model.fast_rcnn.bg_iou_lo={bg_iou_lo}: need 0 <= bg_iou_lo <= "
-                          f"sampler.roi.bg_iou_thresh={bg_iou_thresh} <= fg_iou_thresh")
-    if not 0 <= dropout < 1:
-        raise ConfigError(f"model.fast_rcnn.dropout={dropout}: must be in [0, 1)")
-    return FastRCNNRoIHeads(
-        pooler, FastRCNNHead(in_channels * pool_size**2, representation_size, dropout),
-        FastRCNNPredictor(representation_size, num_classes),
+    heads = FastRCNNRoIHeads(
+        pooler, box_head, FastRCNNPredictor(head_dim, num_classes),
         fg_iou_thresh, bg_iou_thresh, batch_size_per_image, positive_fraction,
         tuple(float(w) for w in box_coder_weights), score_thresh, nms_thresh, detections_per_img,
-        bg_iou_lo=bg_iou_lo, smooth_l1_beta=smooth_l1_beta, box_loss_weight=box_loss_weight)
+        smooth_l1_beta=smooth_l1_beta, box_loss_weight=box_loss_weight)
+    heads.proposal_matcher = RangeMatcher(fg_iou_thresh, bg_iou_thresh, bg_iou_lo)
+    heads.fg_bg_sampler = build_balanced_sampler("roi", batch_size_per_image, positive_fraction)
+    return heads

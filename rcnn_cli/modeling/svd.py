@@ -72,6 +72,8 @@ def compress_box_head(model: nn.Module, fc6: int | None, fc7: int | None) -> Non
 
 def shape_box_head(model: nn.Module, fc6: int | None, fc7: int | None) -> None:
     """Give a freshly built model the factorised layout recorded in its config (for loading)."""
+    if fc6 is None and fc7 is None:
+        return
     head = box_head_of(model)
     for name, rank in (("fc6", fc6), ("fc7", fc7)):
         if rank is not None:

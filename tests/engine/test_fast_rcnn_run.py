@@ -23,7 +23,7 @@ def fast_run(tmp_path_factory):
 
     GlobalHydra.instance().clear()
     root = tmp_path_factory.mktemp("fast")
-    overrides = TINY + ["model=fast", "proposals=selective_search", "sampler=paper",
+    overrides = TINY + ["model=fast", "proposals=selective_search", "sampler=fast_rcnn",
                         f"proposals.cache_dir={root / 'cache'}", "proposals.workers=0",
                         "model.box_head.score_thresh=0.0", "log.tensorboard=false"]
     calls = pc.COMPUTE_CALLS["count"]

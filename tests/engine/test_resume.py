@@ -19,9 +19,12 @@ from tests.conftest import TINY, compose_cfg
 FLAT = TINY + ["schedule.decay=step", "schedule.decay_steps=[]", "log.tensorboard=false"]
 
 
+REAL_BUILD = trainer_mod.build_detector  # captured before any test patches it
+
+
 def recording_builder(seen: list):
     """A ``build_detector`` whose models record the image ids of every training batch."""
-    real = trainer_mod.build_detector
+    real = REAL_BUILD
 
     def build(cfg, num_classes):
         model = real(cfg, num_classes)

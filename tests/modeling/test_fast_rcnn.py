@@ -11,8 +11,8 @@ from rcnn_cli.modeling.build import build_detector
 from rcnn_cli.modeling.fast_rcnn import FastRCNN
 from tests.conftest import compose_cfg
 
-FAST = ["model=fast", "proposals=precomputed", "proposals.file=unused.npz", "sampler=paper",
-        "dataset.image_size=64"]
+FAST = ["model=fast", "proposals=precomputed", "proposals.file=unused.npz",
+        "sampler=fast_rcnn", "dataset.image_size=64"]
 
 
 def fast_model(extra=()):
@@ -88,7 +88,8 @@ def test_fast_rcnn_trains_and_detects_on_external_proposals():
 @pytest.mark.parametrize("overrides, message", [
     (["model=fast"], "model=fast needs external proposals"),
     (["proposals=selective_search"], "proposals=selective_search is supported with model=fast"),
-    (FAST + ["model.fast_rcnn.bg_iou_lo=0.7"], "bg_iou_lo=0.7"),
+    (FAST + ["sampler.roi.bg_iou_lo=0.7"], "need 0 <= bg_iou_lo"),
+    (FAST + ["model.fast_rcnn.dropout=1.0"], "dropout=1.0"),
 ])
 def test_unsupported_combinations_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
