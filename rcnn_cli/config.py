@@ -155,6 +155,19 @@ class BoxHeadConf:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
+    # Truncated SVD (Fast R-CNN §3.1): rank of fc6/fc7 after `rcnn-eval compress.*`; null = full.
+    fc6_rank: int | None = None
+    fc7_rank: int | None = None
+
+
+@dataclass
+class FastRCNNConf:
+    """Fast R-CNN head specifics (Fast R-CNN §2.3): dropout on fc6/fc7, smooth-L1 (beta)
+    weighted by lambda. The minibatch rule (incl. background IoU band) is ``sampler``."""
+
+    dropout: float = 0.5
+    smooth_l1_beta: float = 1.0
+    box_loss_weight: float = 1.0
 
 
 @dataclass
@@ -188,8 +201,30 @@ class ModelConf:
     image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     rpn: RPNConf = field(default_factory=RPNConf)
     box_head: BoxHeadConf = field(default_factory=BoxHeadConf)
+    fast_rcnn: FastRCNNConf = field(default_factory=FastRCNNConf)
     mask_head: MaskHeadConf = field(default_factory=MaskHeadConf)
     cascade: CascadeConf = field(default_factory=CascadeConf)
+
+
+class SSMode(Enum):
+    fast = "fast"
+    quality = "quality"
+
+
+@dataclass
+class ProposalsConf:
+    """Where a two-stage detector's proposals come from: ``rpn`` (learned, in the model),
+    ``selective_search`` (OpenCV, Uijlings et al. 2013) or ``precomputed`` (``file``).
+    Non-learned proposals are cached under ``cache_dir`` (see rcnn_cli.data.proposal_cache)."""
+
+    name: str = MISSING
+    mode: SSMode = SSMode.fast
+    scale: float = 1.0
+    max_proposals: int = 2000
+    min_box_size: float = 2.0
+    file: str | None = None
+    cache_dir: str = "~/.cache/rcnn-cli/proposals"
+    workers: int = 2
 
 
 # --- data -----------------------------------------------------------------------------
@@ -367,6 +402,17 @@ class EvalConf:
     batch_size: int = 8
     metric: EvalMetric = EvalMetric.coco
     backend: str = "faster-coco-eval"
+    proposals: bool = False
+    proposal_counts: list[int] = field(default_factory=lambda: [100, 300, 1000])
+
+
+@dataclass
+class CompressConf:
+    """Truncated SVD of the box head at evaluation (Fast R-CNN §3.1); null = leave the layer."""
+
+    fc6: int | None = None
+    fc7: int | None = None
+    save: bool = False
 
 
 @dataclass
@@ -396,6 +442,7 @@ class TrainConf:
     pooler: Any = MISSING
     schedule: Any = MISSING
     dataset: Any = MISSING
+    proposals: Any = None
     log: LogConf = field(default_factory=LogConf)
     eval: EvalConf = field(default_factory=EvalConf)
     faults: FaultsConf = field(default_factory=FaultsConf)
@@ -414,6 +461,7 @@ class EvalMainConf:
     ckpt: str = MISSING
     dataset: Any = None
     eval: EvalConf = field(default_factory=EvalConf)
+    compress: CompressConf = field(default_factory=CompressConf)
     device: Device = Device.auto
     threads: int = 0
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
@@ -461,6 +509,7 @@ GROUP_SCHEMAS: dict[str, type] = {
     "pooler": PoolerConf,
     "schedule": ScheduleConf,
     "dataset": DatasetConf,
+    "proposals": ProposalsConf,
 }
 
 

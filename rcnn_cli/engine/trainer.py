@@ -25,6 +25,7 @@ from rich.progress import (
 from rcnn_cli.config import validate
 from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader, sample_seed
+from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import distributed, faults, runtime
 from rcnn_cli.engine.checkpoint import CheckpointStore, resolve_resume, rng_state, set_rng_state
 from rcnn_cli.engine.events import EventLogger
@@ -77,6 +78,8 @@ class Trainer:
         self.train_set = build_dataset(cfg.dataset, "train", train=True, with_masks=masks)
         self.val_set = build_dataset(cfg.dataset, "val", train=False, with_masks=masks)
         check_same_classes(self.train_set.raw, self.val_set.raw, cfg.dataset.name)
+        attach_proposals(cfg, "train", self.train_set)
+        attach_proposals(cfg, "val", self.val_set)
         self.classes = list(self.train_set.raw.classes)
         self.category_ids = list(self.train_set.raw.category_ids)
         self.model = build_detector(cfg, len(self.classes)).to(self.device)
