@@ -61,6 +61,15 @@ class EvalMetric(Enum):
 class Validation(Enum):
     strict = "strict"
     lenient = "lenient"
+class DistBackend(Enum):
+    auto = "auto"
+    nccl = "nccl"
+    gloo = "gloo"
+
+
+class MetricMode(Enum):
+    max = "max"
+    min = "min"
 
 
 # --- model parts ----------------------------------------------------------------------
@@ -146,6 +155,19 @@ class BoxHeadConf:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
+    # Truncated SVD (Fast R-CNN §3.1): rank of fc6/fc7 after `rcnn-eval compress.*`; null = full.
+    fc6_rank: int | None = None
+    fc7_rank: int | None = None
+
+
+@dataclass
+class FastRCNNConf:
+    """Fast R-CNN head specifics (Fast R-CNN §2.3): dropout on fc6/fc7, smooth-L1 (beta)
+    weighted by lambda. The minibatch rule (incl. background IoU band) is ``sampler``."""
+
+    dropout: float = 0.5
+    smooth_l1_beta: float = 1.0
+    box_loss_weight: float = 1.0
 
 
 @dataclass
@@ -179,8 +201,30 @@ class ModelConf:
     image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     rpn: RPNConf = field(default_factory=RPNConf)
     box_head: BoxHeadConf = field(default_factory=BoxHeadConf)
+    fast_rcnn: FastRCNNConf = field(default_factory=FastRCNNConf)
     mask_head: MaskHeadConf = field(default_factory=MaskHeadConf)
     cascade: CascadeConf = field(default_factory=CascadeConf)
+
+
+class SSMode(Enum):
+    fast = "fast"
+    quality = "quality"
+
+
+@dataclass
+class ProposalsConf:
+    """Where a two-stage detector's proposals come from: ``rpn`` (learned, in the model),
+    ``selective_search`` (OpenCV, Uijlings et al. 2013) or ``precomputed`` (``file``).
+    Non-learned proposals are cached under ``cache_dir`` (see rcnn_cli.data.proposal_cache)."""
+
+    name: str = MISSING
+    mode: SSMode = SSMode.fast
+    scale: float = 1.0
+    max_proposals: int = 2000
+    min_box_size: float = 2.0
+    file: str | None = None
+    cache_dir: str = "~/.cache/rcnn-cli/proposals"
+    workers: int = 2
 
 
 # --- data -----------------------------------------------------------------------------
@@ -283,6 +327,10 @@ class ScheduleConf:
     amp: Amp = Amp.none
     eval_period: int = 0
     checkpoint_period: int = 500
+    # Scaling out (rcnn_cli.engine.distributed): batch_size is per process and per micro-batch;
+    # one optimizer step sees batch_size * accum_steps * world_size images.
+    accum_steps: int = 1
+    scale_lr: bool = False  # lr *= accum_steps * world_size (linear scaling rule), logged
     keep_checkpoints: int = 3
 
 
@@ -354,6 +402,27 @@ class EvalConf:
     batch_size: int = 8
     metric: EvalMetric = EvalMetric.coco
     backend: str = "faster-coco-eval"
+    proposals: bool = False
+    proposal_counts: list[int] = field(default_factory=lambda: [100, 300, 1000])
+
+
+@dataclass
+class CompressConf:
+    """Truncated SVD of the box head at evaluation (Fast R-CNN §3.1); null = leave the layer."""
+
+    fc6: int | None = None
+    fc7: int | None = None
+    save: bool = False
+
+
+@dataclass
+class DistConf:
+    """DistributedDataParallel settings; used only when started by torchrun or SLURM."""
+
+    backend: DistBackend = DistBackend.auto  # auto: nccl on CUDA, gloo on CPU
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only; backbone.norm=bn)
+    find_unused_parameters: bool = False
+    timeout_s: int = 1800
 
 
 @dataclass
@@ -373,6 +442,7 @@ class TrainConf:
     pooler: Any = MISSING
     schedule: Any = MISSING
     dataset: Any = MISSING
+    proposals: Any = None
     log: LogConf = field(default_factory=LogConf)
     eval: EvalConf = field(default_factory=EvalConf)
     faults: FaultsConf = field(default_factory=FaultsConf)
@@ -380,6 +450,9 @@ class TrainConf:
     device: Device = Device.auto
     threads: int = 0
     resume: str | None = None
+    dist: DistConf = field(default_factory=DistConf)
+    optimized_metric: str = "bbox/AP"  # what sweeps sort by and the task function returns
+    optimized_mode: MetricMode = MetricMode.max
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
 
@@ -388,6 +461,7 @@ class EvalMainConf:
     ckpt: str = MISSING
     dataset: Any = None
     eval: EvalConf = field(default_factory=EvalConf)
+    compress: CompressConf = field(default_factory=CompressConf)
     device: Device = Device.auto
     threads: int = 0
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
@@ -435,6 +509,7 @@ GROUP_SCHEMAS: dict[str, type] = {
     "pooler": PoolerConf,
     "schedule": ScheduleConf,
     "dataset": DatasetConf,
+    "proposals": ProposalsConf,
 }
 
 
@@ -503,7 +578,8 @@ POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("dataset.num_workers", 0), ("schedule.keep_checkpoints", 1),
                  ("faults.max_nonfinite_steps", 1), ("log.images_every", 0),
                  ("log.images_count", 1), ("limit", 0), ("batch_size", 1),
-                 ("dataset.max_pixels", 0), ("n", 1)]
+                 ("dataset.max_pixels", 0), ("n", 1), ("schedule.accum_steps", 1),
+                 ("dist.timeout_s", 1)]
 
 # (key, allowed values): checked when the key is present.
 CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools"))]

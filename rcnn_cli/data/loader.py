@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rcnn_cli.data.transforms import build_transforms, to_sample
+from rcnn_cli.data.transforms import build_transforms, proposal_boxes, to_sample
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -24,6 +24,9 @@ class DetectionView(Dataset):
                  aspect_grouping: bool = False):
         self.raw = raw
         self.transforms = build_transforms(train, flip_prob, min_sizes, max_size, color_jitter)
+        # image id -> float32 [K, 4] external proposals (rcnn_cli.data.proposal_cache); they
+        # travel in target["proposals"] and are transformed with the image, like the boxes.
+        self.proposals: dict | None = None
         self.aspect_grouping = aspect_grouping
 
     def group_ids(self):
@@ -38,10 +41,14 @@ class DetectionView(Dataset):
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
         image, target = to_sample(*self.raw.raw(index))
+        if self.proposals is not None:
+            target["proposals"] = proposal_boxes(self.proposals[target["image_id"]], image)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             image, target = self.transforms(image, target)
         target["boxes"] = target["boxes"].as_subclass(torch.Tensor)
+        if "proposals" in target:
+            target["proposals"] = target["proposals"].as_subclass(torch.Tensor)
         if "masks" in target:
             target["masks"] = target["masks"].as_subclass(torch.Tensor)
         return image.as_subclass(torch.Tensor), target

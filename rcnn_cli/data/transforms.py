@@ -32,6 +32,12 @@ def to_sample(image, target: dict) -> tuple[tv_tensors.Image, dict]:
     return img, out
 
 
+def proposal_boxes(boxes: np.ndarray, image: tv_tensors.Image) -> tv_tensors.BoundingBoxes:
+    """External proposals as BoundingBoxes, so the v2 transforms move them with the image."""
+    return tv_tensors.BoundingBoxes(torch.as_tensor(boxes, dtype=torch.float32), format="XYXY",
+                                    canvas_size=tuple(image.shape[-2:]))
+
+
 def build_transforms(train: bool, flip_prob: float, min_sizes: list[int] | None = None,
                      max_size: int | None = None, color_jitter: float = 0.0) -> v2.Transform:
     steps: list[v2.Transform] = []

@@ -10,13 +10,16 @@ from omegaconf import DictConfig, OmegaConf
 from rcnn_cli.config import typed_train_config, validate
 from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import eval_loader
+from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import runtime
 from rcnn_cli.engine.checkpoint import load_checkpoint
+from rcnn_cli.engine.compress import compress_and_compare, save_compressed
 from rcnn_cli.engine.export import is_export, load_export
 from rcnn_cli.engine.trainer import hydra_run_dir, make_progress
 from rcnn_cli.errors import CheckpointError
 from rcnn_cli.evaluation.build import build_evaluator, iou_types_for
 from rcnn_cli.evaluation.inference import predict
+from rcnn_cli.evaluation.recall import evaluate_proposal_recall, recall_metrics, write_recall_report
 from rcnn_cli.evaluation.results import save_evaluation
 from rcnn_cli.modeling.build import build_detector, uses_masks
 
@@ -56,6 +59,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
     masks = uses_masks(train_cfg.model.name)
     dataset = build_dataset(train_cfg.dataset, "val", train=False, with_masks=masks)
     check_classes(ckpt, dataset.raw.classes, cfg.ckpt)
+    attach_proposals(train_cfg, "val", dataset)
     evaluator = build_evaluator(dataset.raw.coco_gt(), cfg.eval, iou_types_for(train_cfg))
     model = build_trained_model(ckpt, train_cfg, device)
     loader = eval_loader(dataset, cfg.eval.batch_size, train_cfg.dataset.num_workers)
@@ -63,6 +67,17 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
         dets = predict(model, loader, device, dataset.raw.category_ids, progress)
     metrics = evaluator.evaluate(dets)
     metrics["iteration"] = int(ckpt["iteration"])
+    if cfg.eval.proposals:
+        result = evaluate_proposal_recall(model, loader, device, list(cfg.eval.proposal_counts))
+        metrics.update(recall_metrics(result))
+        write_recall_report(result, run_dir, f"proposal recall: {Path(cfg.ckpt).name}")
+    if cfg.compress.fc6 is not None or cfg.compress.fc7 is not None:
+        svd, small = compress_and_compare(model, cfg.compress.fc6, cfg.compress.fc7, loader,
+                                          device, dataset.raw.category_ids, dataset.raw.coco_gt(),
+                                          warm_up=False)
+        metrics.update(svd)
+        if cfg.compress.save:
+            save_compressed(ckpt, small, cfg.compress.fc6, cfg.compress.fc7, run_dir)
     OmegaConf.save(train_cfg, run_dir / "model_config.yaml")
     save_evaluation(run_dir, evaluator, metrics, dets,
                     f"{cfg.ckpt} (iteration {metrics['iteration']})")

@@ -19,7 +19,10 @@ def predict(model: nn.Module, loader, device: torch.device, category_ids: list[i
     task = (progress.add_task("evaluate", total=len(loader), speed="", losses="")
             if progress is not None else None)
     for images, targets in loader:
-        outputs = model([img.to(device) for img in images])
+        extra = {}
+        if targets and "proposals" in targets[0]:  # external proposals (model=fast)
+            extra["proposals"] = [t["proposals"].to(device) for t in targets]
+        outputs = model([img.to(device) for img in images], **extra)
         for out, tgt in zip(outputs, targets):
             results += to_coco_results(out, tgt["image_id"], category_ids)
         if progress is not None:
