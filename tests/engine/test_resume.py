@@ -19,9 +19,9 @@ from tests.conftest import TINY, compose_cfg
 FLAT = TINY + ["schedule.decay=step", "schedule.decay_steps=[]", "log.tensorboard=false"]
 
 
-def recording_builder(seen: list):
+def recording_builder(seen: list, real=None):
     """A ``build_detector`` whose models record the image ids of every training batch."""
-    real = trainer_mod.build_detector
+    real = real or trainer_mod.build_detector
 
     def build(cfg, num_classes):
         model = real(cfg, num_classes)
@@ -40,9 +40,10 @@ def recording_builder(seen: list):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     seen: dict[str, list] = {"full": [], "part": []}
+    real = trainer_mod.build_detector  # not the previous iteration's recorder
     with pytest.MonkeyPatch.context() as mp:
         for name, extra in [("full", []), ("part", ["schedule.max_iter=2"])]:
-            mp.setattr(trainer_mod, "build_detector", recording_builder(seen[name]))
+            mp.setattr(trainer_mod, "build_detector", recording_builder(seen[name], real))
             train(compose_cfg("train", FLAT + extra), root / name)
     return root, seen
 
