@@ -25,12 +25,19 @@ class Norm(Enum):
     frozen_bn = "frozen_bn"
     bn = "bn"
     gn = "gn"
+    none = "none"  # no normalisation layers (the original VGG16)
 
 
 class Amp(Enum):
     none = "none"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+class RoIAlignKernel(Enum):
+    auto = "auto"
+    torchvision = "torchvision"
+    vectorised = "vectorised"
 
 
 class Optimizer(Enum):
@@ -41,6 +48,19 @@ class Optimizer(Enum):
 class Decay(Enum):
     step = "step"
     cosine = "cosine"
+
+
+class EvalMetric(Enum):
+    """COCO's 12 stats, or Pascal VOC AP at IoU 0.5 (VOC07 11-point or VOC2010+ area)."""
+
+    coco = "coco"
+    voc07 = "voc07"
+    voc = "voc"
+
+
+class Validation(Enum):
+    strict = "strict"
+    lenient = "lenient"
 
 
 class DistBackend(Enum):
@@ -85,6 +105,7 @@ class RPNSamplerConf:
     positive_fraction: float = 0.5
     fg_iou_thresh: float = 0.7
     bg_iou_thresh: float = 0.3
+    ignore_border: bool = False  # §3.1.3: anchors crossing the image border are ignored
 
 
 @dataclass
@@ -95,6 +116,7 @@ class RoISamplerConf:
     positive_fraction: float = 0.25
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.5
+    bg_iou_lo: float = 0.0  # background is IoU in [bg_iou_lo, bg_iou_thresh)
 
 
 @dataclass
@@ -113,6 +135,8 @@ class PoolerConf:
     sampling_ratio: int = 2
     canonical_scale: int = 224
     canonical_level: int = 4
+    aligned: bool = False  # RoIAlign half-pixel offset (roi_align only)
+    kernel: RoIAlignKernel = RoIAlignKernel.auto  # modeling.poolers.roi_align_kernel
 
 
 @dataclass
@@ -123,6 +147,7 @@ class RPNConf:
     post_nms_top_n_test: int = 1000
     nms_thresh: float = 0.7
     score_thresh: float = 0.0
+    box_coder_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
 
 
 @dataclass
@@ -132,6 +157,40 @@ class BoxHeadConf:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
+    # Truncated SVD (Fast R-CNN §3.1): rank of fc6/fc7 after `rcnn-eval compress.*`; null = full.
+    fc6_rank: int | None = None
+    fc7_rank: int | None = None
+
+
+@dataclass
+class FastRCNNConf:
+    """Fast R-CNN head specifics (Fast R-CNN §2.3): dropout on fc6/fc7, smooth-L1 (beta)
+    weighted by lambda. The minibatch rule (incl. background IoU band) is ``sampler``."""
+
+    dropout: float = 0.5
+    smooth_l1_beta: float = 1.0
+    box_loss_weight: float = 1.0
+
+
+@dataclass
+class MaskHeadConf:
+    """Mask R-CNN §3: RoIAlign 14x14 -> 4 convs -> deconv -> per-class 28x28 masks."""
+
+    output_size: int = 14
+    sampling_ratio: int = 2
+    layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    dilation: int = 1
+    dim_reduced: int = 256
+
+
+@dataclass
+class CascadeConf:
+    """Cascade R-CNN §4: one entry per stage."""
+
+    iou_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7])
+    stage_loss_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    box_coder_weights: list[list[float]] = field(default_factory=lambda: [
+        [10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]])
 
 
 @dataclass
@@ -144,6 +203,30 @@ class ModelConf:
     image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     rpn: RPNConf = field(default_factory=RPNConf)
     box_head: BoxHeadConf = field(default_factory=BoxHeadConf)
+    fast_rcnn: FastRCNNConf = field(default_factory=FastRCNNConf)
+    mask_head: MaskHeadConf = field(default_factory=MaskHeadConf)
+    cascade: CascadeConf = field(default_factory=CascadeConf)
+
+
+class SSMode(Enum):
+    fast = "fast"
+    quality = "quality"
+
+
+@dataclass
+class ProposalsConf:
+    """Where a two-stage detector's proposals come from: ``rpn`` (learned, in the model),
+    ``selective_search`` (OpenCV, Uijlings et al. 2013) or ``precomputed`` (``file``).
+    Non-learned proposals are cached under ``cache_dir`` (see rcnn_cli.data.proposal_cache)."""
+
+    name: str = MISSING
+    mode: SSMode = SSMode.fast
+    scale: float = 1.0
+    max_proposals: int = 2000
+    min_box_size: float = 2.0
+    file: str | None = None
+    cache_dir: str = "~/.cache/rcnn-cli/proposals"
+    workers: int = 2
 
 
 # --- data -----------------------------------------------------------------------------
@@ -158,6 +241,49 @@ class DatasetConf:
     max_size: int = 1333
     flip_prob: float = 0.5
     num_workers: int = 0
+    # multi-scale training: shorter sides drawn per image (empty: min_size only)
+    train_min_sizes: list[int] = field(default_factory=list)
+    color_jitter: float = 0.0
+    aspect_grouping: bool = True
+
+
+@dataclass
+class FileDatasetConf(DatasetConf):
+    """Datasets read from files: validation policy (rcnn_cli.data.validate) and index cache."""
+
+    validation: Validation = Validation.lenient
+    filter_empty: bool = True
+    check_files: bool = True
+    max_pixels: int = 100_000_000
+    cache: bool = True
+    cache_dir: str | None = None
+
+
+@dataclass
+class CocoConf(FileDatasetConf):
+    """A COCO-format JSON file and an image folder per split (``rcnn_cli.data.coco``)."""
+
+    name: str = "coco"
+    train_json: str = MISSING
+    train_images: str = MISSING
+    val_json: str = MISSING
+    val_images: str = MISSING
+    test_json: str | None = None
+    test_images: str | None = None
+    with_masks: bool = False
+
+
+@dataclass
+class VocConf(FileDatasetConf):
+    """The Pascal VOC layout under ``root`` (``rcnn_cli.data.voc``)."""
+
+    name: str = "voc"
+    root: str = MISSING
+    train_split: str = "trainval"
+    val_split: str = "test"
+    test_split: str | None = None
+    classes: list[str] | None = None
+    use_difficult: bool = False
 
 
 @dataclass
@@ -210,15 +336,85 @@ class ScheduleConf:
     keep_checkpoints: int = 3
 
 
+class HeadInit(Enum):
+    random = "random"  # a freshly initialised layer, as the original code does in stage 2
+    carry = "carry"  # the stage-1 layer's trained weights
+
+
+@dataclass
+class StageConf:
+    """One training stage of the 4-step schedule; null ``max_iter``/``lr`` take the paper's share
+    of ``schedule.max_iter`` (80k:40k:80k:40k) and ``schedule.lr``."""
+
+    max_iter: int | None = None
+    lr: float | None = None
+    decay_steps: list[float] = field(default_factory=lambda: [0.75])  # 60k of 80k, 30k of 40k
+
+
+@dataclass
+class StageProposalsConf:
+    """RPN proposals between stages (Faster R-CNN §3.2): test mode, NMS, top-N after NMS.
+
+    ``min_size`` is in pixels at the paper's 600 px input scale and is scaled with
+    ``dataset.min_size``; null ``pre_nms_top_n`` means no cut before NMS."""
+
+    pre_nms_top_n: int | None = None
+    post_nms_top_n: int = 2000
+    nms_thresh: float = 0.7
+    min_size: float = 16.0
+    batch_size: int = 8
+
+
+@dataclass
+class StagesConf:
+    rpn1: StageConf = field(default_factory=StageConf)
+    fast1: StageConf = field(default_factory=StageConf)
+    rpn2: StageConf = field(default_factory=StageConf)
+    fast2: StageConf = field(default_factory=StageConf)
+
+
+@dataclass
+class AlternatingScheduleConf(ScheduleConf):
+    """4-step alternating training (Faster R-CNN §3.2, ``rcnn_cli.engine.alternating``);
+    ``max_iter`` is the total over the four training stages."""
+
+    name: str = "alternating"
+    stages: StagesConf = field(default_factory=StagesConf)
+    proposals: StageProposalsConf = field(default_factory=StageProposalsConf)
+    rpn2_head_init: HeadInit = HeadInit.random
+    fast2_predictor_init: HeadInit = HeadInit.random
+
+
 @dataclass
 class LogConf:
+    """``images_every``: iterations between TensorBoard pictures of ``images_count`` fixed
+    validation images (ground truth and predictions above ``images_score_thresh``); 0 = off."""
+
     period: int = 20
     tensorboard: bool = True
+    images_every: int = 250
+    images_count: int = 4
+    images_score_thresh: float = 0.5
 
 
 @dataclass
 class EvalConf:
+    """``backend``: faster-coco-eval (C++) or pycocotools; same numbers, see docs/benchmarks.md."""
+
     batch_size: int = 8
+    metric: EvalMetric = EvalMetric.coco
+    backend: str = "faster-coco-eval"
+    proposals: bool = False
+    proposal_counts: list[int] = field(default_factory=lambda: [100, 300, 1000])
+
+
+@dataclass
+class CompressConf:
+    """Truncated SVD of the box head at evaluation (Fast R-CNN §3.1); null = leave the layer."""
+
+    fc6: int | None = None
+    fc7: int | None = None
+    save: bool = False
 
 
 @dataclass
@@ -248,6 +444,7 @@ class TrainConf:
     pooler: Any = MISSING
     schedule: Any = MISSING
     dataset: Any = MISSING
+    proposals: Any = None
     log: LogConf = field(default_factory=LogConf)
     eval: EvalConf = field(default_factory=EvalConf)
     faults: FaultsConf = field(default_factory=FaultsConf)
@@ -256,7 +453,9 @@ class TrainConf:
     threads: int = 0
     resume: str | None = None
     dist: DistConf = field(default_factory=DistConf)
-    optimized_metric: str = "bbox/AP"  # what sweeps sort by and the task function returns
+    # what sweeps sort by and the task function returns; null: the headline AP (bbox/AP for
+    # eval.metric=coco, voc/mAP or voc07/mAP for VOC)
+    optimized_metric: str | None = None
     optimized_mode: MetricMode = MetricMode.max
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
@@ -266,9 +465,44 @@ class EvalMainConf:
     ckpt: str = MISSING
     dataset: Any = None
     eval: EvalConf = field(default_factory=EvalConf)
+    compress: CompressConf = field(default_factory=CompressConf)
     device: Device = Device.auto
     threads: int = 0
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
+
+
+@dataclass
+class PredictMainConf:
+    """``input``: an image, a folder, a glob, or ``dataset`` (the ``split`` of ``dataset``, by
+    default the checkpoint's dataset config). ``ann_file``: a COCO annotation file whose image
+    ids the results use (matched by file name). ``limit``: first N images (0 = all)."""
+
+    ckpt: str = MISSING
+    input: str = MISSING
+    output: str | None = None
+    score_thresh: float = 0.5
+    batch_size: int = 4
+    split: str = "val"
+    limit: int = 0
+    ann_file: str | None = None
+    dataset: Any = None
+    device: Device = Device.auto
+    threads: int = 0
+    ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
+
+
+@dataclass
+class DataMainConf:
+    """``rcnn-data check|browse|convert``: dataset doctor (rcnn_cli.data_cli)."""
+
+    command: str = MISSING
+    dataset: Any = MISSING
+    split: str = "train"
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    n: int = 16
+    seed: int = 0
+    out: str | None = None
+    decode: bool = False
 
 
 GROUP_SCHEMAS: dict[str, type] = {
@@ -279,6 +513,7 @@ GROUP_SCHEMAS: dict[str, type] = {
     "pooler": PoolerConf,
     "schedule": ScheduleConf,
     "dataset": DatasetConf,
+    "proposals": ProposalsConf,
 }
 
 
@@ -287,9 +522,14 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConf)
     cs.store(name="eval_schema", node=EvalMainConf)
+    cs.store(name="predict_schema", node=PredictMainConf)
     for group, node in GROUP_SCHEMAS.items():
         cs.store(group=group, name=f"{group}_schema", node=node)
     cs.store(group="dataset", name="shapes_schema", node=ShapesConf)
+    cs.store(group="dataset", name="coco_schema", node=CocoConf)
+    cs.store(group="dataset", name="voc_schema", node=VocConf)
+    cs.store(name="data_schema", node=DataMainConf)
+    cs.store(group="schedule", name="alternating_schema", node=AlternatingScheduleConf)
 
 
 register_configs()
@@ -340,8 +580,13 @@ POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("schedule.checkpoint_period", 1), ("schedule.eval_period", 0),
                  ("schedule.warmup_iters", 0), ("log.period", 1), ("eval.batch_size", 1),
                  ("dataset.num_workers", 0), ("schedule.keep_checkpoints", 1),
-                 ("faults.max_nonfinite_steps", 1), ("schedule.accum_steps", 1),
+                 ("faults.max_nonfinite_steps", 1), ("log.images_every", 0),
+                 ("log.images_count", 1), ("limit", 0), ("batch_size", 1),
+                 ("dataset.max_pixels", 0), ("n", 1), ("schedule.accum_steps", 1),
                  ("dist.timeout_s", 1)]
+
+# (key, allowed values): checked when the key is present.
+CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools"))]
 
 
 def _check_ranges(cfg) -> None:
@@ -353,12 +598,17 @@ def _check_ranges(cfg) -> None:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if isinstance(value, int) and value < low:
             raise ConfigError(f"{key}={value}: must be >= {low}")
+    for key, allowed in CHOICE_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"{key}={value}: must be one of {', '.join(allowed)}")
     lr = OmegaConf.select(cfg, "schedule.lr", default=None, throw_on_missing=False)
     if isinstance(lr, float) and lr <= 0:
         raise ConfigError(f"schedule.lr={lr}: must be > 0")
 
 
-DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf}
+DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf, "coco": CocoConf, "voc": VocConf}
+SCHEDULE_SCHEMAS: dict[str, type] = {"alternating": AlternatingScheduleConf}
 
 
 def typed_train_config(stored: dict, source: str = "checkpoint"):
@@ -376,6 +626,8 @@ def typed_train_config(stored: dict, source: str = "checkpoint"):
                 schema = GROUP_SCHEMAS[key]
                 if key == "dataset":
                     schema = DATASET_SCHEMAS.get(value.get("name"), DatasetConf)
+                if key == "schedule":
+                    schema = SCHEDULE_SCHEMAS.get(value.get("name"), ScheduleConf)
                 cfg[key] = OmegaConf.merge(OmegaConf.structured(schema), value)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{source}: stored config does not match the schema: {e}") from None

@@ -10,10 +10,11 @@ from rcnn_cli.cli import report_errors
 @hydra.main(version_base="1.3", config_path="pkg://rcnn_cli.conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
     from rcnn_cli.engine.evaluator import evaluate_checkpoint
+    from rcnn_cli.evaluation.build import headline
 
     with report_errors():
         metrics = evaluate_checkpoint(cfg)
-    return metrics["bbox/AP"] or 0.0
+    return headline(metrics)
 
 
 if __name__ == "__main__":

@@ -180,5 +180,16 @@ class ShapesDataset:
                 anns.append({"id": int(k) + 1, "image_id": iid, "category_id": int(self._labels[k]),
                              "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(self._areas[k]),
                              "iscrowd": 0})
+        if self.with_masks:
+            self._add_segmentations(anns)
         cats = [{"id": c, "name": n} for c, n in zip(self.category_ids, self.classes)]
         return {"images": images, "annotations": anns, "categories": cats}
+
+    def _add_segmentations(self, anns: list[dict]) -> None:
+        """Visible masks as RLE, in annotation order (for COCO ``segm`` evaluation)."""
+        from rcnn_cli.evaluation.coco import encode_binary_masks
+
+        rles = [rle for idx in range(len(self))
+                for rle in encode_binary_masks(self._layout(idx)[1])]
+        for ann, rle in zip(anns, rles, strict=True):
+            ann["segmentation"] = rle

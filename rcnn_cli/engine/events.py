@@ -32,6 +32,11 @@ class EventLogger:
             for k, v in values.items():
                 self._tb.add_scalar(k, v, iteration)
 
+    @property
+    def tensorboard(self):
+        """The TensorBoard ``SummaryWriter`` (None when disabled), for images and PR curves."""
+        return self._tb
+
     def text(self, message: str) -> None:
         log.info(message)
 

@@ -23,8 +23,9 @@ from rich.progress import (
 )
 
 from rcnn_cli.config import validate
-from rcnn_cli.data.build import build_dataset
+from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader, sample_seed
+from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import distributed, faults, runtime
 from rcnn_cli.engine.checkpoint import CheckpointStore, resolve_resume, rng_state, set_rng_state
 from rcnn_cli.engine.events import EventLogger
@@ -32,12 +33,13 @@ from rcnn_cli.engine.export import export_model
 from rcnn_cli.engine.faults import NonFiniteLossError  # noqa: F401  (re-exported)
 from rcnn_cli.engine.optim import build_optimizer, build_scheduler
 from rcnn_cli.engine.resume import check_resume_config
-from rcnn_cli.evaluation.coco import CocoEvaluator
+from rcnn_cli.engine.visuals import ValImages
+from rcnn_cli.errors import ConfigError
+from rcnn_cli.evaluation.build import build_evaluator, headline, iou_types_for
 from rcnn_cli.evaluation.inference import predict
-from rcnn_cli.evaluation.report import print_metrics
-from rcnn_cli.io import atomic_write_json
+from rcnn_cli.evaluation.results import log_curves, save_evaluation
 from rcnn_cli.modeling import seeded_sampler
-from rcnn_cli.modeling.build import build_detector
+from rcnn_cli.modeling.build import build_detector, uses_masks
 
 log = logging.getLogger("rcnn_cli")
 
@@ -63,6 +65,18 @@ def make_progress(disable: bool = False) -> Progress:
 class Trainer:
     """Holds the run's state; ``run()`` trains to ``schedule.max_iter`` and evaluates."""
 
+    label = "train"  # the progress bar's name
+    is_main = True  # rank 0 (or the only process) writes files; set per process in __init__
+
+    @property
+    def train_model(self):
+        """What training steps call: the DDP wrapper when distributed, else the model."""
+        return getattr(self, "_train_model", self.model)
+
+    @train_model.setter
+    def train_model(self, module) -> None:
+        self._train_model = module
+
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
         self.sched = cfg.schedule
@@ -71,8 +85,12 @@ class Trainer:
         self.amp = runtime.amp_dtype(self.sched.amp, self.device)
         runtime.set_threads(cfg.threads)
         runtime.seed_everything(cfg.seed)
-        self.train_set = build_dataset(cfg.dataset, "train", train=True)
-        self.val_set = build_dataset(cfg.dataset, "val", train=False)
+        masks = uses_masks(cfg.model.name)
+        self.train_set = build_dataset(cfg.dataset, "train", train=True, with_masks=masks)
+        self.val_set = build_dataset(cfg.dataset, "val", train=False, with_masks=masks)
+        check_same_classes(self.train_set.raw, self.val_set.raw, cfg.dataset.name)
+        attach_proposals(cfg, "train", self.train_set)
+        attach_proposals(cfg, "val", self.val_set)
         self.classes = list(self.train_set.raw.classes)
         self.category_ids = list(self.train_set.raw.category_ids)
         self.model = build_detector(cfg, len(self.classes)).to(self.device)
@@ -86,7 +104,10 @@ class Trainer:
         self.store = CheckpointStore(run_dir / "checkpoints", self.sched.keep_checkpoints)
         self.grad_guard = faults.GradGuard(cfg.faults.max_nonfinite_steps)
         self.saved_iteration = -1
-        self.evaluator = CocoEvaluator(self.val_set.raw.coco_gt())
+        self.evaluator = build_evaluator(self.val_set.raw.coco_gt(), cfg.eval, iou_types_for(cfg))
+        self.val_images = (ValImages(self.val_set, self.classes, cfg.log.images_count,
+                                     cfg.log.images_score_thresh)
+                           if cfg.log.images_every else None)
         self.iteration, self.best_ap = 0, None
         if cfg.resume:
             self.resume(cfg.resume)
@@ -202,6 +223,8 @@ class Trainer:
         dets = distributed.gather_detections(dets, list(self.val_set.raw.image_ids))
         metrics = distributed.on_main(lambda: self.evaluator.evaluate(dets))
         self.events.scalars(self.iteration, {k: v for k, v in metrics.items() if v is not None})
+        if self.is_main:
+            log_curves(self.events.tensorboard, self.evaluator, self.iteration)
         return {**metrics, "iteration": self.iteration}, dets
 
     def run(self) -> dict:
@@ -211,7 +234,7 @@ class Trainer:
                                           max_iter, self.cfg.dataset.num_workers)
         window: dict[str, list[float]] = defaultdict(list)
         with make_progress(disable=not self.is_main) as progress, faults.StopSignal() as stop:
-            task = progress.add_task("train", total=max_iter, completed=self.iteration,
+            task = progress.add_task(self.label, total=max_iter, completed=self.iteration,
                                      speed="", losses="")
             t_data = time.perf_counter()
             batches_iter = faults.guarded_batches(loader, self.cfg.faults.dataloader_timeout)
@@ -232,6 +255,7 @@ class Trainer:
             if self.saved_iteration != self.iteration:
                 self.save_checkpoint()
             metrics, dets = self.evaluate(progress)
+            self.log_images()
         self.finish(metrics, dets)
         return metrics
 
@@ -246,14 +270,20 @@ class Trainer:
             window.clear()
         if it % self.sched.checkpoint_period == 0:
             self.save_checkpoint()
+        if self.cfg.log.images_every and it % self.cfg.log.images_every == 0:
+            self.log_images()
         if self.sched.eval_period and it % self.sched.eval_period == 0 and it < self.sched.max_iter:
             metrics, _ = self.evaluate(progress)
-            log.info("iter %d: bbox/AP=%.4f bbox/AP50=%.4f", it, metrics["bbox/AP"] or 0.0,
-                     metrics["bbox/AP50"] or 0.0)
+            log.info("iter %d: AP=%.4f (%s)", it, headline(metrics),
+                     getattr(self.cfg.eval.metric, "value", self.cfg.eval.metric))
             self.keep_best(metrics)
 
+    def log_images(self) -> None:
+        if self.val_images is not None and self.is_main:
+            self.val_images.log(self.model, self.device, self.events.tensorboard, self.iteration)
+
     def keep_best(self, metrics: dict) -> None:
-        ap = metrics["bbox/AP"] or 0.0
+        ap = headline(metrics)
         if self.best_ap is None or ap > self.best_ap:
             self.best_ap = ap
             self.save_named("best", {**self.state(), "metrics": metrics})
@@ -281,12 +311,11 @@ class Trainer:
         self.keep_best(metrics)
         if not self.is_main:
             return
-        atomic_write_json(self.run_dir / "predictions" / "detections.json", dets)
-        atomic_write_json(self.run_dir / "metrics.json", metrics)
+        save_evaluation(self.run_dir, self.evaluator, metrics, dets,
+                        f"final evaluation (iteration {self.iteration})")
         export_model(self.run_dir / "export", self.model.state_dict(), self.classes,
                      self.category_ids, config_dict(self.cfg), self.iteration)
         self.events.close()
-        print_metrics(metrics, f"final evaluation (iteration {self.iteration})")
 
 
 def resume_command(run_dir: Path) -> str:
@@ -309,7 +338,16 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
                                          else hydra_run_dir())
     log.info("run directory: %s", run_dir)
     try:
-        metrics = Trainer(cfg, run_dir).run()
+        if cfg.schedule.name == "alternating":
+            from rcnn_cli.engine.alternating import train_alternating
+
+            if env.enabled:
+                raise ConfigError("schedule=alternating (4-step training) runs in one process; "
+                                  "start it without torchrun/srun, or use schedule=joint")
+
+            metrics = train_alternating(cfg, run_dir)
+        else:
+            metrics = Trainer(cfg, run_dir).run()
     except faults.Interrupted:
         raise  # every rank stopped at the same step (``distributed.any_rank_stopping``)
     except Exception:

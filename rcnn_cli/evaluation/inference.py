@@ -5,6 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rcnn_cli.evaluation.coco import encode_binary_masks
+
+MASK_THRESHOLD = 0.5
+
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader, device: torch.device, category_ids: list[int],
@@ -15,7 +19,10 @@ def predict(model: nn.Module, loader, device: torch.device, category_ids: list[i
     task = (progress.add_task("evaluate", total=len(loader), speed="", losses="")
             if progress is not None else None)
     for images, targets in loader:
-        outputs = model([img.to(device) for img in images])
+        extra = {}
+        if targets and "proposals" in targets[0]:  # external proposals (model=fast)
+            extra["proposals"] = [t["proposals"].to(device) for t in targets]
+        outputs = model([img.to(device) for img in images], **extra)
         for out, tgt in zip(outputs, targets):
             results += to_coco_results(out, tgt["image_id"], category_ids)
         if progress is not None:
@@ -25,10 +32,19 @@ def predict(model: nn.Module, loader, device: torch.device, category_ids: list[i
     return results
 
 
+def encode_masks(masks: torch.Tensor) -> list[dict]:
+    """(N, 1, H, W) mask probabilities -> COCO compressed RLEs (``counts`` as str)."""
+    return encode_binary_masks((masks[:, 0] >= MASK_THRESHOLD).cpu().numpy())
+
+
 def to_coco_results(output: dict, image_id: int, category_ids: list[int]) -> list[dict]:
     boxes = output["boxes"].float().cpu()
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
     scores = output["scores"].float().cpu().tolist()
     labels = output["labels"].cpu().tolist()
-    return [{"image_id": int(image_id), "category_id": int(category_ids[lab - 1]), "bbox": box,
-             "score": score} for box, score, lab in zip(xywh, scores, labels)]
+    results = [{"image_id": int(image_id), "category_id": int(category_ids[lab - 1]), "bbox": box,
+                "score": score} for box, score, lab in zip(xywh, scores, labels)]
+    if "masks" in output:
+        for r, rle in zip(results, encode_masks(output["masks"])):
+            r["segmentation"] = rle
+    return results

@@ -1,24 +1,30 @@
-"""Backbones: torchvision ResNet trunks + FPN (Lin et al. 2017), built with explicit arguments.
+"""Backbones built with explicit arguments from torchvision trunks.
 
-``r50_fpn`` reproduces the parameter names and shapes of torchvision's
-``fasterrcnn_resnet50_fpn`` backbone, so its published weights load unchanged.
+- ``vgg16``: conv5_3, stride 16, one map (Faster R-CNN §4, the paper's VGG-16 setting).
+- ``r50_c4`` / ``r101_c4``: ResNet res2-res4 trunk (stride 16, one map); res5 becomes the RoI
+  head (He et al. 2016, appendix A "Object Detection Baselines"; Detectron's C4 design).
+- ``r18_fpn`` / ``r50_fpn`` / ``r101_fpn``: ResNet C2-C5 -> FPN P2-P5 + P6 (Lin et al. 2017).
+  ``r50_fpn`` reproduces torchvision's ``fasterrcnn_resnet50_fpn`` names and shapes.
+- ``mobilenet_v3_fpn``: torchvision's ``fasterrcnn_mobilenet_v3_large_fpn`` layout.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from torch import nn
-from torchvision.models import get_weight, resnet
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torch import Tensor, nn
+from torchvision.models import get_weight, mobilenet_v3_large, resnet, vgg16, vgg16_bn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _mobilenet_extractor
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from rcnn_cli.errors import ConfigError
 
 RESNET_FPN = {"r18_fpn": "resnet18", "r50_fpn": "resnet50", "r101_fpn": "resnet101"}
+RESNET_C4 = {"r50_c4": "resnet50", "r101_c4": "resnet101"}
 RESNET_STAGES = ["conv1", "layer1", "layer2", "layer3", "layer4"]
 
 
@@ -30,6 +36,20 @@ class BackboneSpec:
     out_channels: int
     feature_names: list[str]  # every map the backbone returns, finest first
     pooled_names: list[str]  # the maps RoI pooling reads
+    res5: nn.Module | None = None  # C4 designs: the stage that runs per RoI in the box head
+    res5_channels: int = 0
+
+
+class SingleMap(nn.Module):
+    """A trunk returning one map as ``{"0": x}``, the dict GeneralizedRCNN expects."""
+
+    def __init__(self, body: nn.Module, out_channels: int):
+        super().__init__()
+        self.body = body
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return OrderedDict([("0", self.body(x))])
 
 
 def norm_layer(norm: str):
@@ -39,7 +59,7 @@ def norm_layer(norm: str):
         return nn.BatchNorm2d
     if norm == "gn":
         return partial(nn.GroupNorm, 32)
-    raise ConfigError(f"backbone.norm={norm} is not supported; use frozen_bn, bn or gn")
+    raise ConfigError(f"backbone.norm={norm} is not supported here; use frozen_bn, bn or gn")
 
 
 def resolve_weights(weights: str | None):
@@ -56,19 +76,22 @@ def resolve_weights(weights: str | None):
             f"weights name such as 'ResNet50_Weights.IMAGENET1K_V1'") from e
 
 
-def load_trunk_file(trunk: nn.Module, path: Path) -> None:
+def load_trunk_file(trunk: nn.Module, path: Path, head_prefix: str = "fc.") -> None:
+    """Load an ImageNet-style state dict, ignoring its classifier (``head_prefix``)."""
     from rcnn_cli.engine.checkpoint import load_state_file
 
     state = load_state_file(path)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
     missing, unexpected = trunk.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.") and "num_batches_tracked" not in k]
+    missing = [k for k in missing
+               if not k.startswith(head_prefix) and "num_batches_tracked" not in k]
     if missing or unexpected:
         raise ConfigError(f"backbone.weights={path}: missing keys {missing[:5]}, "
                           f"unexpected keys {unexpected[:5]}")
 
 
 def freeze_stages(trunk: nn.Module, trainable_layers: int) -> None:
+    """Freeze all but the last ``trainable_layers`` of conv1, res2..res5."""
     if not 0 <= trainable_layers <= 5:
         raise ConfigError(f"backbone.trainable_layers={trainable_layers}: must be in [0, 5]")
     trainable = RESNET_STAGES[::-1][:trainable_layers]
@@ -79,17 +102,19 @@ def freeze_stages(trunk: nn.Module, trainable_layers: int) -> None:
             p.requires_grad_(False)
 
 
-def resnet_fpn(name: str, weights: str | None, trainable_layers: int, norm: str,
-               fpn_channels: int) -> BackboneSpec:
-    """ResNet C2-C5 -> FPN P2-P5 + P6 (max-pool), as torchvision's detection backbones."""
-    if name not in RESNET_FPN:
-        raise ConfigError(f"backbone={name} is not supported; available: "
-                          f"{', '.join(BACKBONES)}")
+def resnet_trunk(arch: str, weights: str | None, trainable_layers: int, norm: str) -> nn.Module:
     enum, file = resolve_weights(weights)
-    trunk = getattr(resnet, RESNET_FPN[name])(weights=enum, norm_layer=norm_layer(norm))
+    trunk = getattr(resnet, arch)(weights=enum, norm_layer=norm_layer(norm))
     if file is not None:
         load_trunk_file(trunk, file)
     freeze_stages(trunk, trainable_layers)
+    return trunk
+
+
+def resnet_fpn(name: str, weights: str | None, trainable_layers: int, norm: str,
+               fpn_channels: int) -> BackboneSpec:
+    """ResNet C2-C5 -> FPN P2-P5 + P6 (max-pool), as torchvision's detection backbones."""
+    trunk = resnet_trunk(RESNET_FPN[name], weights, trainable_layers, norm)
     stage_channels = [trunk.inplanes // 8, trunk.inplanes // 4, trunk.inplanes // 2, trunk.inplanes]
     module = BackboneWithFPN(
         trunk,
@@ -102,7 +127,66 @@ def resnet_fpn(name: str, weights: str | None, trainable_layers: int, norm: str,
     return BackboneSpec(module, fpn_channels, names, names[:4])
 
 
-BACKBONES = {name: resnet_fpn for name in RESNET_FPN}
+def resnet_c4(name: str, weights: str | None, trainable_layers: int, norm: str,
+              fpn_channels: int) -> BackboneSpec:
+    """conv1..res4 as the shared trunk (stride 16); res5 is handed to the RoI head."""
+    trunk = resnet_trunk(RESNET_C4[name], weights, trainable_layers, norm)
+    body = nn.Sequential(OrderedDict(
+        (k, getattr(trunk, k)) for k in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2",
+                                         "layer3")))
+    res4_channels = trunk.inplanes // 2
+    return BackboneSpec(SingleMap(body, res4_channels), res4_channels, ["0"], ["0"],
+                        res5=trunk.layer4, res5_channels=trunk.inplanes)
+
+
+def vgg16_conv5(name: str, weights: str | None, trainable_layers: int, norm: str,
+                fpn_channels: int) -> BackboneSpec:
+    """VGG-16 up to conv5_3 + ReLU (the last max-pool dropped): 512 channels, stride 16.
+
+    ``norm=none`` is the paper's VGG-16; ``norm=bn`` is torchvision's ``vgg16_bn``.
+    ``trainable_layers`` counts the five conv blocks from the top (the paper trains conv3_1 up:
+    ``trainable_layers=3``).
+    """
+    if norm not in ("none", "bn"):
+        raise ConfigError(f"backbone={name} supports norm=none (VGG-16) or bn (VGG-16-BN), "
+                          f"not norm={norm}")
+    if not 0 <= trainable_layers <= 5:
+        raise ConfigError(f"backbone.trainable_layers={trainable_layers}: must be in [0, 5]")
+    enum, file = resolve_weights(weights)
+    net = (vgg16 if norm == "none" else vgg16_bn)(weights=enum)
+    if file is not None:
+        load_trunk_file(net, file, head_prefix="classifier.")
+    pools = [i for i, m in enumerate(net.features) if isinstance(m, nn.MaxPool2d)]
+    features = net.features[:pools[-1]]
+    first_trainable = 0 if trainable_layers == 5 else pools[4 - trainable_layers] + 1
+    for layer in list(features)[:first_trainable]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
+    return BackboneSpec(SingleMap(features, 512), 512, ["0"], ["0"])
+
+
+def mobilenet_v3_fpn(name: str, weights: str | None, trainable_layers: int, norm: str,
+                     fpn_channels: int) -> BackboneSpec:
+    """MobileNetV3-Large, FPN on its last two stages (stride 16, 32) + max-pool, 256 channels:
+    exactly the backbone of torchvision's ``fasterrcnn_mobilenet_v3_large_fpn``."""
+    if norm not in ("bn", "frozen_bn"):
+        raise ConfigError(f"backbone={name} supports norm=bn or frozen_bn, not norm={norm}")
+    if fpn_channels != 256:
+        raise ConfigError(f"backbone={name} has 256 FPN channels (torchvision's layout); "
+                          f"got backbone.fpn_channels={fpn_channels}")
+    if not 0 <= trainable_layers <= 6:
+        raise ConfigError(f"backbone.trainable_layers={trainable_layers}: must be in [0, 6] "
+                          f"for {name}")
+    enum, file = resolve_weights(weights)
+    trunk = mobilenet_v3_large(weights=enum, norm_layer=norm_layer(norm))
+    if file is not None:
+        load_trunk_file(trunk, file, head_prefix="classifier.")
+    module = _mobilenet_extractor(trunk, True, trainable_layers)
+    return BackboneSpec(module, 256, ["0", "1", "pool"], ["0", "1"])
+
+
+BACKBONES = {**{n: resnet_fpn for n in RESNET_FPN}, **{n: resnet_c4 for n in RESNET_C4},
+             "vgg16": vgg16_conv5, "mobilenet_v3_fpn": mobilenet_v3_fpn}
 
 
 def build_backbone(name: str, weights: str | None, trainable_layers: int, norm: str,
@@ -116,4 +200,3 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return total, trainable
-

@@ -6,6 +6,7 @@ A detector is ``transform -> backbone -> proposal source (RPN) -> RoI heads``; t
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from torch import nn
@@ -15,12 +16,22 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.modeling.anchors import build_anchor_generator
-from rcnn_cli.modeling.backbones import build_backbone
+from rcnn_cli.modeling.backbones import BackboneSpec, build_backbone
+from rcnn_cli.modeling.cascade import CascadeRoIHeads, build_cascade_stages
+from rcnn_cli.modeling.fast_rcnn import FastRCNN, FastRCNNHead, build_fast_rcnn_roi_heads
+from rcnn_cli.modeling.masks import build_mask_branch
 from rcnn_cli.modeling.poolers import build_pooler
-from rcnn_cli.modeling.roi_heads import build_box_roi_heads
+from rcnn_cli.modeling.proposals import check_source
+from rcnn_cli.modeling.roi_heads import build_box_head, build_box_roi_heads
 from rcnn_cli.modeling.rpn import build_rpn
+from rcnn_cli.modeling.svd import shape_box_head
 
-MODELS = ("faster",)
+MODELS = ("faster", "mask", "cascade", "cascade_mask", "fast")
+
+
+def uses_masks(model_name: str) -> bool:
+    """Whether ``model=<name>`` has a mask branch (its data needs instance masks)."""
+    return model_name in ("mask", "cascade_mask")
 
 
 def _value(x):
@@ -29,40 +40,132 @@ def _value(x):
 
 def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
     """Build ``cfg.model`` for ``num_classes`` foreground classes (+1 background)."""
-    m, b, a, s, p, d = cfg.model, cfg.backbone, cfg.anchors, cfg.sampler, cfg.pooler, cfg.dataset
+    m, b, a, s, d = cfg.model, cfg.backbone, cfg.anchors, cfg.sampler, cfg.dataset
     if m.name not in MODELS:
         raise ConfigError(f"model={m.name} is not supported; available: {', '.join(MODELS)}")
+    check_proposal_source(m.name, cfg.get("proposals"))
     backbone = build_backbone(b.name, b.weights, b.trainable_layers, _value(b.norm), b.fpn_channels)
+    if m.name == "fast":
+        model = build_fast_rcnn(cfg, backbone, num_classes)
+        shape_box_head(model, m.box_head.fc6_rank, m.box_head.fc7_rank)
+        if m.weights:
+            load_detector_weights(model, m.weights)
+        return model
     anchors = build_anchor_generator(a.name, a.sizes, a.aspect_ratios, backbone.feature_names,
                                      b.name)
     rpn = build_rpn(
         anchors, backbone.out_channels,
         fg_iou_thresh=s.rpn.fg_iou_thresh, bg_iou_thresh=s.rpn.bg_iou_thresh,
         batch_size_per_image=s.rpn.batch_size_per_image,
-        positive_fraction=s.rpn.positive_fraction,
+        positive_fraction=s.rpn.positive_fraction, ignore_border=s.rpn.ignore_border,
         pre_nms_top_n_train=m.rpn.pre_nms_top_n_train, pre_nms_top_n_test=m.rpn.pre_nms_top_n_test,
         post_nms_top_n_train=m.rpn.post_nms_top_n_train,
         post_nms_top_n_test=m.rpn.post_nms_top_n_test,
         nms_thresh=m.rpn.nms_thresh, score_thresh=m.rpn.score_thresh,
+        box_coder_weights=list(m.rpn.box_coder_weights),
     )
+    roi_heads = build_roi_heads(cfg, backbone, num_classes + 1)
+    # Training images arrive resized by the input pipeline (rcnn_cli.data.transforms), so the
+    # model resizes only at inference (and maps boxes back to original image coordinates).
+    transform = GeneralizedRCNNTransform(d.min_size, d.max_size, list(m.image_mean),
+                                         list(m.image_std), _skip_resize=True)
+    model = GeneralizedRCNN(backbone.module, rpn, roi_heads, transform)
+    shape_box_head(model, m.box_head.fc6_rank, m.box_head.fc7_rank)
+    if m.weights:
+        load_detector_weights(model, m.weights)
+    return model
+
+
+def check_proposal_source(model: str, proposals) -> None:
+    """model=fast takes external proposals; the RPN models make their own."""
+    name = proposals.name if proposals is not None else "rpn"
+    check_source(name)
+    if model == "fast" and name == "rpn":
+        raise ConfigError("model=fast needs external proposals: add proposals=selective_search "
+                          "or proposals=precomputed proposals.file=PATH")
+    if model != "fast" and name != "rpn":
+        raise ConfigError(f"model={model} makes its proposals with its RPN; proposals={name} "
+                          "is supported with model=fast")
+
+
+def build_fast_rcnn(cfg, backbone: BackboneSpec, num_classes: int) -> FastRCNN:
+    """Fast R-CNN (Girshick 2015): backbone + RoI pooling + fc6/fc7 head (with dropout), or
+    the res5 head of a C4 backbone; no RPN. ``sampler=fast_rcnn`` is the paper's minibatch."""
+    m, s, p, d, f = cfg.model, cfg.sampler, cfg.pooler, cfg.dataset, cfg.model.fast_rcnn
     pooler = build_pooler(p.name, backbone.pooled_names, p.output_size, p.sampling_ratio,
-                          p.canonical_scale, p.canonical_level)
-    roi_heads = build_box_roi_heads(
-        pooler, backbone.out_channels, p.output_size, num_classes + 1,
-        representation_size=m.box_head.representation_size,
+                          p.canonical_scale, p.canonical_level, p.aligned, _value(p.kernel))
+    if backbone.res5 is not None:
+        head, dim = build_box_head(backbone.out_channels, p.output_size,
+                                   m.box_head.representation_size, backbone.res5,
+                                   backbone.res5_channels)
+    else:
+        dim = m.box_head.representation_size
+        head = FastRCNNHead(backbone.out_channels * p.output_size**2, dim, f.dropout)
+    roi_heads = build_fast_rcnn_roi_heads(
+        pooler, head, dim, num_classes + 1,
         box_coder_weights=list(m.box_head.box_coder_weights),
         score_thresh=m.box_head.score_thresh, nms_thresh=m.box_head.nms_thresh,
         detections_per_img=m.box_head.detections_per_img,
         fg_iou_thresh=s.roi.fg_iou_thresh, bg_iou_thresh=s.roi.bg_iou_thresh,
-        batch_size_per_image=s.roi.batch_size_per_image,
+        bg_iou_lo=s.roi.bg_iou_lo, batch_size_per_image=s.roi.batch_size_per_image,
+        positive_fraction=s.roi.positive_fraction, smooth_l1_beta=f.smooth_l1_beta,
+        box_loss_weight=f.box_loss_weight)
+    # As for the RPN models: training images arrive resized by the input pipeline.
+    transform = GeneralizedRCNNTransform(d.min_size, d.max_size, list(m.image_mean),
+                                         list(m.image_std), _skip_resize=True)
+    return FastRCNN(backbone.module, roi_heads, transform)
+
+
+def build_roi_heads(cfg, backbone: BackboneSpec, num_classes: int) -> nn.Module:
+    """Box head (standard or cascade) + optional mask branch; ``num_classes`` counts background."""
+    m, s, p = cfg.model, cfg.sampler, cfg.pooler
+    pooler = build_pooler(p.name, backbone.pooled_names, p.output_size, p.sampling_ratio,
+                          p.canonical_scale, p.canonical_level, p.aligned, _value(p.kernel))
+
+    built = []
+
+    def make_head():
+        res5 = backbone.res5  # C4: the first head owns res5, cascade stages get copies
+        if res5 is not None and built:
+            res5 = copy.deepcopy(res5)
+        built.append(res5)
+        return build_box_head(backbone.out_channels, p.output_size,
+                              m.box_head.representation_size, res5, backbone.res5_channels)
+
+    mask_parts = None
+    if uses_masks(m.name):
+        mh = m.mask_head
+        mask_parts = build_mask_branch(
+            backbone.pooled_names, backbone.out_channels, num_classes,
+            output_size=mh.output_size, sampling_ratio=mh.sampling_ratio, layers=list(mh.layers),
+            dilation=mh.dilation, dim_reduced=mh.dim_reduced,
+            canonical_scale=p.canonical_scale, canonical_level=p.canonical_level,
+            kernel=_value(p.kernel))
+    bh = m.box_head
+    if m.name.startswith("cascade"):
+        c = m.cascade
+        stages = build_cascade_stages(make_head, num_classes, len(c.iou_thresholds))
+        return CascadeRoIHeads(
+            pooler, stages, iou_thresholds=list(c.iou_thresholds),
+            stage_loss_weights=list(c.stage_loss_weights),
+            box_coder_weights=[list(w) for w in c.box_coder_weights], bg_iou_lo=s.roi.bg_iou_lo,
+            batch_size_per_image=s.roi.batch_size_per_image,
+            positive_fraction=s.roi.positive_fraction, score_thresh=bh.score_thresh,
+            nms_thresh=bh.nms_thresh, detections_per_img=bh.detections_per_img,
+            mask_parts=mask_parts)
+    head, dim = make_head()
+    heads = build_box_roi_heads(
+        pooler, head, dim, num_classes,
+        box_coder_weights=list(bh.box_coder_weights),
+        score_thresh=bh.score_thresh, nms_thresh=bh.nms_thresh,
+        detections_per_img=bh.detections_per_img,
+        fg_iou_thresh=s.roi.fg_iou_thresh, bg_iou_thresh=s.roi.bg_iou_thresh,
+        bg_iou_lo=s.roi.bg_iou_lo, batch_size_per_image=s.roi.batch_size_per_image,
         positive_fraction=s.roi.positive_fraction,
     )
-    transform = GeneralizedRCNNTransform(d.min_size, d.max_size, list(m.image_mean),
-                                         list(m.image_std))
-    model = GeneralizedRCNN(backbone.module, rpn, roi_heads, transform)
-    if m.weights:
-        load_detector_weights(model, m.weights)
-    return model
+    if mask_parts is not None:
+        heads.mask_roi_pool, heads.mask_head, heads.mask_predictor = mask_parts
+    return heads
 
 
 def load_detector_weights(model: nn.Module, weights: str) -> None:

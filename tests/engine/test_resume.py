@@ -19,9 +19,12 @@ from tests.conftest import TINY, compose_cfg
 FLAT = TINY + ["schedule.decay=step", "schedule.decay_steps=[]", "log.tensorboard=false"]
 
 
-def recording_builder(seen: list, real=None):
+REAL_BUILD = trainer_mod.build_detector  # captured before any test patches it
+
+
+def recording_builder(seen: list):
     """A ``build_detector`` whose models record the image ids of every training batch."""
-    real = real or trainer_mod.build_detector
+    real = REAL_BUILD
 
     def build(cfg, num_classes):
         model = real(cfg, num_classes)
@@ -40,10 +43,9 @@ def recording_builder(seen: list, real=None):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     seen: dict[str, list] = {"full": [], "part": []}
-    real = trainer_mod.build_detector  # not the previous iteration's recorder
     with pytest.MonkeyPatch.context() as mp:
         for name, extra in [("full", []), ("part", ["schedule.max_iter=2"])]:
-            mp.setattr(trainer_mod, "build_detector", recording_builder(seen[name], real))
+            mp.setattr(trainer_mod, "build_detector", recording_builder(seen[name]))
             train(compose_cfg("train", FLAT + extra), root / name)
     return root, seen
 

@@ -1,0 +1,33 @@
+"""rcnn-eval: chosen metric and backend, per-class outputs, one run directory per checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rcnn_cli.config import validate
+from rcnn_cli.errors import ConfigError
+from tests.conftest import compose_cfg, run_cli
+from tests.evaluation.untrained import make_export
+
+
+def test_sweep_over_checkpoints_gives_one_run_dir_each(tmp_path):
+    a = make_export(tmp_path / "a", seed=0)
+    b = make_export(tmp_path / "b", seed=1)
+    r = run_cli("rcnn-eval", "-m", f"ckpt={a},{b}", "dataset=shapes", "dataset.val_size=3",
+                "dataset.image_size=64", "eval.metric=voc", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for job in ("0", "1"):
+        metrics = json.loads((tmp_path / "s" / job / "metrics.json").read_text())
+        assert "voc/mAP" in metrics
+        assert (tmp_path / "s" / job / "per_class.md").is_file()
+        assert (tmp_path / "s" / job / "pr_curves" / "voc.png").is_file()
+    assert "voc per class" in r.stdout
+
+
+def test_unknown_backend_and_metric_fail_at_start_up():
+    with pytest.raises(ConfigError, match="eval.backend=cocoapi"):
+        validate(compose_cfg("eval", ["ckpt=x", "eval.backend=cocoapi"]))
+    with pytest.raises(Exception, match="voc12"):
+        compose_cfg("train", ["eval.metric=voc12"])
