@@ -38,8 +38,8 @@ class PerImageSeededSampler:
 
 
 def _sampling_parts(model: nn.Module) -> list[nn.Module]:
-    """The RPN and RoI heads that sample fg/bg (Fast R-CNN on external proposals has no RPN)."""
-    parts = [getattr(model, "rpn", None), getattr(model, "roi_heads", None)]
+    """The RPN and RoI heads that sample (fixed proposals or a stage without RoI heads do not)."""
+    parts = [getattr(model, name, None) for name in ("rpn", "roi_heads")]
     return [p for p in parts if p is not None and hasattr(p, "fg_bg_sampler")]
 
 
