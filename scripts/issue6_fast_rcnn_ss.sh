@@ -6,7 +6,7 @@
 # on the 200 val images (AR@100/300/1000).
 set -euo pipefail
 OUT=${1:-outputs/bench/issue6_fast_ss}
-MAX_ITER=${MAX_ITER:-1200}
+MAX_ITER=${MAX_ITER:-500}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 nice -n 10 .venv/bin/rcnn-train model=fast proposals=selective_search sampler=fast_rcnn \
   proposals.cache_dir=outputs/proposal_cache proposals.workers=2 \
