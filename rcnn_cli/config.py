@@ -61,6 +61,15 @@ class EvalMetric(Enum):
 class Validation(Enum):
     strict = "strict"
     lenient = "lenient"
+class DistBackend(Enum):
+    auto = "auto"
+    nccl = "nccl"
+    gloo = "gloo"
+
+
+class MetricMode(Enum):
+    max = "max"
+    min = "min"
 
 
 # --- model parts ----------------------------------------------------------------------
@@ -318,7 +327,60 @@ class ScheduleConf:
     amp: Amp = Amp.none
     eval_period: int = 0
     checkpoint_period: int = 500
+    # Scaling out (rcnn_cli.engine.distributed): batch_size is per process and per micro-batch;
+    # one optimizer step sees batch_size * accum_steps * world_size images.
+    accum_steps: int = 1
+    scale_lr: bool = False  # lr *= accum_steps * world_size (linear scaling rule), logged
     keep_checkpoints: int = 3
+
+
+class HeadInit(Enum):
+    random = "random"  # a freshly initialised layer, as the original code does in stage 2
+    carry = "carry"  # the stage-1 layer's trained weights
+
+
+@dataclass
+class StageConf:
+    """One training stage of the 4-step schedule; null ``max_iter``/``lr`` take the paper's share
+    of ``schedule.max_iter`` (80k:40k:80k:40k) and ``schedule.lr``."""
+
+    max_iter: int | None = None
+    lr: float | None = None
+    decay_steps: list[float] = field(default_factory=lambda: [0.75])  # 60k of 80k, 30k of 40k
+
+
+@dataclass
+class StageProposalsConf:
+    """RPN proposals between stages (Faster R-CNN §3.2): test mode, NMS, top-N after NMS.
+
+    ``min_size`` is in pixels at the paper's 600 px input scale and is scaled with
+    ``dataset.min_size``; null ``pre_nms_top_n`` means no cut before NMS."""
+
+    pre_nms_top_n: int | None = None
+    post_nms_top_n: int = 2000
+    nms_thresh: float = 0.7
+    min_size: float = 16.0
+    batch_size: int = 8
+
+
+@dataclass
+class StagesConf:
+    rpn1: StageConf = field(default_factory=StageConf)
+    fast1: StageConf = field(default_factory=StageConf)
+    rpn2: StageConf = field(default_factory=StageConf)
+    fast2: StageConf = field(default_factory=StageConf)
+
+
+@dataclass
+class AlternatingScheduleConf(ScheduleConf):
+    """4-step alternating training (Faster R-CNN §3.2, ``rcnn_cli.engine.alternating``);
+    ``max_iter`` is the total over the four training stages."""
+
+    name: str = "alternating"
+    stages: StagesConf = field(default_factory=StagesConf)
+    proposals: StageProposalsConf = field(default_factory=StageProposalsConf)
+    rpn2_head_init: HeadInit = HeadInit.random
+    fast2_predictor_init: HeadInit = HeadInit.random
 
 
 @dataclass
@@ -354,6 +416,16 @@ class CompressConf:
 
 
 @dataclass
+class DistConf:
+    """DistributedDataParallel settings; used only when started by torchrun or SLURM."""
+
+    backend: DistBackend = DistBackend.auto  # auto: nccl on CUDA, gloo on CPU
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only; backbone.norm=bn)
+    find_unused_parameters: bool = False
+    timeout_s: int = 1800
+
+
+@dataclass
 class FaultsConf:
     """Training fault policy (``rcnn_cli.engine.faults``, docs/reliability.md)."""
 
@@ -378,6 +450,9 @@ class TrainConf:
     device: Device = Device.auto
     threads: int = 0
     resume: str | None = None
+    dist: DistConf = field(default_factory=DistConf)
+    optimized_metric: str = "bbox/AP"  # what sweeps sort by and the task function returns
+    optimized_mode: MetricMode = MetricMode.max
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
 
@@ -450,6 +525,7 @@ def register_configs() -> None:
     cs.store(group="dataset", name="coco_schema", node=CocoConf)
     cs.store(group="dataset", name="voc_schema", node=VocConf)
     cs.store(name="data_schema", node=DataMainConf)
+    cs.store(group="schedule", name="alternating_schema", node=AlternatingScheduleConf)
 
 
 register_configs()
@@ -502,7 +578,8 @@ POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("dataset.num_workers", 0), ("schedule.keep_checkpoints", 1),
                  ("faults.max_nonfinite_steps", 1), ("log.images_every", 0),
                  ("log.images_count", 1), ("limit", 0), ("batch_size", 1),
-                 ("dataset.max_pixels", 0), ("n", 1)]
+                 ("dataset.max_pixels", 0), ("n", 1), ("schedule.accum_steps", 1),
+                 ("dist.timeout_s", 1)]
 
 # (key, allowed values): checked when the key is present.
 CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools"))]
@@ -527,6 +604,7 @@ def _check_ranges(cfg) -> None:
 
 
 DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf, "coco": CocoConf, "voc": VocConf}
+SCHEDULE_SCHEMAS: dict[str, type] = {"alternating": AlternatingScheduleConf}
 
 
 def typed_train_config(stored: dict, source: str = "checkpoint"):
@@ -544,6 +622,8 @@ def typed_train_config(stored: dict, source: str = "checkpoint"):
                 schema = GROUP_SCHEMAS[key]
                 if key == "dataset":
                     schema = DATASET_SCHEMAS.get(value.get("name"), DatasetConf)
+                if key == "schedule":
+                    schema = SCHEDULE_SCHEMAS.get(value.get("name"), ScheduleConf)
                 cfg[key] = OmegaConf.merge(OmegaConf.structured(schema), value)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{source}: stored config does not match the schema: {e}") from None

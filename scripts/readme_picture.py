@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from rcnn_cli.data.build import build_raw_dataset
+from rcnn_cli.data.transforms import to_sample
 from rcnn_cli.engine.evaluator import build_trained_model, check_classes, load_trained
 from rcnn_cli.evaluation.draw import draw_output, draw_target, grid, write_image
 
@@ -35,12 +35,11 @@ def render(ckpt_path: str, count: int, ncol: int, scale: int, score_thresh: floa
     model = build_trained_model(ckpt, train_cfg, torch.device("cpu"))
     tiles = []
     for i in range(min(count, len(raw))):
-        pixels, target = raw.raw(i)
-        image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 255
+        pixels, target = to_sample(*raw.raw(i))
+        image = pixels.as_subclass(torch.Tensor).float() / 255
         out = model([image])[0]
         if with_gt:
-            tgt = {"boxes": torch.as_tensor(target["boxes"]),
-                   "labels": torch.as_tensor(target["labels"])}
+            tgt = {"boxes": target["boxes"].as_subclass(torch.Tensor), "labels": target["labels"]}
             tiles.append(draw_target(image, tgt, list(ckpt["classes"]), scale))
         tiles.append(draw_output(image, out, list(ckpt["classes"]), score_thresh, scale))
     return grid(tiles, ncol * (2 if with_gt else 1))

@@ -21,6 +21,7 @@ TINY = [
     "dataset.train_size=8", "dataset.val_size=4", "dataset.image_size=64",
     "schedule.batch_size=2", "schedule.max_iter=4", "schedule.warmup_iters=2",
     "schedule.checkpoint_period=2", "schedule.eval_period=0", "log.period=2",
+    "dataset.num_workers=0",  # no worker start-up in tiny runs (shapes default: 2)
 ]
 
 

@@ -58,3 +58,13 @@ def test_rcnn_eval_help_outside_the_source_tree(venv: Path, tmp_path: Path):
     r = _run(venv, "rcnn-eval", "--help", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "rcnn-eval" in r.stdout
+
+
+def test_every_subpackage_is_listed_in_pyproject():
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    on_disk = {".".join(p.parent.relative_to(REPO).parts)
+               for p in (REPO / "rcnn_cli").rglob("__init__.py")}
+    assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"

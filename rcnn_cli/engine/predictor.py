@@ -6,7 +6,8 @@ Outputs in ``output`` (the Hydra run directory by default):
 
 * ``<image name>``: the image with boxes, class names and scores >= ``score_thresh`` (masks
   for mask models), PNG or JPEG like the input;
-* ``detections.json``: COCO results format, original category ids, every detection the model
+* ``detections.json``: COCO results format, original category ids (the dataset's for
+  ``input=dataset``, else the checkpoint's), every detection the model
   returns (its own ``model.box_head.score_thresh``), ready for ``COCO.loadRes``;
 * ``images.json``: the COCO ``images`` (id, file_name, width, height) and ``categories``.
 
@@ -23,12 +24,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from rcnn_cli.config import validate
 from rcnn_cli.data.proposal_cache import image_proposer
+from rcnn_cli.data.transforms import to_sample
 from rcnn_cli.engine import runtime
 from rcnn_cli.engine.evaluator import build_trained_model, check_classes, load_trained
 from rcnn_cli.engine.trainer import hydra_run_dir, make_progress
@@ -91,13 +92,14 @@ def file_items(paths: list[Path], ann_file: str | None) -> list[Item]:
 def dataset_items(raw) -> list[Item]:
     files = {im["id"]: Path(im.get("file_name", f"{im['id']}.png")).name
              for im in raw.coco_gt()["images"]}
-    return [Item(iid, files[iid], index=i) for i, iid in enumerate(raw.image_ids)]
+    return [Item(int(iid), files[int(iid)], index=i) for i, iid in enumerate(raw.image_ids)]
 
 
 def load_pixels(item: Item, raw=None) -> torch.Tensor:
     """(3, H, W) float image in [0, 1]."""
     if item.index is not None:
-        image = torch.from_numpy(np.ascontiguousarray(raw.raw(item.index)[0])).permute(2, 0, 1)
+        image, _ = to_sample(*raw.raw(item.index))
+        image = image.as_subclass(torch.Tensor)
     else:
         from PIL import UnidentifiedImageError
 
@@ -133,8 +135,10 @@ def predict_images(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     model = build_trained_model(ckpt, train_cfg, device)
     log.info("predicting %d image(s) with %s -> %s", len(items), cfg.ckpt, out_dir)
     proposer = image_proposer(train_cfg.get("proposals"), [it.image_id for it in items])
-    summary = run_predictions(model, items, raw, ckpt, device, cfg.batch_size,
-                              cfg.score_thresh, out_dir, proposer)
+    # a dataset split keeps its own category ids (names were checked to match the checkpoint's)
+    category_ids = list(raw.category_ids) if raw is not None else list(ckpt["category_ids"])
+    summary = run_predictions(model, items, raw, list(ckpt["classes"]), category_ids, device,
+                              cfg.batch_size, cfg.score_thresh, out_dir, proposer)
     log.info("%d image(s), %d detection(s), %.2f images/s; written to %s", summary["images"],
              summary["detections"], summary["images_per_s"], out_dir)
     return summary
@@ -145,10 +149,9 @@ def uint8_hwc(pixels: torch.Tensor):
 
 
 @torch.inference_mode()
-def run_predictions(model, items: list[Item], raw, ckpt: dict, device: torch.device,
-                    batch_size: int, score_thresh: float, out_dir: Path,
-                    proposer=None) -> dict:
-    classes, category_ids = list(ckpt["classes"]), list(ckpt["category_ids"])
+def run_predictions(model, items: list[Item], raw, classes: list[str], category_ids: list[int],
+                    device: torch.device, batch_size: int, score_thresh: float,
+                    out_dir: Path, proposer=None) -> dict:
     results, images = [], []
     start = time.perf_counter()
     with make_progress() as progress:

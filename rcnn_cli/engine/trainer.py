@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -23,9 +24,9 @@ from rich.progress import (
 
 from rcnn_cli.config import validate
 from rcnn_cli.data.build import build_dataset, check_same_classes
-from rcnn_cli.data.loader import eval_loader, train_loader
+from rcnn_cli.data.loader import eval_loader, sample_seed
 from rcnn_cli.data.proposal_cache import attach_proposals
-from rcnn_cli.engine import faults, runtime
+from rcnn_cli.engine import distributed, faults, runtime
 from rcnn_cli.engine.checkpoint import CheckpointStore, resolve_resume, rng_state, set_rng_state
 from rcnn_cli.engine.events import EventLogger
 from rcnn_cli.engine.export import export_model
@@ -36,6 +37,7 @@ from rcnn_cli.engine.visuals import ValImages
 from rcnn_cli.evaluation.build import build_evaluator, headline, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
+from rcnn_cli.modeling import seeded_sampler
 from rcnn_cli.modeling.build import build_detector, uses_masks
 
 log = logging.getLogger("rcnn_cli")
@@ -53,19 +55,22 @@ def hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def make_progress() -> Progress:
+def make_progress(disable: bool = False) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"),
-                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}"))
+                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), disable=disable)
 
 
 class Trainer:
     """Holds the run's state; ``run()`` trains to ``schedule.max_iter`` and evaluates."""
 
+    label = "train"  # the progress bar's name
+
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
         self.sched = cfg.schedule
-        self.device = runtime.select_device(cfg.device)
+        self.device = distributed.local_device(runtime.select_device(cfg.device))
+        self.is_main = distributed.is_main()
         self.amp = runtime.amp_dtype(self.sched.amp, self.device)
         runtime.set_threads(cfg.threads)
         runtime.seed_everything(cfg.seed)
@@ -78,7 +83,10 @@ class Trainer:
         self.classes = list(self.train_set.raw.classes)
         self.category_ids = list(self.train_set.raw.category_ids)
         self.model = build_detector(cfg, len(self.classes)).to(self.device)
-        self.optimizer = build_optimizer(self.model, self.sched.optimizer, self.sched.lr,
+        seeded_sampler.install(self.model)
+        self.train_model = distributed.wrap_model(self.model, self.device, cfg.dist)
+        lr = distributed.effective_lr(self.sched, distributed.current().world_size)
+        self.optimizer = build_optimizer(self.model, self.sched.optimizer, lr,
                                          self.sched.momentum, self.sched.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -92,7 +100,7 @@ class Trainer:
         self.iteration, self.best_ap = 0, None
         if cfg.resume:
             self.resume(cfg.resume)
-        self.events = EventLogger(run_dir, cfg.log.tensorboard)
+        self.events = EventLogger(run_dir, cfg.log.tensorboard, enabled=self.is_main)
 
     def resume(self, target: str) -> None:
         found = resolve_resume(target, self.run_dir, self.cfg.ckpt_trust)
@@ -106,7 +114,13 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.iteration, self.best_ap = int(ckpt["iteration"]), ckpt.get("best_ap")
-        epoch, pos = divmod(self.iteration, len(self.train_set) // self.sched.batch_size)
+        world = distributed.current().world_size
+        if ckpt.get("world_size", 1) != world:
+            log.warning("resuming a %s-process checkpoint with %d process(es): the global batch "
+                        "(schedule.batch_size x accum_steps x processes) changes",
+                        ckpt.get("world_size", 1), world)
+        global_batch = self.sched.batch_size * self.sched.accum_steps * world
+        epoch, pos = divmod(self.iteration, len(self.train_set) // global_batch)
         log.info("resumed from %s at iteration %d (epoch %d, batch %d of the epoch): model, "
                  "optimizer, scheduler, scaler, RNG states, best AP %s", path, self.iteration,
                  epoch, pos, self.best_ap)
@@ -116,26 +130,57 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iteration, "rng": rng_state(), "best_ap": self.best_ap,
                 "classes": self.classes, "category_ids": self.category_ids,
-                "config": config_dict(self.cfg)}
+                "config": config_dict(self.cfg), "world_size": distributed.current().world_size}
 
-    def step(self, images, targets) -> dict[str, float]:
-        faults.check_targets(targets)
-        images = [im.to(self.device, non_blocking=True) for im in images]
-        targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()}
-                   for t in targets]
+    def step(self, batches: list) -> dict[str, float]:
+        """One optimizer step over ``accum_steps`` micro-batches (losses averaged over them)."""
+        for _, targets in batches:
+            faults.check_targets(targets)
+        # before DDP's forward (which has collectives of its own at iteration 2): a peer that
+        # failed loading its data is heard of here
+        distributed.stop_if_peers_failed(f"before iteration {self.iteration + 1}")
         self.model.train()
-        with faults.oom_guard(images, targets, self.iteration + 1):
-            with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
-                                enabled=self.amp is not None):
-                losses = self.model(images, targets)
-            values = faults.check_loss(losses, self.iteration + 1, images, targets, self.run_dir)
-            total = sum(losses.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = defaultdict(float)
+        for m, (images, targets) in enumerate(batches):
+            last = m == len(batches) - 1
+            images = [im.to(self.device, non_blocking=True) for im in images]
+            targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()}
+                       for t in targets]
+            with distributed.grad_sync(self.train_model, last), \
+                    faults.oom_guard(images, targets, self.iteration + 1):
+                losses = self.forward(images, targets)
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                if last or not all(math.isfinite(v) for v in values.values()):
+                    self.check_finite(losses, values, images, targets)
+                total = sum(losses.values())
+                self.scaler.scale(total / len(batches)).backward()
+            values["total_loss"] = float(total.detach())
+            for name, v in values.items():
+                sums[name] += v / len(batches)
         self.apply_gradients()
         self.scheduler.step()
-        values["total_loss"] = float(total.detach())
-        return values
+        return distributed.mean_over_ranks(dict(sums))
+
+    def forward(self, images, targets) -> dict[str, torch.Tensor]:
+        """The loss terms; fg/bg sampling seeded per image (``seeded_sampler``)."""
+        seeded_sampler.set_seeds(self.model, [sample_seed(self.cfg.seed, self.iteration,
+                                                          int(t["image_id"])) for t in targets])
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                            enabled=self.amp is not None):
+            return self.train_model(images, targets)
+
+    def check_finite(self, losses: dict, values: dict, images, targets) -> None:
+        """Every rank calls this once per step (after its last micro-batch's forward, or at a
+        non-finite loss): a non-finite loss on any rank stops all ranks at this step."""
+        finite = all(math.isfinite(v) for v in values.values())
+        failed = distributed.check_peers(not finite)
+        if not finite:
+            faults.check_loss(losses, self.iteration + 1, images, targets, self.run_dir)
+        if failed:
+            raise distributed.PeerFailedError(
+                f"rank(s) {failed} had a non-finite loss or failed at iteration "
+                f"{self.iteration + 1}; stopping (see their output)")
 
     def apply_gradients(self) -> None:
         """Optimizer step unless a gradient is non-finite (GradScaler skips those itself)."""
@@ -161,26 +206,30 @@ class Trainer:
         self.grad_guard.update(skipped, self.iteration + 1, detail)
 
     def evaluate(self, progress: Progress | None = None) -> dict:
-        loader = eval_loader(self.val_set, self.cfg.eval.batch_size, self.cfg.dataset.num_workers)
+        shard = distributed.eval_shard(self.val_set)
+        loader = eval_loader(shard, self.cfg.eval.batch_size, self.cfg.dataset.num_workers)
         dets = predict(self.model, loader, self.device, self.category_ids, progress)
-        metrics = self.evaluator.evaluate(dets)
+        dets = distributed.gather_detections(dets, list(self.val_set.raw.image_ids))
+        metrics = distributed.on_main(lambda: self.evaluator.evaluate(dets))
         self.events.scalars(self.iteration, {k: v for k, v in metrics.items() if v is not None})
-        log_curves(self.events.tensorboard, self.evaluator, self.iteration)
+        if self.is_main:
+            log_curves(self.events.tensorboard, self.evaluator, self.iteration)
         return {**metrics, "iteration": self.iteration}, dets
 
     def run(self) -> dict:
         max_iter = self.sched.max_iter
-        loader = train_loader(self.train_set, self.sched.batch_size, self.cfg.seed, self.iteration,
-                              max_iter, self.cfg.dataset.num_workers)
+        loader = distributed.train_loader(self.train_set, self.sched.batch_size,
+                                          self.sched.accum_steps, self.cfg.seed, self.iteration,
+                                          max_iter, self.cfg.dataset.num_workers)
         window: dict[str, list[float]] = defaultdict(list)
-        with make_progress() as progress, faults.StopSignal() as stop:
-            task = progress.add_task("train", total=max_iter, completed=self.iteration,
+        with make_progress(disable=not self.is_main) as progress, faults.StopSignal() as stop:
+            task = progress.add_task(self.label, total=max_iter, completed=self.iteration,
                                      speed="", losses="")
             t_data = time.perf_counter()
-            for images, targets in faults.guarded_batches(loader,
-                                                          self.cfg.faults.dataloader_timeout):
+            batches_iter = faults.guarded_batches(loader, self.cfg.faults.dataloader_timeout)
+            for batches in distributed.iteration_batches(batches_iter, self.sched.accum_steps):
                 t0 = time.perf_counter()
-                values = self.step(images, targets)
+                values = self.step(batches)
                 self.iteration += 1
                 t1 = time.perf_counter()
                 values.update(data_time=t0 - t_data, step_time=t1 - t_data)
@@ -189,8 +238,8 @@ class Trainer:
                 progress.update(task, advance=1, speed=f"{1 / (t1 - t_data):.2f} it/s",
                                 losses=f"loss {values['total_loss']:.3f}")
                 self.after_step(window, progress)
-                if stop.requested:
-                    self.stop_for(stop.requested)
+                if distributed.any_rank_stopping(stop.requested is not None):
+                    self.stop_for(stop.requested or "a stop signal on another rank")
                 t_data = time.perf_counter()
             if self.saved_iteration != self.iteration:
                 self.save_checkpoint()
@@ -219,19 +268,24 @@ class Trainer:
             self.keep_best(metrics)
 
     def log_images(self) -> None:
-        if self.val_images is not None:
+        if self.val_images is not None and self.is_main:
             self.val_images.log(self.model, self.device, self.events.tensorboard, self.iteration)
 
     def keep_best(self, metrics: dict) -> None:
         ap = headline(metrics)
         if self.best_ap is None or ap > self.best_ap:
             self.best_ap = ap
-            self.store.save_named("best", {**self.state(), "metrics": metrics})
+            self.save_named("best", {**self.state(), "metrics": metrics})
 
     def save_checkpoint(self) -> Path:
-        path = self.store.save(self.state())
+        """Rank 0 writes; every rank records the iteration as saved."""
+        path = self.store.save(self.state()) if self.is_main else self.store.path("last")
         self.saved_iteration = self.iteration
         return path
+
+    def save_named(self, name: str, state: dict) -> None:
+        if self.is_main:
+            self.store.save_named(name, state)
 
     def stop_for(self, signal_name: str) -> None:
         """Signal received: checkpoint at this step boundary, then ``faults.Interrupted``."""
@@ -244,6 +298,8 @@ class Trainer:
 
     def finish(self, metrics: dict, dets: list[dict]) -> None:
         self.keep_best(metrics)
+        if not self.is_main:
+            return
         save_evaluation(self.run_dir, self.evaluator, metrics, dets,
                         f"final evaluation (iteration {self.iteration})")
         export_model(self.run_dir / "export", self.model.state_dict(), self.classes,
@@ -264,10 +320,24 @@ def resume_command(run_dir: Path) -> str:
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """Train ``cfg`` into ``run_dir`` (Hydra's output dir by default); returns final metrics."""
     validate(cfg)
-    run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    env = distributed.setup(cfg)
+    if not env.is_main:
+        distributed.quiet_logging(env.rank)
+    run_dir = distributed.shared_run_dir(Path(run_dir) if run_dir is not None
+                                         else hydra_run_dir())
     log.info("run directory: %s", run_dir)
-    trainer = Trainer(cfg, run_dir)
-    metrics = trainer.run()
+    try:
+        if cfg.schedule.name == "alternating":
+            from rcnn_cli.engine.alternating import train_alternating
+
+            metrics = train_alternating(cfg, run_dir)
+        else:
+            metrics = Trainer(cfg, run_dir).run()
+    except faults.Interrupted:
+        raise  # every rank stopped at the same step (``distributed.any_rank_stopping``)
+    except Exception:
+        distributed.announce_failure()
+        raise
     log.info("run directory: %s", run_dir)
+    distributed.shutdown()
     return metrics

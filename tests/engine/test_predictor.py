@@ -96,3 +96,25 @@ def test_bad_inputs_are_clear_errors(export, source, tmp_path):
     with pytest.raises(ConfigError, match="score_thresh=1.5"):
         predict_images(compose_cfg("predict", base + [f"input={source[0]}",
                                                       "score_thresh=1.5"]))
+
+
+def test_voc_dataset_split_uses_its_ids_and_reloads_against_its_ground_truth(export, tmp_path,
+                                                                              monkeypatch):
+    from rcnn_cli.data.build import build_raw_dataset
+    from tests.data.helpers import shapes_to_disk
+
+    monkeypatch.setenv("RCNN_CLI_CACHE", str(tmp_path / "cache"))
+    d = shapes_to_disk(tmp_path / "data", n_train=2, n_val=3)
+    cfg = compose_cfg("predict", [
+        f"ckpt={export}", "input=dataset", "dataset=voc", f"dataset.root={d['voc_root']}",
+        "dataset.train_split=train", "dataset.val_split=val",
+        "dataset.classes=[rectangle,ellipse,triangle]", f"output={tmp_path / 'o'}"])
+    assert predict_images(cfg)["images"] == 3
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == [
+        "val_0000.png", "val_0001.png", "val_0002.png"]
+    gt = COCO()
+    gt.dataset = build_raw_dataset(cfg.dataset, "val").coco_gt()
+    gt.createIndex()
+    res = gt.loadRes(str(tmp_path / "o" / "detections.json"))
+    assert res.getAnnIds() and set(res.getImgIds()) <= set(gt.getImgIds())
+    assert {a["category_id"] for a in res.dataset["annotations"]} <= set(gt.getCatIds())
