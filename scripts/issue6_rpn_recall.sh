@@ -4,7 +4,7 @@
 # issue6_fast_rcnn_ss.sh, for the side-by-side AR@100/300/1000 table.
 set -euo pipefail
 OUT=${1:-outputs/bench/issue6_rpn}
-MAX_ITER=${MAX_ITER:-1200}
+MAX_ITER=${MAX_ITER:-600}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 nice -n 10 .venv/bin/rcnn-train dataset.train_size=1000 dataset.val_size=200 \
   schedule.max_iter="$MAX_ITER" schedule.batch_size=4 schedule.eval_period=0 \

@@ -361,3 +361,23 @@ def attach_proposals(cfg, split: str, view) -> None:
     if pcfg is None or pcfg.name == "rpn":
         return
     view.proposals = load_proposals(pcfg, cfg.dataset, split, view.raw)
+
+
+def image_proposer(pcfg, image_ids: list[int]) -> Callable[[np.ndarray, int], np.ndarray] | None:
+    """For prediction on images outside a cached split: ``(uint8 HxWx3, image id) -> boxes``
+    computed per image (selective search) or looked up (proposal file); None for the RPN."""
+    from rcnn_cli.modeling.proposals import filter_boxes, selective_search
+
+    if pcfg is None or pcfg.name == "rpn":
+        return None
+    if pcfg.name == "selective_search":
+        params = selective_search_params(pcfg)
+        return lambda image, _id: selective_search(image, **params)
+    found = read_proposal_file(pcfg.file, image_ids).by_id()
+
+    def lookup(_image, image_id: int) -> np.ndarray:
+        if image_id not in found:
+            raise DataError(f"proposal file {pcfg.file}: no proposals for image id {image_id}")
+        return filter_boxes(found[image_id], pcfg.min_box_size, pcfg.max_proposals)
+
+    return lookup

@@ -28,6 +28,7 @@ import torch
 from omegaconf import DictConfig
 
 from rcnn_cli.config import validate
+from rcnn_cli.data.proposal_cache import image_proposer
 from rcnn_cli.data.transforms import to_sample
 from rcnn_cli.engine import runtime
 from rcnn_cli.engine.evaluator import build_trained_model, check_classes, load_trained
@@ -123,8 +124,10 @@ def predict_images(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     if cfg.input == "dataset":
         from rcnn_cli.data.build import build_raw_dataset
 
-        raw = build_raw_dataset(cfg.dataset if cfg.dataset is not None else train_cfg.dataset,
-                                cfg.split)
+        ds_cfg = cfg.dataset if cfg.dataset is not None else train_cfg.dataset
+        if ds_cfg.name == "shapes" and cfg.split not in ("train", "val"):
+            raise ConfigError(f"split={cfg.split}: dataset=shapes has the splits train and val")
+        raw = build_raw_dataset(ds_cfg, cfg.split)
         check_classes(ckpt, raw.classes, cfg.ckpt)
         items = dataset_items(raw)
     else:
@@ -133,19 +136,24 @@ def predict_images(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         items = items[:cfg.limit]
     model = build_trained_model(ckpt, train_cfg, device)
     log.info("predicting %d image(s) with %s -> %s", len(items), cfg.ckpt, out_dir)
+    proposer = image_proposer(train_cfg.get("proposals"), [it.image_id for it in items])
     # a dataset split keeps its own category ids (names were checked to match the checkpoint's)
     category_ids = list(raw.category_ids) if raw is not None else list(ckpt["category_ids"])
     summary = run_predictions(model, items, raw, list(ckpt["classes"]), category_ids, device,
-                              cfg.batch_size, cfg.score_thresh, out_dir)
+                              cfg.batch_size, cfg.score_thresh, out_dir, proposer)
     log.info("%d image(s), %d detection(s), %.2f images/s; written to %s", summary["images"],
              summary["detections"], summary["images_per_s"], out_dir)
     return summary
 
 
+def uint8_hwc(pixels: torch.Tensor):
+    return (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
 @torch.inference_mode()
 def run_predictions(model, items: list[Item], raw, classes: list[str], category_ids: list[int],
                     device: torch.device, batch_size: int, score_thresh: float,
-                    out_dir: Path) -> dict:
+                    out_dir: Path, proposer=None) -> dict:
     results, images = [], []
     start = time.perf_counter()
     with make_progress() as progress:
@@ -153,7 +161,12 @@ def run_predictions(model, items: list[Item], raw, classes: list[str], category_
         for lo in range(0, len(items), batch_size):
             batch = items[lo:lo + batch_size]
             pixels = [load_pixels(it, raw) for it in batch]
-            outputs = model([p.to(device) for p in pixels])
+            extra = {}
+            if proposer is not None:  # model=fast: external proposals per image
+                extra["proposals"] = [
+                    torch.from_numpy(proposer(uint8_hwc(p), it.image_id)).to(device)
+                    for p, it in zip(pixels, batch)]
+            outputs = model([p.to(device) for p in pixels], **extra)
             for it, img, out in zip(batch, pixels, outputs):
                 out = {k: v.cpu() for k, v in out.items()}
                 results += to_coco_results(out, it.image_id, category_ids)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from rcnn_cli.evaluation.draw import draw_output, draw_target, grid
+from rcnn_cli.evaluation.inference import external_proposals
 
 TAG = "images/val"
 
@@ -25,7 +26,8 @@ class ValImages:
         """(3, H, W) uint8 grid: one (ground truth, predictions) pair per row."""
         was_training = model.training
         model.eval()
-        outputs = model([img.to(device) for img, _ in self.samples])
+        outputs = model([img.to(device) for img, _ in self.samples],
+                        **external_proposals([t for _, t in self.samples], device))
         model.train(was_training)
         tiles = []
         for (img, tgt), out in zip(self.samples, outputs):

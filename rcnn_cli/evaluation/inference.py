@@ -10,6 +10,13 @@ from rcnn_cli.evaluation.coco import encode_binary_masks
 MASK_THRESHOLD = 0.5
 
 
+def external_proposals(targets, device: torch.device) -> dict:
+    """``{"proposals": [...]}`` when the batch carries external proposals (model=fast)."""
+    if targets and "proposals" in targets[0]:
+        return {"proposals": [t["proposals"].to(device) for t in targets]}
+    return {}
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, loader, device: torch.device, category_ids: list[int],
             progress=None) -> list[dict]:
@@ -19,10 +26,7 @@ def predict(model: nn.Module, loader, device: torch.device, category_ids: list[i
     task = (progress.add_task("evaluate", total=len(loader), speed="", losses="")
             if progress is not None else None)
     for images, targets in loader:
-        extra = {}
-        if targets and "proposals" in targets[0]:  # external proposals (model=fast)
-            extra["proposals"] = [t["proposals"].to(device) for t in targets]
-        outputs = model([img.to(device) for img in images], **extra)
+        outputs = model([img.to(device) for img in images], **external_proposals(targets, device))
         for out, tgt in zip(outputs, targets):
             results += to_coco_results(out, tgt["image_id"], category_ids)
         if progress is not None:

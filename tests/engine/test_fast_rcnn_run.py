@@ -10,8 +10,11 @@ import torch
 
 from rcnn_cli.config import typed_train_config
 from rcnn_cli.data import proposal_cache as pc
+from rcnn_cli.data.shapes import ShapesDataset
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
+from rcnn_cli.engine.predictor import predict_images
 from rcnn_cli.engine.trainer import train
+from rcnn_cli.evaluation.draw import write_image
 from rcnn_cli.modeling.build import build_detector
 from rcnn_cli.modeling.svd import LowRankLinear
 from tests.conftest import TINY, compose_cfg
@@ -25,7 +28,7 @@ def fast_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("fast")
     overrides = TINY + ["model=fast", "proposals=selective_search", "sampler=fast_rcnn",
                         f"proposals.cache_dir={root / 'cache'}", "proposals.workers=0",
-                        "model.box_head.score_thresh=0.0", "log.tensorboard=false"]
+                        "model.box_head.score_thresh=0.0", "log.images_every=2"]
     calls = pc.COMPUTE_CALLS["count"]
     metrics = train(compose_cfg("train", overrides), root / "run")
     GlobalHydra.instance().clear()
@@ -77,4 +80,11 @@ def test_svd_compression_reports_both_and_the_saved_checkpoint_evaluates(fast_ru
     again = evaluate_checkpoint(compose_cfg("eval", [f"ckpt={path}"]), root / "svd_eval")
     assert again["bbox/AP50"] == pytest.approx(out["svd/AP50_after"], abs=1e-6)
     assert out["svd/AP50_before"] == pytest.approx(out["bbox/AP50"], abs=1e-6)
+    # rcnn-predict loads it too; selective search runs per image on files outside the cache
+    img = torch.from_numpy(ShapesDataset("val", 1, 64).raw(0)[0]).permute(2, 0, 1).contiguous()
+    write_image(root / "in" / "photo.png", img)
+    pred = predict_images(compose_cfg("predict", [f"ckpt={path}", f"input={root / 'in'}/*.png",
+                                                  f"output={root / 'pred'}",
+                                                  "score_thresh=0.0"]))
+    assert pred["images"] == 1 and (root / "pred" / "photo.png").is_file()
 
