@@ -66,3 +66,21 @@ def test_submitit_local_runs_each_sweep_point_as_one_ddp_job(tmp_path):
         log = (sweep_dir / job / "train.log").read_text()
         assert "distributed: 2 processes, backend gloo" in log, log[-2000:]
     assert len((sweep_dir / "summary.csv").read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_local_parallel_sweep_runs_and_summarises(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    from tests.conftest import TINY, run_cli
+
+    sweep_dir = tmp_path / "multirun"
+    overrides = [o for o in TINY if not o.startswith("schedule.checkpoint_period")]
+    r = run_cli("rcnn-train", "-m", "hydra/launcher=local_parallel", *overrides,
+                "schedule.checkpoint_period=100", "device=cpu", "threads=1",
+                "log.tensorboard=false", "seed=0,1", f"hydra.sweep.dir={sweep_dir}",
+                timeout=1200)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    for job in ("0", "1"):
+        assert json.loads((sweep_dir / job / "result.json").read_text())["status"] == "completed"
+    assert len((sweep_dir / "summary.csv").read_text().splitlines()) == 3
