@@ -61,6 +61,8 @@ class EvalMetric(Enum):
 class Validation(Enum):
     strict = "strict"
     lenient = "lenient"
+
+
 class DistBackend(Enum):
     auto = "auto"
     nccl = "nccl"
@@ -451,7 +453,9 @@ class TrainConf:
     threads: int = 0
     resume: str | None = None
     dist: DistConf = field(default_factory=DistConf)
-    optimized_metric: str = "bbox/AP"  # what sweeps sort by and the task function returns
+    # what sweeps sort by and the task function returns; null: the headline AP (bbox/AP for
+    # eval.metric=coco, voc/mAP or voc07/mAP for VOC)
+    optimized_metric: str | None = None
     optimized_mode: MetricMode = MetricMode.max
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 

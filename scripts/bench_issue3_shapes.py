@@ -5,10 +5,10 @@ Every model uses the default recipe (``experiment=shapes_cpu``: light ResNet-18 
 the same iterations, batch and data); only ``model=`` changes. Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/bench_issue3_shapes.py \
-        --out outputs/bench_issue3 [--max-iter 1200] [--models faster cascade mask] [k=v ...]
+        --out outputs/bench_issue3 [--max-iter 1200] [--models faster,cascade,mask] [k=v ...]
 
 Each model's numbers go to ``<out>/<model>/bench_result.json``, so the models can also run
-as separate processes (one ``--models`` each, same ``--out``); ``--report`` then prints the
+as separate processes (one model in ``--models`` each, same ``--out``); ``--report`` then prints the
 table and the verdict from whatever results are there.
 """
 
@@ -68,12 +68,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-iter", type=int, default=1200)
-    parser.add_argument("--models", nargs="+", default=["faster", "cascade", "mask"])
+    parser.add_argument("--models", default="faster,cascade,mask",
+                        help="comma-separated (the Hydra overrides are the positional arguments)")
     parser.add_argument("--report", action="store_true", help="only print the results in --out")
     parser.add_argument("extra", nargs="*", help="more Hydra overrides for every model")
     args = parser.parse_args()
     if not args.report:
-        for model in args.models:
+        for model in args.models.split(","):
             row = run_model(model, args.max_iter, args.extra, args.out)
             atomic_write_json(args.out / model / "bench_result.json",
                               {**row, "max_iter": args.max_iter})

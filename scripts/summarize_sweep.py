@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rcnn_cli.engine.sweep import print_summary, write_summary
+from rcnn_cli.engine.sweep import print_summary, summary_metric, write_summary
 
 
 def main(argv=None) -> int:
@@ -26,8 +26,7 @@ def main(argv=None) -> int:
     if not rows:
         print(f"error: no job directories in {args.sweep_dir}", file=sys.stderr)
         return 2
-    metric = args.metric or rows[0].get("optimized_metric", "bbox/AP")
-    print_summary(rows, metric, f"sweep {args.sweep_dir}")
+    print_summary(rows, summary_metric(rows, args.metric), f"sweep {args.sweep_dir}")
     print(f"wrote {args.sweep_dir / 'summary.md'} and {args.sweep_dir / 'summary.csv'}")
     return int(any(r["status"] != "completed" for r in rows))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.utils import get_class
@@ -40,3 +42,27 @@ def test_plugin_configs_stay_reachable():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cfg = compose_hydra(["hydra/launcher=submitit_slurm"])
     assert cfg.hydra.launcher.tasks_per_node == 1
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_each_sweep_point_as_one_ddp_job(tmp_path):
+    """The submitit launcher path end to end on this machine: 2 tasks per job -> one 2-process
+    gloo DDP run per sweep point (the ranks come from submitit's environment)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from tests.conftest import TINY, run_cli
+
+    sweep_dir = tmp_path / "multirun"
+    overrides = [o for o in TINY if not o.startswith("schedule.checkpoint_period")]
+    r = run_cli("rcnn-train", "-m", "hydra/launcher=submitit_local",
+                "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=15",
+                *overrides, "schedule.checkpoint_period=100", "device=cpu", "threads=1",
+                "log.tensorboard=false", "backbone.norm=frozen_bn", "seed=0,1",
+                f"hydra.sweep.dir={sweep_dir}", timeout=1200)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    for job in ("0", "1"):
+        result = json.loads((sweep_dir / job / "result.json").read_text())
+        assert result["status"] == "completed", result
+        log = (sweep_dir / job / "train.log").read_text()
+        assert "distributed: 2 processes, backend gloo" in log, log[-2000:]
+    assert len((sweep_dir / "summary.csv").read_text().splitlines()) == 3

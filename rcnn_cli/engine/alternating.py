@@ -38,7 +38,7 @@ from rcnn_cli.config import ScheduleConf
 from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.with_proposals import WithProposals
-from rcnn_cli.engine import faults, runtime
+from rcnn_cli.engine import distributed, faults, runtime
 from rcnn_cli.engine.checkpoint import CheckpointStore, load_file
 from rcnn_cli.engine.events import EventLogger
 from rcnn_cli.engine.export import export_model
@@ -51,6 +51,7 @@ from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.proposal_recall import recall_metrics
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
 from rcnn_cli.io import atomic_torch_save
+from rcnn_cli.modeling import seeded_sampler
 from rcnn_cli.modeling.build import build_detector
 from rcnn_cli.modeling.fixed_proposals import FixedProposals
 
@@ -241,6 +242,12 @@ def train_alternating(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.model.name != "faster":
         raise ConfigError(f"schedule=alternating trains Faster R-CNN (model=faster), not "
                           f"model={cfg.model.name}")
+    if distributed.current().enabled:
+        raise ConfigError("schedule=alternating runs in one process; start it without "
+                          "torchrun/SLURM tasks (distributed training is schedule=joint only)")
+    if cfg.get("proposals") is not None and cfg.proposals.name != "rpn":
+        raise ConfigError(f"schedule=alternating makes its own proposals with the RPN; "
+                          f"proposals={cfg.proposals.name} is for model=fast")
     runtime.set_threads(cfg.threads)
     runtime.seed_everything(cfg.seed)
     run = Run(cfg, run_dir, EventLogger(run_dir, cfg.log.tensorboard),
@@ -488,7 +495,10 @@ class StageTrainer(Trainer):
         self.device, self.amp = run.device, runtime.amp_dtype(self.sched.amp, run.device)
         self.train_set, self.val_set = train_set, run.val_set
         self.classes, self.category_ids = run.classes, run.category_ids
+        self.is_main = True  # one process: train_alternating refuses distributed runs
         self.model = network.to(self.device)
+        seeded_sampler.install(self.model)
+        self.train_model = self.model
         self.optimizer = build_optimizer(self.model, self.sched.optimizer, self.sched.lr,
                                          self.sched.momentum, self.sched.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, self.sched)

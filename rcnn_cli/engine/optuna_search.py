@@ -12,7 +12,8 @@ sweep syntax, one ``--search`` per key::
 Each trial trains into ``<out>/<trial>/`` and writes the same ``result.json`` as a sweep job,
 so ``summary.md``/``summary.csv`` (``rcnn_cli.engine.sweep``) list every trial; ``best.json``
 holds the best trial's parameters, value and the command line that reproduces it. The value is
-``optimized_metric`` of the final evaluation, maximised or minimised per ``optimized_mode``.
+``optimized_metric`` of the final evaluation (default: the headline AP), maximised or
+minimised per ``optimized_mode``.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def run_trial(trial, space: dict, base: list[str], out: Path, metric: str, mode:
                                      "error": f"{type(e).__name__}: {e}"}, False)
         raise
     sweep.write_result(job_dir, {**result, "status": "completed", "metrics": metrics,
-                                 "error": None}, cfg.log.tensorboard)
+                                 "error": None,
+                                 "optimized_metric": sweep.resolve_metric(metrics, metric)},
+                       cfg.log.tensorboard)
     return value
 
 
@@ -123,7 +126,8 @@ def search(space_specs: list[str], base: list[str], out: str | Path, trials: int
     study.optimize(lambda t: run_trial(t, space, list(base), out, cfg.optimized_metric, mode),
                    n_trials=trials, catch=(Exception,))
     rows = sweep.write_summary(out, cfg.optimized_metric, mode)
-    sweep.print_summary(rows, cfg.optimized_metric, f"optuna search {out}")
+    sweep.print_summary(rows, sweep.summary_metric(rows, cfg.optimized_metric),
+                        f"optuna search {out}")
     return study
 
 

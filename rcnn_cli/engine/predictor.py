@@ -124,8 +124,10 @@ def predict_images(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     if cfg.input == "dataset":
         from rcnn_cli.data.build import build_raw_dataset
 
-        raw = build_raw_dataset(cfg.dataset if cfg.dataset is not None else train_cfg.dataset,
-                                cfg.split)
+        ds_cfg = cfg.dataset if cfg.dataset is not None else train_cfg.dataset
+        if ds_cfg.name == "shapes" and cfg.split not in ("train", "val"):
+            raise ConfigError(f"split={cfg.split}: dataset=shapes has the splits train and val")
+        raw = build_raw_dataset(ds_cfg, cfg.split)
         check_classes(ckpt, raw.classes, cfg.ckpt)
         items = dataset_items(raw)
     else:

@@ -53,9 +53,20 @@ def job_params(cfg, overrides: list[str]) -> dict:
     return params
 
 
-def metric_value(metrics: dict, name: str) -> float:
+HEADLINE = ("bbox/AP", "voc/mAP", "voc07/mAP")  # as rcnn_cli.evaluation.build.headline
+
+
+def resolve_metric(metrics: dict, name: str | None) -> str:
+    """``optimized_metric``, or for null the headline AP key these metrics have."""
+    if name:
+        return name
+    return next((k for k in HEADLINE if k in metrics), HEADLINE[0])
+
+
+def metric_value(metrics: dict, name: str | None) -> float:
     from rcnn_cli.errors import ConfigError
 
+    name = resolve_metric(metrics, name)
     if name not in metrics:
         raise ConfigError(f"optimized_metric={name} is not a final metric; available: "
                           f"{', '.join(sorted(metrics))}")
@@ -90,7 +101,9 @@ def record_job(cfg):
                   traceback.format_exc())
         result.update(status="failed", metrics={}, error=f"{type(e).__name__}: {e}")
     else:
-        result.update(status="completed", metrics=out.get("metrics", {}), error=None)
+        metrics = out.get("metrics", {})
+        result.update(status="completed", metrics=metrics, error=None,
+                      optimized_metric=resolve_metric(metrics, cfg.optimized_metric))
     if detect_env().is_main:
         write_result(job_dir, result, cfg.log.tensorboard)
 
@@ -184,14 +197,19 @@ def table_rows(rows: list[dict], metric: str) -> tuple[list[str], list[list[str]
     return header, body
 
 
+def summary_metric(rows: list[dict], metric: str | None) -> str:
+    """The metric to sort by: given, else the one the completed jobs optimised."""
+    return metric or next((r["optimized_metric"] for r in rows if r.get("optimized_metric")),
+                          HEADLINE[0])
+
+
 def write_summary(sweep_dir: Path, metric: str | None = None,
                   mode: str | None = None) -> list[dict]:
     """Write ``summary.md`` and ``summary.csv`` in ``sweep_dir``; returns the sorted rows."""
     sweep_dir = Path(sweep_dir)
     rows = load_results(sweep_dir)
-    first = next((r for r in rows if "optimized_metric" in r), {})
-    metric = metric or first.get("optimized_metric", "bbox/AP")
-    mode = mode or first.get("optimized_mode", "max")
+    metric = summary_metric(rows, metric)
+    mode = mode or next((r["optimized_mode"] for r in rows if r.get("optimized_mode")), "max")
     rows = sort_rows(rows, metric, mode)
     header, body = table_rows(rows, metric)
     failed = [r for r in rows if r["status"] != "completed"]
@@ -238,7 +256,7 @@ class SweepSummary(Callback):
             return
         mode = getattr(config.optimized_mode, "value", config.optimized_mode)
         rows = write_summary(sweep_dir, config.optimized_metric, mode)
-        print_summary(rows, config.optimized_metric, f"sweep {sweep_dir}")
+        print_summary(rows, summary_metric(rows, config.optimized_metric), f"sweep {sweep_dir}")
         failed = [r for r in rows if r["status"] != "completed"]
         log.info("sweep summary: %s", sweep_dir / "summary.md")
         if failed:

@@ -34,6 +34,7 @@ from rcnn_cli.engine.faults import NonFiniteLossError  # noqa: F401  (re-exporte
 from rcnn_cli.engine.optim import build_optimizer, build_scheduler
 from rcnn_cli.engine.resume import check_resume_config
 from rcnn_cli.engine.visuals import ValImages
+from rcnn_cli.errors import ConfigError
 from rcnn_cli.evaluation.build import build_evaluator, headline, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
@@ -65,6 +66,16 @@ class Trainer:
     """Holds the run's state; ``run()`` trains to ``schedule.max_iter`` and evaluates."""
 
     label = "train"  # the progress bar's name
+    is_main = True  # rank 0 (or the only process) writes files; set per process in __init__
+
+    @property
+    def train_model(self):
+        """What training steps call: the DDP wrapper when distributed, else the model."""
+        return getattr(self, "_train_model", self.model)
+
+    @train_model.setter
+    def train_model(self, module) -> None:
+        self._train_model = module
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
@@ -329,6 +340,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     try:
         if cfg.schedule.name == "alternating":
             from rcnn_cli.engine.alternating import train_alternating
+
+            if env.enabled:
+                raise ConfigError("schedule=alternating (4-step training) runs in one process; "
+                                  "start it without torchrun/srun, or use schedule=joint")
 
             metrics = train_alternating(cfg, run_dir)
         else:

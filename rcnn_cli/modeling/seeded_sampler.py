@@ -37,21 +37,22 @@ class PerImageSeededSampler:
         return pos, neg
 
 
-def _sampled_parts(model: nn.Module) -> list[nn.Module]:
-    """The RPN (absent in Fast R-CNN on external proposals) and the RoI heads."""
-    return [p for p in (getattr(model, "rpn", None), model.roi_heads) if p is not None]
+def _sampling_parts(model: nn.Module) -> list[nn.Module]:
+    """The RPN and RoI heads that sample (fixed proposals or a stage without RoI heads do not)."""
+    parts = [getattr(model, name, None) for name in ("rpn", "roi_heads")]
+    return [p for p in parts if p is not None and hasattr(p, "fg_bg_sampler")]
 
 
 def install(model: nn.Module) -> None:
     """Replace the RPN and RoI-head samplers of a ``GeneralizedRCNN`` by seeded ones."""
-    for part in _sampled_parts(model):
+    for part in _sampling_parts(model):
         if not isinstance(part.fg_bg_sampler, PerImageSeededSampler):
             part.fg_bg_sampler = PerImageSeededSampler(part.fg_bg_sampler)
 
 
 def set_seeds(model: nn.Module, seeds: list[int] | None) -> None:
     """Seeds for the images of the next training forward pass (None: the global RNG)."""
-    for part in _sampled_parts(model):
+    for part in _sampling_parts(model):
         sampler = part.fg_bg_sampler
         if isinstance(sampler, PerImageSeededSampler):
             sampler.seeds = seeds

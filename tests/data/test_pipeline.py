@@ -69,6 +69,17 @@ def test_aspect_ratio_groups_give_single_orientation_batches():
     assert DetectionView(Raw(), train=True, flip_prob=0.0).group_ids() is None
 
 
+def test_the_training_loader_batches_by_orientation():
+    from rcnn_cli.engine.distributed import train_loader
+
+    raw = Raw()
+    raw.sizes = [(64, 48), (48, 64)] * 4
+    view = DetectionView(raw, train=True, flip_prob=0.0, aspect_grouping=True)
+    loader = train_loader(view, 2, 1, seed=0, start_iter=0, max_iter=8, num_workers=0)
+    shapes = [{tuple(im.shape[-2:]) for im in images} for images, _ in loader]
+    assert len(shapes) == 8 and all(len(s) == 1 for s in shapes)
+
+
 def test_the_model_resizes_only_at_inference():
     from rcnn_cli.modeling.build import build_detector
     from tests.conftest import compose_cfg

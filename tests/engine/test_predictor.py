@@ -93,6 +93,8 @@ def test_bad_inputs_are_clear_errors(export, source, tmp_path):
     (tmp_path / "broken" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="broken.png: cannot decode"):
         predict_images(compose_cfg("predict", base + [f"input={tmp_path / 'broken'}"]))
+    with pytest.raises(ConfigError, match="split=test"):
+        predict_images(compose_cfg("predict", base + ["input=dataset", "split=test"]))
     with pytest.raises(ConfigError, match="score_thresh=1.5"):
         predict_images(compose_cfg("predict", base + [f"input={source[0]}",
                                                       "score_thresh=1.5"]))
