@@ -515,7 +515,8 @@ class StageTrainer(Trainer):
         return {"iteration": self.iteration}, []
 
     def finish(self, metrics: dict, dets: list[dict]) -> None:
-        pass
+        """No per-stage final evaluation or export: the stage graph's ``finish`` does both once
+        for the final network."""
 
 
 # --- the final network ----------------------------------------------------------------
