@@ -48,7 +48,7 @@ from rcnn_cli.engine.trainer import Trainer, config_dict, make_progress
 from rcnn_cli.errors import CheckpointError, ConfigError
 from rcnn_cli.evaluation.build import build_evaluator, iou_types_for
 from rcnn_cli.evaluation.inference import predict
-from rcnn_cli.evaluation.proposal_recall import recall_metrics
+from rcnn_cli.evaluation.recall import proposal_recall, recall_metrics
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
 from rcnn_cli.io import atomic_torch_save
 from rcnn_cli.modeling import seeded_sampler
@@ -412,7 +412,9 @@ def proposals_stage(run: Run, stage: StageDir):
         atomic_torch_save(stage.path(f"proposals_{split}.pt"),
                           {"format": PROPOSAL_FORMAT, "split": split, "image_ids": list(boxes),
                            "boxes": list(boxes.values())})
-        recall = recall_metrics(list(boxes.values()), gt)
+        recall = recall_metrics(proposal_recall(list(boxes.values()), gt, [100, 300, 1000]),
+                                prefix="")
+        recall = {k: v for k, v in recall.items() if v is not None}
         metrics.update({f"{split}/{k}": v for k, v in recall.items()})
         log.info("%s %s proposal recall: %s", stage.stage, split,
                  "  ".join(f"{k}={v:.4f}" for k, v in recall.items()))
