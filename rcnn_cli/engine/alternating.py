@@ -52,6 +52,7 @@ from rcnn_cli.evaluation.recall import proposal_recall, recall_metrics
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
 from rcnn_cli.io import atomic_torch_save
 from rcnn_cli.modeling import seeded_sampler
+from rcnn_cli.modeling.backbones import eval_frozen_norms
 from rcnn_cli.modeling.build import build_detector
 from rcnn_cli.modeling.fixed_proposals import FixedProposals
 
@@ -83,11 +84,7 @@ class StageNetwork(GeneralizedRCNN):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
-                    p.requires_grad for p in m.parameters()):
-                m.eval()
-        return self
+        return eval_frozen_norms(self) if mode else self
 
 
 def rpn_network(detector: GeneralizedRCNN) -> StageNetwork:

@@ -39,6 +39,7 @@ from rcnn_cli.evaluation.build import build_evaluator, headline, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
 from rcnn_cli.modeling import seeded_sampler
+from rcnn_cli.modeling.backbones import eval_frozen_norms
 from rcnn_cli.modeling.build import build_detector, uses_masks
 
 log = logging.getLogger("rcnn_cli")
@@ -150,7 +151,7 @@ class Trainer:
         # before DDP's forward (which has collectives of its own at iteration 2): a peer that
         # failed loading its data is heard of here
         distributed.stop_if_peers_failed(f"before iteration {self.iteration + 1}")
-        self.model.train()
+        eval_frozen_norms(self.model.train())
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
         for m, (images, targets) in enumerate(batches):

@@ -206,6 +206,17 @@ def build_backbone(name: str, weights: str | None, trainable_layers: int, norm: 
     return BACKBONES[name](name, weights, trainable_layers, norm, fpn_channels)
 
 
+def eval_frozen_norms(model: nn.Module) -> nn.Module:
+    """Put BatchNorm layers without a trainable parameter (frozen stages, ``trainable_layers``
+    below all) in eval mode after ``model.train()``: their running statistics stay frozen with
+    their weights, as torchvision's FrozenBatchNorm2d keeps them."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in m.parameters()):
+            m.eval()
+    return model
+
+
 def count_parameters(module: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
