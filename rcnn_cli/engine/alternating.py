@@ -38,11 +38,10 @@ from rcnn_cli.config import ScheduleConf
 from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.with_proposals import WithProposals
-from rcnn_cli.engine import distributed, faults, runtime
+from rcnn_cli.engine import distributed, runtime
 from rcnn_cli.engine.checkpoint import CheckpointStore, load_file
 from rcnn_cli.engine.events import EventLogger
 from rcnn_cli.engine.export import export_model
-from rcnn_cli.engine.optim import build_optimizer, build_scheduler
 from rcnn_cli.engine.stage_store import StageDir, link_tree, stage_key
 from rcnn_cli.engine.trainer import Trainer, config_dict, make_progress
 from rcnn_cli.errors import CheckpointError, ConfigError
@@ -498,13 +497,7 @@ class StageTrainer(Trainer):
         self.model = network.to(self.device)
         seeded_sampler.install(self.model)
         self.train_model = self.model
-        self.optimizer = build_optimizer(self.model, self.sched.optimizer, self.sched.lr,
-                                         self.sched.momentum, self.sched.weight_decay)
-        self.scheduler = build_scheduler(self.optimizer, self.sched)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.store = CheckpointStore(stage.dir / "checkpoints", self.sched.keep_checkpoints)
-        self.grad_guard = faults.GradGuard(self.cfg.faults.max_nonfinite_steps)
-        self.saved_iteration, self.iteration, self.best_ap = -1, 0, None
+        self.setup_optimization(stage.dir / "checkpoints", self.sched.lr)
         self.val_images = None  # no per-stage pictures: the stage networks are partial
         self.events = StageEvents(run.events, f"{stage.stage}/")
         if self.store.candidates():
