@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from rcnn_cli.errors import ConfigError
@@ -20,7 +21,6 @@ from rcnn_cli.modeling.region_cnn import (
 from rcnn_cli.modeling.region_detector import RegionDetector
 from rcnn_cli.modeling.spp import SpatialPyramidPool, spp_bins
 from rcnn_cli.modeling.sppnet import SPPHeads, SPPNet
-from torch import nn
 
 log = logging.getLogger("rcnn_cli")
 
