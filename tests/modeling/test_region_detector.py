@@ -130,3 +130,13 @@ def test_classifier_weights_file_must_match(tmp_path):
         net = alexnet(weights=None)
         torch.save(net.state_dict(), tmp_path / "ok.pt")
         classifier_parts("alexnet", str(tmp_path / "ok.pt"), "none", 64)
+
+
+@pytest.mark.parametrize("name", ["rcnn_alexnet_shapes", "sppnet_alexnet_shapes"])
+def test_shapes_experiments_compose_and_name_a_missing_weights_file(name, tmp_path):
+    cfg = compose_cfg("train", [f"experiment={name}",
+                                f"backbone.weights={tmp_path / 'missing.pt'}"])
+    validate(cfg)
+    assert cfg.model.name == name.split("_")[0] and cfg.proposals.name == "selective_search"
+    with pytest.raises(ConfigError, match="missing.pt"):
+        build_detector(cfg, 3)
