@@ -23,6 +23,7 @@ later one.
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import time
@@ -229,7 +230,7 @@ class FinetuneTrainer(Trainer):
     label = "finetune"
 
     def __init__(self, run: RegionRun, stage: StageDir, model):
-        self.cfg, self.run_dir = run.cfg.copy(), run.run_dir
+        self.cfg, self.run_dir = copy.deepcopy(run.cfg), run.run_dir
         self.cfg.schedule.eval_period = 0  # the detector is complete only after the last stage
         self.sched = self.cfg.schedule
         self.device, self.amp = run.device, runtime.amp_dtype(self.sched.amp, run.device)
