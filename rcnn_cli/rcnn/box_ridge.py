@@ -35,8 +35,12 @@ class BoxRidge:
             return proposals.reshape(0, 4)
         x = torch.as_tensor(np.asarray(features), dtype=torch.float32) \
             if not isinstance(features, torch.Tensor) else features.float()
-        w = self.weights.to(x.device)[(labels - 1).clamp(min=0)]  # [N, D+1, 4]
-        deltas = torch.einsum("nd,ndk->nk", x, w[:, :-1]) + w[:, -1]
+        k, d1, _ = self.weights.shape
+        w = self.weights.to(x.device)  # all classes at once: [N, K, 4], then each row's own
+        deltas = (x @ w[:, :-1].permute(1, 0, 2).reshape(d1 - 1, k * 4)).reshape(-1, k, 4)
+        rows = torch.arange(len(x), device=x.device)
+        index = (labels.to(x.device) - 1).clamp(min=0)
+        deltas = deltas[rows, index] + w[index, -1]
         proposals = proposals.to(x.device)
         refined = CODER.decode_single(deltas, proposals)
         return torch.where((labels.to(x.device) > 0)[:, None], refined, proposals)
@@ -53,10 +57,8 @@ def fit_box_ridge(features, proposals: torch.Tensor, gt_boxes: torch.Tensor,
     """One ridge regressor per class 1..K; a class without samples keeps zero weights (it
     leaves its boxes unchanged). ``min_iou`` is the caller's filter, recorded only."""
     del min_iou  # the caller selected proposals with IoU >= min_iou
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float64) \
-        if not isinstance(features, torch.Tensor) else features.double()
     labels = torch.as_tensor(labels, dtype=torch.int64)
-    if not len(x) == len(proposals) == len(gt_boxes) == len(labels):
+    if not len(features) == len(proposals) == len(gt_boxes) == len(labels):
         raise ValueError("features, proposals, gt_boxes and labels need one row per sample")
     if lam <= 0:
         raise ValueError(f"lam={lam}: ridge regression needs lambda > 0")
@@ -64,12 +66,19 @@ def fit_box_ridge(features, proposals: torch.Tensor, gt_boxes: torch.Tensor,
         raise DataError(f"fit_box_ridge: labels must be in 1..{num_classes}, got "
                         f"{labels.min().item()}..{labels.max().item()}")
     targets = box_targets(torch.as_tensor(proposals), torch.as_tensor(gt_boxes)).double()
-    weights = torch.zeros(num_classes, x.shape[1] + 1, 4, dtype=torch.float64)
+    weights = torch.zeros(num_classes, features.shape[1] + 1, 4, dtype=torch.float64)
     for k in range(1, num_classes + 1):
         rows = torch.nonzero(labels == k).flatten()
         if len(rows):
-            weights[k - 1] = _ridge(x[rows], targets[rows], lam)
+            weights[k - 1] = _ridge(_rows64(features, rows), targets[rows], lam)
     return BoxRidge(weights.float())
+
+
+def _rows64(features, rows: torch.Tensor) -> torch.Tensor:
+    """The selected rows of a tensor, array or memmap as float64 (one class at a time)."""
+    if isinstance(features, torch.Tensor):
+        return features[rows].double()
+    return torch.from_numpy(np.asarray(features[rows.numpy()], dtype=np.float64))
 
 
 def _ridge(x: torch.Tensor, t: torch.Tensor, lam: float) -> torch.Tensor:

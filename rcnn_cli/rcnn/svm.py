@@ -153,7 +153,7 @@ def _mine(cache: np.ndarray, scores: np.ndarray,
 def train_class_svms(features: np.ndarray, labels: np.ndarray, ious: np.ndarray,
                      is_gt: np.ndarray, num_classes: int, params: SVMParams | None = None,
                      neg_iou: float = 0.3,
-                     progress: Callable[[int, list[dict]], None] | None = None,
+                     progress: Callable[[int, int], None] | None = None,
                      ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """One SVM per class 1..K on rows of ``features [N, D]`` (a memmap is fine).
 
@@ -161,7 +161,7 @@ def train_class_svms(features: np.ndarray, labels: np.ndarray, ious: np.ndarray,
     ``is_gt`` marks the ground-truth boxes. Positives of k: ground-truth boxes of class k;
     negatives of k: regions whose label is not k or whose IoU < ``neg_iou``.
     Returns ``W [K, D]``, ``b [K]`` and the history (entries tagged with ``"class"``);
-    ``progress(k, history_k)`` is called after each class.
+    ``progress(done_classes, num_classes)`` is called after each class.
     """
     labels, ious, is_gt = np.asarray(labels), np.asarray(ious), np.asarray(is_gt, bool)
     if not len(labels) == len(ious) == len(is_gt) == len(features):
@@ -178,7 +178,7 @@ def train_class_svms(features: np.ndarray, labels: np.ndarray, ious: np.ndarray,
         weights[k - 1], biases[k - 1] = model.w, model.b
         history += [{"class": k, **h} for h in hist]
         if progress is not None:
-            progress(k, hist)
+            progress(k, num_classes)
     return weights, biases, history
 
 

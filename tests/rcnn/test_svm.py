@@ -106,12 +106,12 @@ def test_class_svms_separate_three_toy_classes():
     calls = []
     w, b, history = train_class_svms(features, labels, ious, is_gt, 3,
                                      SVMParams(C=1.0, initial_negatives=50),
-                                     progress=lambda k, h: calls.append(k))
+                                     progress=lambda k, n: calls.append((k, n)))
     predicted = np.argmax(features @ w.T + b, axis=1) + 1
     fg = labels > 0
     assert (predicted[fg] == labels[fg]).mean() >= 0.95
     assert ((features[~fg] @ w.T + b) < 0).all(axis=1).mean() >= 0.95
-    assert calls == [1, 2, 3] and {h["class"] for h in history} == {1, 2, 3}
+    assert calls == [(1, 3), (2, 3), (3, 3)] and {h["class"] for h in history} == {1, 2, 3}
 
 
 def test_feature_scale_gives_mean_norm_20_and_empty_inputs_fail():
