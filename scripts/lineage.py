@@ -296,7 +296,7 @@ def cache_notes(records: list[dict]) -> list[str]:
     the first system on external proposals trains (not part of its training time)."""
     spent = [(r["label"], r["proposal_cache_s"]) for r in records
              if r.get("proposal_cache_s") is not None]
-    return [f"- selective search cache (train + val, not in the train column): "
+    return ["- selective search cache (train + val, not in the train column): "
             + ", ".join(f"{label} {seconds:.0f} s" for label, seconds in spent)] if spent else []
 
 
