@@ -390,18 +390,16 @@ def svms_stage(run: RegionRun, stage: StageDir):
     k = len(run.classes)
     with make_progress() as progress:
         task = progress.add_task("svms", total=k, speed="", losses="")
-
-        def advance(cls: int, history: list[dict]) -> None:
-            last = history[-1]
-            run.events.scalars(0, {"cache_size": last["cache_size"], "rounds": len(history),
-                                   "objective": last["objective"],
-                                   "accuracy": last["accuracy"]},
-                               prefix=f"svms/{run.classes[cls - 1]}/")
-            progress.update(task, completed=cls)
-
         weight, bias, history = train_class_svms(
             ScaledRows(store.array, scale), table["labels"], table["ious"], table["is_gt"], k,
-            svm_params(run.cfg), neg_iou=run.cfg.model.svm.neg_iou, progress=advance)
+            svm_params(run.cfg), neg_iou=run.cfg.model.svm.neg_iou,
+            progress=lambda done, total: progress.update(task, completed=done))
+    for cls, name in enumerate(run.classes, start=1):
+        rounds = [h for h in history if h["class"] == cls]
+        for h in rounds:
+            run.events.scalars(h["round"], {k: h[k] for k in ("cache_size", "added", "evicted",
+                                                              "objective", "accuracy")},
+                               prefix=f"svms/{name}/")
     atomic_torch_save(stage.path(SVMS), {"weight": torch.from_numpy(weight).float(),
                                          "bias": torch.from_numpy(bias).float(),
                                          "scale": float(scale)})
