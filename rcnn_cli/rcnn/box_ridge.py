@@ -1,0 +1,93 @@
+"""Class-specific bounding-box regression (Girshick et al. 2014, Appendix C).
+
+For a proposal P and its ground truth G the targets are t_x = (G_x - P_x) / P_w,
+t_y = (G_y - P_y) / P_h, t_w = log(G_w / P_w), t_h = log(G_h / P_h) (centres and sizes;
+torchvision's ``BoxCoder`` with unit weights), regressed linearly from the proposal's pool5
+features by ridge regression with lambda = 1000, one regressor per class, trained on proposals
+with IoU >= 0.6 (the caller filters). Closed form in float64; the bias is not penalised (the
+fit is centred), so no target normalisation is needed. With fewer samples than feature dims
+the equivalent dual system (N x N) is solved instead of the D x D one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.models.detection._utils import BoxCoder
+
+from rcnn_cli.errors import DataError
+
+CODER = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+
+
+@dataclass
+class BoxRidge:
+    weights: torch.Tensor  # [K, D + 1, 4]: rows 0..D-1 feature weights, row D the bias
+
+    def apply(self, features, proposals: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Refined boxes ``[N, 4]``: each proposal moved by its label's regressor; label 0
+        (background) leaves the proposal as it is."""
+        proposals = torch.as_tensor(proposals, dtype=torch.float32)
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        if len(proposals) == 0:
+            return proposals.reshape(0, 4)
+        x = torch.as_tensor(np.asarray(features), dtype=torch.float32) \
+            if not isinstance(features, torch.Tensor) else features.float()
+        k, d1, _ = self.weights.shape
+        w = self.weights.to(x.device)  # all classes at once: [N, K, 4], then each row's own
+        deltas = (x @ w[:, :-1].permute(1, 0, 2).reshape(d1 - 1, k * 4)).reshape(-1, k, 4)
+        rows = torch.arange(len(x), device=x.device)
+        index = (labels.to(x.device) - 1).clamp(min=0)
+        deltas = deltas[rows, index] + w[index, -1]
+        proposals = proposals.to(x.device)
+        refined = CODER.decode_single(deltas, proposals)
+        return torch.where((labels.to(x.device) > 0)[:, None], refined, proposals)
+
+
+def box_targets(proposals: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
+    """(t_x, t_y, t_w, t_h) that move ``proposals`` onto ``gt_boxes``."""
+    return CODER.encode_single(gt_boxes.float(), proposals.float())
+
+
+def fit_box_ridge(features, proposals: torch.Tensor, gt_boxes: torch.Tensor,
+                  labels: torch.Tensor, num_classes: int, lam: float = 1000.0,
+                  min_iou: float = 0.6) -> BoxRidge:
+    """One ridge regressor per class 1..K; a class without samples keeps zero weights (it
+    leaves its boxes unchanged). ``min_iou`` is the caller's filter, recorded only."""
+    del min_iou  # the caller selected proposals with IoU >= min_iou
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    if not len(features) == len(proposals) == len(gt_boxes) == len(labels):
+        raise ValueError("features, proposals, gt_boxes and labels need one row per sample")
+    if lam <= 0:
+        raise ValueError(f"lam={lam}: ridge regression needs lambda > 0")
+    if len(labels) and (labels.min() < 1 or labels.max() > num_classes):
+        raise DataError(f"fit_box_ridge: labels must be in 1..{num_classes}, got "
+                        f"{labels.min().item()}..{labels.max().item()}")
+    targets = box_targets(torch.as_tensor(proposals), torch.as_tensor(gt_boxes)).double()
+    weights = torch.zeros(num_classes, features.shape[1] + 1, 4, dtype=torch.float64)
+    for k in range(1, num_classes + 1):
+        rows = torch.nonzero(labels == k).flatten()
+        if len(rows):
+            weights[k - 1] = _ridge(_rows64(features, rows), targets[rows], lam)
+    return BoxRidge(weights.float())
+
+
+def _rows64(features, rows: torch.Tensor) -> torch.Tensor:
+    """The selected rows of a tensor, array or memmap as float64 (one class at a time)."""
+    if isinstance(features, torch.Tensor):
+        return features[rows].double()
+    return torch.from_numpy(np.asarray(features[rows.numpy()], dtype=np.float64))
+
+
+def _ridge(x: torch.Tensor, t: torch.Tensor, lam: float) -> torch.Tensor:
+    """argmin_W,b ||x W + b - t||^2 + lam ||W||^2 as a [D + 1, 4] matrix (bias last)."""
+    x_mean, t_mean = x.mean(0), t.mean(0)
+    xc, tc = x - x_mean, t - t_mean
+    n, d = xc.shape
+    if n >= d:
+        w = torch.linalg.solve(xc.T @ xc + lam * torch.eye(d, dtype=x.dtype), xc.T @ tc)
+    else:
+        w = xc.T @ torch.linalg.solve(xc @ xc.T + lam * torch.eye(n, dtype=x.dtype), tc)
+    return torch.cat([w, (t_mean - x_mean @ w)[None]])

@@ -1,0 +1,350 @@
+"""The R-CNN lineage on one dataset with one budget: R-CNN, SPPNet, Fast R-CNN (selective
+search), Faster R-CNN (joint and 4-step), FPN, Mask R-CNN and Cascade R-CNN (issue 8).
+
+Every system is trained and evaluated through the package's public functions, as the CLIs do
+(``rcnn_cli.engine.trainer.train``, ``rcnn_cli.engine.evaluator.evaluate_checkpoint``), then
+timed per test image, split as in Faster R-CNN's Table 5:
+
+- proposals: selective search run on the test image (not the cache read) for systems on
+  external proposals; the RPN's forward for the others;
+- CNN: the detector's ``backbone`` (R-CNN: the CNN on every warped region);
+- region-wise: ``roi_heads`` (RoI pooling, fc layers, classifier, box regression, NMS; the
+  mask branch and the cascade stages included);
+- other: the rest of the forward (resizing, normalisation, mapping boxes back).
+Times are exclusive: a hooked module running inside another is charged to itself only.
+
+Usage (one process runs the systems one after another; a finished system is reused on a
+re-run unless --fresh):
+    python scripts/lineage.py --out outputs/lineage [--systems R-CNN,FPN] [--time-images 50] \
+        [--backbone-weights alexnet=FILE vgg16=FILE r18_fpn=FILE] [override ...]
+Overrides apply to every system after the default budget (``DEFAULT_BUDGET``), so
+``schedule.max_iter=200`` changes the budget of all. Writes OUT/lineage.md and OUT/lineage.json,
+and one normal run directory per system under OUT/<system>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, OmegaConf
+
+import rcnn_cli.config  # noqa: F401  (registers the schemas)
+from rcnn_cli.config import validate
+from rcnn_cli.errors import ConfigError
+from rcnn_cli.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("rcnn_cli")
+
+# (label, overrides): the trunk follows each paper's family where this project has it
+# (AlexNet for R-CNN / SPPNet, VGG16 single map for Fast / Faster R-CNN, ResNet + FPN after).
+SINGLE_MAP = ["backbone=vgg16", "pooler=roi_pool"]
+ON_FPN = ["backbone=r18_fpn", "anchors=fpn_small", "pooler=roi_align"]
+SYSTEMS: list[tuple[str, list[str]]] = [
+    ("R-CNN", ["model=rcnn", "backbone=alexnet", "sampler=rcnn",
+               "proposals=selective_search"]),
+    ("SPPNet", ["model=sppnet", "backbone=alexnet", "sampler=sppnet",
+                "proposals=selective_search"]),
+    ("Fast R-CNN (SS)", ["model=fast", *SINGLE_MAP, "sampler=fast_rcnn",
+                         "proposals=selective_search"]),
+    ("Faster R-CNN", ["model=faster", *SINGLE_MAP, "anchors=paper_small", "sampler=paper"]),
+    ("Faster R-CNN 4-step", ["model=faster", *SINGLE_MAP, "anchors=paper_small",
+                             "sampler=paper", "schedule=alternating"]),
+    ("FPN", ["model=faster", *ON_FPN]),
+    ("Mask R-CNN", ["model=mask", *ON_FPN, "model.mask_head.layers=[64,64,64,64]",
+                    "model.mask_head.dim_reduced=64"]),
+    ("Cascade R-CNN", ["model=cascade", *ON_FPN]),
+]
+# One budget for all: 2000 shapes images seen 4x (1000 x 8), 200 val images.
+DEFAULT_BUDGET = ["dataset=shapes", "dataset.train_size=2000", "dataset.val_size=200",
+                  "schedule.max_iter=1000", "schedule.batch_size=8", "schedule.eval_period=0",
+                  "log.tensorboard=false"]
+# The papers' test-time order, slowest first (issue 8: each ratio stated).
+PAPER_ORDER = ["R-CNN", "SPPNet", "Fast R-CNN (SS)", "Faster R-CNN"]
+PARTS = ("proposals", "cnn", "region", "other")
+HOOKED = {"backbone": "cnn", "rpn": "proposals", "roi_heads": "region"}
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
+def effective_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that take effect (the last value of each key), in first-seen order."""
+    last = {}
+    for item in overrides:
+        last[item.split("=", 1)[0]] = item
+    return list(last.values())
+
+
+def select_systems(names: str | None) -> list[tuple[str, list[str]]]:
+    if not names:
+        return list(SYSTEMS)
+    known = {slug(label): (label, o) for label, o in SYSTEMS}
+    chosen = []
+    for name in names.split(","):
+        if slug(name) not in known:
+            raise ConfigError(f"lineage: unknown system {name.strip()!r}; known: "
+                              f"{', '.join(label for label, _ in SYSTEMS)}")
+        chosen.append(known[slug(name)])
+    return chosen
+
+
+def compose_system(label: str, overrides: list[str], budget: list[str]) -> DictConfig:
+    """The system's training config; a system this checkout lacks (e.g. ``model=rcnn`` before
+    issue 8b is merged) or a budget it does not accept is a ConfigError naming the system."""
+    try:
+        with initialize_config_module(version_base="1.3", config_module="rcnn_cli.conf"):
+            cfg = compose("train", overrides=[*overrides, *budget])
+        validate(cfg)
+    except Exception as e:  # Hydra's composition errors have no common public base
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"lineage: system {label!r} ({' '.join(overrides)}) is not available "
+                          f"in this checkout: {first}") from e
+    return cfg
+
+
+class PartTimer:
+    """Exclusive wall time per named submodule, from forward pre/post hooks.
+
+    A stack of open calls: when a call ends, its time minus the time of the hooked calls it
+    contained is added to its part, and its whole time to its caller's "children" total.
+    """
+
+    def __init__(self, modules: dict[str, torch.nn.Module],
+                 clock: Callable[[], float] = time.perf_counter):
+        self.clock, self.totals = clock, dict.fromkeys(modules, 0.0)
+        self._stack: list[list] = []
+        self._handles = []
+        for name, module in modules.items():
+            self._handles.append(module.register_forward_pre_hook(self._enter(name)))
+            self._handles.append(module.register_forward_hook(self._leave(name)))
+
+    def _enter(self, name: str):
+        def hook(_module, _args):
+            self._stack.append([name, self.clock(), 0.0])
+        return hook
+
+    def _leave(self, name: str):
+        def hook(_module, _args, _output):
+            opened, start, children = self._stack.pop()
+            assert opened == name, f"hook order: closed {name} while {opened} was open"
+            elapsed = self.clock() - start
+            self.totals[name] += elapsed - children
+            if self._stack:
+                self._stack[-1][2] += elapsed
+        return hook
+
+    def reset(self) -> None:
+        self.totals = dict.fromkeys(self.totals, 0.0)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def split_times(forward_s: float, module_s: dict[str, float], ss_s: float | None) -> dict:
+    """Seconds of one image -> the table's parts. ``ss_s``: selective search time for systems
+    on external proposals (None for the RPN systems, whose ``rpn`` forward is the proposals)."""
+    parts = dict.fromkeys(PARTS, 0.0)
+    for name, seconds in module_s.items():
+        parts[HOOKED[name]] += seconds
+    parts["other"] = max(forward_s - sum(module_s.values()), 0.0)
+    if ss_s is not None:
+        parts["proposals"] += ss_s
+    parts["total"] = sum(parts[p] for p in PARTS)
+    return parts
+
+
+def time_inference(ckpt_path: Path, images: int, warmup: int = 2) -> dict:
+    """Mean per-image seconds of each part over the first ``images`` val images, batch 1."""
+    from rcnn_cli.data.build import build_dataset
+    from rcnn_cli.data.loader import eval_loader
+    from rcnn_cli.data.proposal_cache import attach_proposals, selective_search_params
+    from rcnn_cli.engine.evaluator import build_trained_model, load_trained
+    from rcnn_cli.evaluation.inference import external_proposals
+    from rcnn_cli.modeling.build import uses_masks
+    from rcnn_cli.modeling.proposals import selective_search
+
+    device = torch.device("cpu")
+    ckpt, cfg = load_trained(str(ckpt_path))
+    model = build_trained_model(ckpt, cfg, device)
+    view = build_dataset(cfg.dataset, "val", train=False, with_masks=uses_masks(cfg.model.name))
+    attach_proposals(cfg, "val", view)
+    external = cfg.proposals.name == "selective_search"
+    ss_params = selective_search_params(cfg.proposals) if external else None
+    items = list(itertools.islice(eval_loader(view, 1, 0), images))
+    timer = PartTimer({n: getattr(model, n) for n in HOOKED if hasattr(model, n)})
+    sums = dict.fromkeys((*PARTS, "total"), 0.0)
+    try:
+        with torch.inference_mode():
+            for i in [0] * warmup + list(range(len(items))):  # warm-up passes on image 0
+                batch, targets = items[i]
+                ss_s = None
+                if external:
+                    pixels, _ = view.raw.raw(i)
+                    start = time.perf_counter()
+                    selective_search(pixels, **ss_params)
+                    ss_s = time.perf_counter() - start
+                timer.reset()
+                start = time.perf_counter()
+                model([img.to(device) for img in batch], **external_proposals(targets, device))
+                parts = split_times(time.perf_counter() - start, timer.totals, ss_s)
+                if warmup:
+                    warmup -= 1
+                    continue
+                for key in sums:
+                    sums[key] += parts[key]
+    finally:
+        timer.remove()
+    n = len(items)
+    return {"images": n, "threads": torch.get_num_threads(),
+            **{f"{key}_ms": 1000 * value / max(n, 1) for key, value in sums.items()}}
+
+
+def warm_proposal_cache(cfg: DictConfig) -> float:
+    """Selective search over the train and val splits into the cache (once for all systems on
+    external proposals), so that their training time does not include it; returns seconds."""
+    from rcnn_cli.data.build import build_dataset
+    from rcnn_cli.data.proposal_cache import load_proposals
+
+    start = time.perf_counter()
+    for split in ("train", "val"):
+        view = build_dataset(cfg.dataset, split, train=split == "train")
+        load_proposals(cfg.proposals, cfg.dataset, split, view.raw)
+    return time.perf_counter() - start
+
+
+def run_system(label: str, overrides: list[str], cfg: DictConfig, out: Path, images: int,
+               fresh: bool) -> dict:
+    """Train, evaluate (rcnn-eval's path) and time one system; reuse a finished record."""
+    from rcnn_cli.engine.evaluator import evaluate_checkpoint
+    from rcnn_cli.engine.trainer import train
+
+    run_dir = out / slug(label)
+    record_path = run_dir / "lineage_record.json"
+    if record_path.exists() and not fresh:
+        record = json.loads(record_path.read_text())
+        if record.get("config") == OmegaConf.to_container(cfg, resolve=False, enum_to_str=True):
+            log.info("lineage: %s: reusing %s", label, record_path)
+            return record
+    proposal_cache_s = None
+    if cfg.proposals.name == "selective_search":
+        proposal_cache_s = warm_proposal_cache(cfg)
+    start = time.perf_counter()
+    train(cfg, run_dir)
+    train_s = time.perf_counter() - start
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    with initialize_config_module(version_base="1.3", config_module="rcnn_cli.conf"):
+        eval_cfg = compose("eval", overrides=[f"ckpt={ckpt}"])
+    metrics = evaluate_checkpoint(eval_cfg, run_dir / "eval")
+    record = {"label": label, "overrides": overrides, "run_dir": str(run_dir),
+              "train_s": train_s, "proposal_cache_s": proposal_cache_s,
+              "AP": metrics.get("bbox/AP"), "AP50": metrics.get("bbox/AP50"),
+              "iteration": metrics.get("iteration"), "test": time_inference(ckpt, images),
+              "config": OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)}
+    atomic_write_json(record_path, record)
+    return record
+
+
+def _ms(value) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _ap(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def format_table(records: list[dict]) -> str:
+    """Markdown: one row per system, test times in ms per image split into parts."""
+    lines = ["| system | train | proposals ms/img | CNN ms/img | region-wise ms/img | "
+             "other ms/img | total ms/img | AP | AP50 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in records:
+        t = r["test"]
+        lines.append(f"| {r['label']} | {r['train_s'] / 60:.1f} min | {_ms(t['proposals_ms'])} | "
+                     f"{_ms(t['cnn_ms'])} | {_ms(t['region_ms'])} | {_ms(t['other_ms'])} | "
+                     f"{_ms(t['total_ms'])} | {_ap(r['AP'])} | {_ap(r['AP50'])} |")
+    return "\n".join(lines)
+
+
+def order_report(records: list[dict], order: list[str] = PAPER_ORDER) -> list[str]:
+    """The papers' order of test time per image, checked pair by pair, each ratio stated."""
+    total = {r["label"]: r["test"]["total_ms"] for r in records}
+    present = [label for label in order if label in total]
+    lines = []
+    for slower, faster in zip(present, present[1:]):
+        ratio = total[slower] / total[faster] if total[faster] > 0 else float("inf")
+        verdict = "as the papers report" if ratio > 1 else "NOT as the papers report"
+        lines.append(f"- {slower} / {faster}: {ratio:.2f}x per test image ({verdict})")
+    missing = [label for label in order if label not in total]
+    if missing:
+        lines.append(f"- not in this table: {', '.join(missing)}")
+    return lines
+
+
+def cache_notes(records: list[dict]) -> list[str]:
+    """Selective search over the training and val images, computed once into the cache before
+    the first system on external proposals trains (not part of its training time)."""
+    spent = [(r["label"], r["proposal_cache_s"]) for r in records
+             if r.get("proposal_cache_s") is not None]
+    return ["- selective search cache (train + val, not in the train column): "
+            + ", ".join(f"{label} {seconds:.0f} s" for label, seconds in spent)] if spent else []
+
+
+def write_report(records: list[dict], out: Path, header: str) -> str:
+    text = "\n".join([header, "", format_table(records), "", *order_report(records),
+                      *cache_notes(records), ""])
+    atomic_write_text(out / "lineage.md", text)
+    atomic_write_json(out / "lineage.json", [{k: v for k, v in r.items() if k != "config"}
+                                             for r in records])
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--systems", help="comma-separated labels (default: all)")
+    ap.add_argument("--time-images", type=int, default=50, help="val images timed per system")
+    ap.add_argument("--backbone-weights", nargs="*", default=[], metavar="BACKBONE=FILE",
+                    help="backbone.weights for every system on that backbone")
+    ap.add_argument("--fresh", action="store_true", help="re-run finished systems")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every system")
+    args = ap.parse_args(argv)
+    weights = dict(item.split("=", 1) for item in args.backbone_weights)
+    budget = effective_overrides([*DEFAULT_BUDGET, *args.overrides])
+    try:  # compose everything first: a missing system fails before hours of training
+        systems = select_systems(args.systems)
+        cfgs = [compose_system(label, o, budget) for label, o in systems]
+        unused = set(weights) - {cfg.backbone.name for cfg in cfgs}
+        if unused:
+            raise ConfigError(f"lineage: --backbone-weights {', '.join(sorted(unused))}: no "
+                              "selected system uses that backbone")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for cfg in cfgs:
+        if cfg.backbone.name in weights:
+            cfg.backbone.weights = weights[cfg.backbone.name]
+        if cfg.proposals.name == "selective_search":  # one cache for all, inside --out
+            cfg.proposals.cache_dir = str(args.out / "proposal_cache")
+    records = []
+    for cfg, (label, o) in zip(cfgs, systems):
+        records.append(run_system(label, o, cfg, args.out, args.time_images, args.fresh))
+        header = (f"Lineage on `{' '.join(budget)}` ({len(records)}/{len(systems)} systems), "
+                  f"test times: mean of {args.time_images} val images, batch 1, "
+                  f"{torch.get_num_threads()} thread(s)")
+        print(write_report(records, args.out, header))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
