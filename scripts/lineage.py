@@ -47,13 +47,14 @@ log = logging.getLogger("rcnn_cli")
 
 # (label, overrides): the trunk follows each paper's family where this project has it
 # (AlexNet for R-CNN / SPPNet, VGG16 single map for Fast / Faster R-CNN, ResNet + FPN after).
+# R-CNN and SPPNet use their shapes recipes (issue 8b: fine-tuning from the AlexNet "ImageNet
+# stand-in" of scripts/pretrain_backbone.py, 64 px warps / 320 px images; pass the weights
+# with --backbone-weights alexnet=FILE); the others the default recipe (experiment=shapes_cpu).
 SINGLE_MAP = ["backbone=vgg16", "pooler=roi_pool"]
 ON_FPN = ["backbone=r18_fpn", "anchors=fpn_small", "pooler=roi_align"]
 SYSTEMS: list[tuple[str, list[str]]] = [
-    ("R-CNN", ["model=rcnn", "backbone=alexnet", "sampler=rcnn",
-               "proposals=selective_search"]),
-    ("SPPNet", ["model=sppnet", "backbone=alexnet", "sampler=sppnet",
-                "proposals=selective_search"]),
+    ("R-CNN", ["experiment=rcnn_alexnet_shapes"]),
+    ("SPPNet", ["experiment=sppnet_alexnet_shapes"]),
     ("Fast R-CNN (SS)", ["model=fast", *SINGLE_MAP, "sampler=fast_rcnn",
                          "proposals=selective_search"]),
     ("Faster R-CNN", ["model=faster", *SINGLE_MAP, "anchors=paper_small", "sampler=paper"]),
@@ -108,8 +109,8 @@ def compose_system(label: str, overrides: list[str], budget: list[str]) -> DictC
         validate(cfg)
     except Exception as e:  # Hydra's composition errors have no common public base
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"lineage: system {label!r} ({' '.join(overrides)}) is not available "
-                          f"in this checkout: {first}") from e
+        raise ConfigError(f"lineage: system {label!r} ({' '.join(overrides)}) cannot be set "
+                          f"up in this checkout: {first}") from e
     return cfg
 
 
@@ -248,6 +249,7 @@ def run_system(label: str, overrides: list[str], cfg: DictConfig, out: Path, ima
         eval_cfg = compose("eval", overrides=[f"ckpt={ckpt}"])
     metrics = evaluate_checkpoint(eval_cfg, run_dir / "eval")
     record = {"label": label, "overrides": overrides, "run_dir": str(run_dir),
+              "proposals": cfg.proposals.name, "backbone": cfg.backbone.name,
               "train_s": train_s, "proposal_cache_s": proposal_cache_s,
               "AP": metrics.get("bbox/AP"), "AP50": metrics.get("bbox/AP50"),
               "iteration": metrics.get("iteration"), "test": time_inference(ckpt, images),

@@ -112,7 +112,7 @@ def test_a_missing_system_is_a_clear_error_naming_it(monkeypatch, capsys, tmp_pa
         lineage.compose_system("Time machine", ["model=tardis"], [])
     monkeypatch.setattr(lineage, "SYSTEMS", [*lineage.SYSTEMS, ("Time machine", ["model=tardis"])])
     assert lineage.main(["--out", str(tmp_path), "--systems", "FPN,Time machine"]) == 1
-    assert "system 'Time machine' (model=tardis) is not available" in capsys.readouterr().err
+    assert "system 'Time machine' (model=tardis) cannot be set up" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was trained
 
 
@@ -150,8 +150,7 @@ def test_tiny_lineage_of_every_available_system(tmp_path, monkeypatch):
         assert t["cnn_ms"] > 0 and t["region_ms"] > 0 and t["proposals_ms"] > 0
         parts = sum(t[f"{p}_ms"] for p in lineage.PARTS)
         assert t["total_ms"] == pytest.approx(parts)
-        assert (r["proposal_cache_s"] is not None) == ("proposals=selective_search" in
-                                                        r["overrides"])
+        assert (r["proposal_cache_s"] is not None) == (r["proposals"] == "selective_search")
     table = (out / "lineage.md").read_text()
     assert all(f"| {label} |" in table for label in systems)
     # A re-run reuses every finished system instead of training again.
