@@ -17,8 +17,9 @@ Usage (one process runs the systems one after another; a finished system is reus
 re-run unless --fresh):
     python scripts/lineage.py --out outputs/lineage [--systems R-CNN,FPN] [--time-images 50] \
         [--backbone-weights alexnet=FILE vgg16=FILE r18_fpn=FILE] [override ...]
-Overrides apply to every system after the default budget (``DEFAULT_BUDGET``), so
-``schedule.max_iter=200`` changes the budget of all. Writes OUT/lineage.md and OUT/lineage.json,
+Overrides apply to every system after the default budget (``DEFAULT_BUDGET``, shapes), so
+``schedule.max_iter=200`` changes the budget of all; --no-default-budget drops it (another
+dataset: ``dataset=voc dataset.root=... schedule.max_iter=...``). Writes OUT/lineage.md and OUT/lineage.json,
 and one normal run directory per system under OUT/<system>/.
 """
 
@@ -319,10 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backbone-weights", nargs="*", default=[], metavar="BACKBONE=FILE",
                     help="backbone.weights for every system on that backbone")
     ap.add_argument("--fresh", action="store_true", help="re-run finished systems")
+    ap.add_argument("--no-default-budget", action="store_true",
+                    help="only the given overrides (e.g. for dataset=voc, whose keys differ)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every system")
     args = ap.parse_args(argv)
     weights = dict(item.split("=", 1) for item in args.backbone_weights)
-    budget = effective_overrides([*DEFAULT_BUDGET, *args.overrides])
+    default = [] if args.no_default_budget else DEFAULT_BUDGET
+    budget = effective_overrides([*default, *args.overrides])
     try:  # compose everything first: a missing system fails before hours of training
         systems = select_systems(args.systems)
         cfgs = [compose_system(label, o, budget) for label, o in systems]
