@@ -208,6 +208,60 @@ class ModelConf:
     cascade: CascadeConf = field(default_factory=CascadeConf)
 
 
+class RegionClassifier(Enum):
+    """R-CNN §2.3 / Appendix B: per-class linear SVMs on fc7, or the fine-tuned softmax."""
+
+    svm = "svm"
+    softmax = "softmax"
+
+
+@dataclass
+class SVMConf:
+    """Per-class linear SVMs with hard-negative mining (R-CNN §2.3, Appendix B; defaults from
+    the authors' code): positives = ground-truth boxes, negatives = IoU < ``neg_iou``.
+    Features are scaled to a mean L2 norm of ``feature_norm`` first (R-CNN's code: 20)."""
+
+    C: float = 0.001
+    rounds: int = 3
+    initial_negatives: int = 1000
+    hard_threshold: float = -1.0
+    easy_threshold: float = -1.2
+    pos_weight: float = 2.0
+    bias_scale: float = 10.0
+    max_cache: int = 20000
+    neg_iou: float = 0.3
+    feature_norm: float = 20.0
+    seed: int = 0
+
+
+@dataclass
+class BoxRidgeConf:
+    """Class-specific ridge box regression on pool5 (R-CNN Appendix C): proposals with IoU >=
+    ``min_iou``, regularisation ``lam`` (1000 in the paper), features at mean norm
+    ``feature_norm``."""
+
+    lam: float = 1000.0
+    min_iou: float = 0.6
+    feature_norm: float = 20.0
+
+
+@dataclass
+class RegionModelConf(ModelConf):
+    """R-CNN (Girshick et al. 2014) and SPPNet (He et al. 2014): region-wise classification of
+    external proposals. ``warp_size`` null = the paper's CNN input for the backbone (AlexNet
+    227, VGG16 224); ``context`` px of the warped crop are context (R-CNN Appendix A, p = 16).
+    ``region_batch``: regions per CNN forward pass (memory, not results)."""
+
+    classifier: RegionClassifier = RegionClassifier.svm
+    warp_size: int | None = None
+    context: int = 16
+    spp_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 6])
+    region_batch: int = 128
+    dropout: float = 0.5
+    svm: SVMConf = field(default_factory=SVMConf)
+    box_reg: BoxRidgeConf = field(default_factory=BoxRidgeConf)
+
+
 class SSMode(Enum):
     fast = "fast"
     quality = "quality"
@@ -530,6 +584,7 @@ def register_configs() -> None:
     cs.store(group="dataset", name="voc_schema", node=VocConf)
     cs.store(name="data_schema", node=DataMainConf)
     cs.store(group="schedule", name="alternating_schema", node=AlternatingScheduleConf)
+    cs.store(group="model", name="region_schema", node=RegionModelConf)
 
 
 register_configs()
@@ -609,6 +664,7 @@ def _check_ranges(cfg) -> None:
 
 DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf, "coco": CocoConf, "voc": VocConf}
 SCHEDULE_SCHEMAS: dict[str, type] = {"alternating": AlternatingScheduleConf}
+MODEL_SCHEMAS: dict[str, type] = {"rcnn": RegionModelConf, "sppnet": RegionModelConf}
 
 
 def typed_train_config(stored: dict, source: str = "checkpoint"):
@@ -628,6 +684,8 @@ def typed_train_config(stored: dict, source: str = "checkpoint"):
                     schema = DATASET_SCHEMAS.get(value.get("name"), DatasetConf)
                 if key == "schedule":
                     schema = SCHEDULE_SCHEMAS.get(value.get("name"), ScheduleConf)
+                if key == "model":
+                    schema = MODEL_SCHEMAS.get(value.get("name"), ModelConf)
                 cfg[key] = OmegaConf.merge(OmegaConf.structured(schema), value)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{source}: stored config does not match the schema: {e}") from None

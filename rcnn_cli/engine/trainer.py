@@ -346,6 +346,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
                                   "start it without torchrun/srun, or use schedule=joint")
 
             metrics = train_alternating(cfg, run_dir)
+        elif cfg.model.name in ("rcnn", "sppnet"):
+            from rcnn_cli.engine.region_stages import train_region_model
+
+            metrics = train_region_model(cfg, run_dir)
         else:
             metrics = Trainer(cfg, run_dir).run()
     except faults.Interrupted:

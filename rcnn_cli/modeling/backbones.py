@@ -1,6 +1,8 @@
 """Backbones built with explicit arguments from torchvision trunks.
 
 - ``vgg16``: conv5_3, stride 16, one map (Faster R-CNN §4, the paper's VGG-16 setting).
+- ``alexnet``: conv5 + ReLU, stride 16, 256 channels (Krizhevsky et al. 2012; the trunk SPPNet
+  pools from). R-CNN uses the whole classifier instead (``rcnn_cli.modeling.region_cnn``).
 - ``r50_c4`` / ``r101_c4``: ResNet res2-res4 trunk (stride 16, one map); res5 becomes the RoI
   head (He et al. 2016, appendix A "Object Detection Baselines"; Detectron's C4 design).
 - ``r18_fpn`` / ``r50_fpn`` / ``r101_fpn``: ResNet C2-C5 -> FPN P2-P5 + P6 (Lin et al. 2017).
@@ -16,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from torch import Tensor, nn
-from torchvision.models import get_weight, mobilenet_v3_large, resnet, vgg16, vgg16_bn
+from torchvision.models import alexnet, get_weight, mobilenet_v3_large, resnet, vgg16, vgg16_bn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _mobilenet_extractor
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -165,6 +167,33 @@ def vgg16_conv5(name: str, weights: str | None, trainable_layers: int, norm: str
     return BackboneSpec(SingleMap(features, 512), 512, ["0"], ["0"])
 
 
+def alexnet_conv5(name: str, weights: str | None, trainable_layers: int, norm: str,
+                  fpn_channels: int) -> BackboneSpec:
+    """AlexNet (torchvision's single-GPU variant) up to conv5 + ReLU, the last max-pool dropped:
+    256 channels, stride 16. ``trainable_layers`` counts the five conv layers from the top."""
+    if norm != "none":
+        raise ConfigError(f"backbone={name} has no normalisation layers; use norm=none, "
+                          f"not norm={norm}")
+    if not 0 <= trainable_layers <= 5:
+        raise ConfigError(f"backbone.trainable_layers={trainable_layers}: must be in [0, 5]")
+    enum, file = resolve_weights(weights)
+    net = alexnet(weights=enum)
+    if file is not None:
+        load_trunk_file(net, file, head_prefix="classifier.")
+    features = net.features[:-1]
+    freeze_convs(features, trainable_layers)
+    return BackboneSpec(SingleMap(features, 256), 256, ["0"], ["0"])
+
+
+def freeze_convs(features: nn.Sequential, trainable_layers: int) -> None:
+    """Freeze every conv layer (and what precedes it) below the top ``trainable_layers``."""
+    convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
+    first = len(features) if trainable_layers == 0 else convs[len(convs) - trainable_layers]
+    for layer in list(features)[:first]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
+
+
 def mobilenet_v3_fpn(name: str, weights: str | None, trainable_layers: int, norm: str,
                      fpn_channels: int) -> BackboneSpec:
     """MobileNetV3-Large, FPN on its last two stages (stride 16, 32) + max-pool, 256 channels:
@@ -186,7 +215,7 @@ def mobilenet_v3_fpn(name: str, weights: str | None, trainable_layers: int, norm
 
 
 BACKBONES = {**{n: resnet_fpn for n in RESNET_FPN}, **{n: resnet_c4 for n in RESNET_C4},
-             "vgg16": vgg16_conv5, "mobilenet_v3_fpn": mobilenet_v3_fpn}
+             "vgg16": vgg16_conv5, "mobilenet_v3_fpn": mobilenet_v3_fpn, "alexnet": alexnet_conv5}
 
 
 def build_backbone(name: str, weights: str | None, trainable_layers: int, norm: str,

@@ -26,7 +26,8 @@ from rcnn_cli.modeling.roi_heads import build_box_head, build_box_roi_heads
 from rcnn_cli.modeling.rpn import build_rpn
 from rcnn_cli.modeling.svd import shape_box_head
 
-MODELS = ("faster", "mask", "cascade", "cascade_mask", "fast")
+MODELS = ("faster", "mask", "cascade", "cascade_mask", "fast", "rcnn", "sppnet")
+EXTERNAL_PROPOSALS = ("fast", "rcnn", "sppnet")  # models that classify given proposals
 
 
 def uses_masks(model_name: str) -> bool:
@@ -44,6 +45,13 @@ def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
     if m.name not in MODELS:
         raise ConfigError(f"model={m.name} is not supported; available: {', '.join(MODELS)}")
     check_proposal_source(m.name, cfg.get("proposals"))
+    if m.name in ("rcnn", "sppnet"):
+        from rcnn_cli.modeling.region_build import build_region_detector
+
+        model = build_region_detector(cfg, num_classes)
+        if m.weights:
+            load_detector_weights(model, m.weights)
+        return model
     backbone = build_backbone(b.name, b.weights, b.trainable_layers, _value(b.norm), b.fpn_channels)
     if m.name == "fast":
         model = build_fast_rcnn(cfg, backbone, num_classes)
@@ -80,12 +88,13 @@ def check_proposal_source(model: str, proposals) -> None:
     """model=fast takes external proposals; the RPN models make their own."""
     name = proposals.name if proposals is not None else "rpn"
     check_source(name)
-    if model == "fast" and name == "rpn":
-        raise ConfigError("model=fast needs external proposals: add proposals=selective_search "
-                          "or proposals=precomputed proposals.file=PATH")
-    if model != "fast" and name != "rpn":
+    if model in EXTERNAL_PROPOSALS and name == "rpn":
+        raise ConfigError(f"model={model} needs external proposals: add "
+                          "proposals=selective_search or proposals=precomputed "
+                          "proposals.file=PATH")
+    if model not in EXTERNAL_PROPOSALS and name != "rpn":
         raise ConfigError(f"model={model} makes its proposals with its RPN; proposals={name} "
-                          "is supported with model=fast")
+                          f"is supported with model={', '.join(EXTERNAL_PROPOSALS)}")
 
 
 def build_fast_rcnn(cfg, backbone: BackboneSpec, num_classes: int) -> FastRCNN:
