@@ -16,7 +16,7 @@ Times are exclusive: a hooked module running inside another is charged to itself
 Usage (one process runs the systems one after another; a finished system is reused on a
 re-run unless --fresh):
     python scripts/lineage.py --out outputs/lineage [--systems R-CNN,FPN] [--time-images 50] \
-        [--backbone-weights alexnet=FILE vgg16=FILE r18_fpn=FILE] [override ...]
+        [--backbone-weights alexnet=FILE --backbone-weights vgg16=FILE ...] [override ...]
 Overrides apply to every system after the default budget (``DEFAULT_BUDGET``, shapes), so
 ``schedule.max_iter=200`` changes the budget of all; --no-default-budget drops it (another
 dataset: ``dataset=voc dataset.root=... schedule.max_iter=...``). Writes OUT/lineage.md and OUT/lineage.json,
@@ -272,6 +272,10 @@ def format_table(records: list[dict]) -> str:
     lines = ["| system | train | proposals ms/img | CNN ms/img | region-wise ms/img | "
              "other ms/img | total ms/img | AP | AP50 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
+        if "error" in r:
+            lines.append(f"| {r['label']} | failed: {r['error'].splitlines()[0][:120]} |"
+                         + " |" * 7)
+            continue
         t = r["test"]
         lines.append(f"| {r['label']} | {r['train_s'] / 60:.1f} min | {_ms(t['proposals_ms'])} | "
                      f"{_ms(t['cnn_ms'])} | {_ms(t['region_ms'])} | {_ms(t['other_ms'])} | "
@@ -281,7 +285,7 @@ def format_table(records: list[dict]) -> str:
 
 def order_report(records: list[dict], order: list[str] = PAPER_ORDER) -> list[str]:
     """The papers' order of test time per image, checked pair by pair, each ratio stated."""
-    total = {r["label"]: r["test"]["total_ms"] for r in records}
+    total = {r["label"]: r["test"]["total_ms"] for r in records if "error" not in r}
     present = [label for label in order if label in total]
     lines = []
     for slower, faster in zip(present, present[1:]):
@@ -300,7 +304,7 @@ def cache_notes(records: list[dict]) -> list[str]:
     spent = [(r["label"], r["proposal_cache_s"]) for r in records
              if r.get("proposal_cache_s") is not None]
     return ["- selective search cache (train + val, not in the train column): "
-            + ", ".join(f"{label} {seconds:.0f} s" for label, seconds in spent)] if spent else []
+            + ", ".join(f"{label} {seconds:.1f} s" for label, seconds in spent)] if spent else []
 
 
 def write_report(records: list[dict], out: Path, header: str) -> str:
@@ -317,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--systems", help="comma-separated labels (default: all)")
     ap.add_argument("--time-images", type=int, default=50, help="val images timed per system")
-    ap.add_argument("--backbone-weights", nargs="*", default=[], metavar="BACKBONE=FILE",
-                    help="backbone.weights for every system on that backbone")
+    ap.add_argument("--backbone-weights", action="append", default=[], metavar="BACKBONE=FILE",
+                    help="backbone.weights for every system on that backbone (repeatable)")
     ap.add_argument("--fresh", action="store_true", help="re-run finished systems")
     ap.add_argument("--no-default-budget", action="store_true",
                     help="only the given overrides (e.g. for dataset=voc, whose keys differ)")
@@ -344,12 +348,16 @@ def main(argv: list[str] | None = None) -> int:
             cfg.proposals.cache_dir = str(args.out / "proposal_cache")
     records = []
     for cfg, (label, o) in zip(cfgs, systems):
-        records.append(run_system(label, o, cfg, args.out, args.time_images, args.fresh))
+        try:
+            records.append(run_system(label, o, cfg, args.out, args.time_images, args.fresh))
+        except Exception as e:  # one failed system must not lose the others' hours
+            log.exception("lineage: %s failed", label)
+            records.append({"label": label, "overrides": o, "error": f"{type(e).__name__}: {e}"})
         header = (f"Lineage on `{' '.join(budget)}` ({len(records)}/{len(systems)} systems), "
                   f"test times: mean of {args.time_images} val images, batch 1, "
                   f"{torch.get_num_threads()} thread(s)")
         print(write_report(records, args.out, header))
-    return 0
+    return 1 if any("error" in r for r in records) else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from rcnn_cli.errors import ConfigError
@@ -81,11 +82,13 @@ def record(label: str, total: float, ap=0.5, cache=None) -> dict:
 
 def test_table_rows_and_the_papers_order_with_ratios(tmp_path):
     records = [record("R-CNN", 900.0, cache=30.0), record("SPPNet", 300.0),
-               record("Fast R-CNN (SS)", 400.0, ap=None), record("Faster R-CNN", 100.0)]
+               record("Fast R-CNN (SS)", 400.0, ap=None), record("Faster R-CNN", 100.0),
+               {"label": "FPN", "overrides": [], "error": "RuntimeError: out of memory\nmore"}]
     table = lineage.format_table(records)
     assert table.splitlines()[2] == ("| R-CNN | 2.0 min | 1.0 | 2.0 | 3.0 | 0.5 | 900.0 | "
                                      "0.500 | 0.750 |")
     assert "| n/a | n/a |" in table.splitlines()[4]
+    assert table.splitlines()[6] == "| FPN | failed: RuntimeError: out of memory |" + " |" * 7
     order = lineage.order_report(records)
     assert order == ["- R-CNN / SPPNet: 3.00x per test image (as the papers report)",
                      "- SPPNet / Fast R-CNN (SS): 0.75x per test image (NOT as the papers report)",
@@ -93,7 +96,7 @@ def test_table_rows_and_the_papers_order_with_ratios(tmp_path):
     assert lineage.order_report(records[2:])[-1] == "- not in this table: R-CNN, SPPNet"
     text = lineage.write_report(records, tmp_path, "header")
     assert (tmp_path / "lineage.md").read_text() == text
-    assert "R-CNN 30 s" in text
+    assert "R-CNN 30.0 s" in text
     assert [r["label"] for r in json.loads((tmp_path / "lineage.json").read_text())] == \
         [r["label"] for r in records]
 
@@ -116,10 +119,26 @@ def test_a_missing_system_is_a_clear_error_naming_it(monkeypatch, capsys, tmp_pa
     assert not any(tmp_path.iterdir())  # nothing was trained
 
 
+def test_a_failing_system_is_tabled_and_the_others_still_run(monkeypatch, tmp_path):
+    ran = []
+
+    def fake_run(label, overrides, cfg, out, images, fresh):
+        ran.append(label)
+        if label == "FPN":
+            raise RuntimeError("boom")
+        return record(label, 10.0)
+
+    monkeypatch.setattr(lineage, "run_system", fake_run)
+    assert lineage.main(["--out", str(tmp_path), "--systems", "FPN,Cascade R-CNN"]) == 1
+    assert ran == ["FPN", "Cascade R-CNN"]
+    table = (tmp_path / "lineage.md").read_text()
+    assert "| FPN | failed: RuntimeError: boom |" in table and "| Cascade R-CNN | 2.0 min |" in table
+
+
 TINY_BUDGET = ["dataset.train_size=4", "dataset.val_size=2", "dataset.image_size=64",
                "schedule.batch_size=2", "schedule.max_iter=4", "schedule.warmup_iters=2",
                "schedule.checkpoint_period=2", "log.period=2", "dataset.num_workers=0",
-               "proposals.workers=0", "model.box_head.representation_size=64"]
+               "proposals.workers=0"]
 
 
 def available_systems() -> list[str]:
@@ -139,8 +158,12 @@ def test_tiny_lineage_of_every_available_system(tmp_path, monkeypatch):
     assert {"Fast R-CNN (SS)", "Faster R-CNN", "Faster R-CNN 4-step", "FPN", "Mask R-CNN",
             "Cascade R-CNN"} <= set(systems)
     out = tmp_path / "lineage"
+    weights = []
+    if {"R-CNN", "SPPNet"} & set(systems):  # their recipes start from AlexNet weights
+        torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "alexnet.pt")
+        weights = ["--backbone-weights", f"alexnet={tmp_path / 'alexnet.pt'}"]
     args = ["--out", str(out), "--systems", ",".join(systems), "--time-images", "2",
-            *TINY_BUDGET]
+            *weights, *TINY_BUDGET]
     assert lineage.main(args) == 0
     records = json.loads((out / "lineage.json").read_text())
     assert [r["label"] for r in records] == systems
