@@ -14,7 +14,7 @@ timed per test image, split as in Faster R-CNN's Table 5:
 Times are exclusive: a hooked module running inside another is charged to itself only.
 
 Usage (one process runs the systems one after another; a finished system is reused on a
-re-run unless --fresh):
+re-run unless --fresh or its config changed; an unfinished one is trained again from the start):
     python scripts/lineage.py --out outputs/lineage [--systems R-CNN,FPN] [--time-images 50] \
         [--backbone-weights alexnet=FILE --backbone-weights vgg16=FILE ...] [override ...]
 Overrides apply to every system after the default budget (``DEFAULT_BUDGET``, shapes), so
@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -244,6 +245,9 @@ def run_system(label: str, overrides: list[str], cfg: DictConfig, out: Path, ima
         if record.get("config") == OmegaConf.to_container(cfg, resolve=False, enum_to_str=True):
             log.info("lineage: %s: reusing %s", label, record_path)
             return record
+    if run_dir.exists():  # an unfinished or outdated run: train afresh so its time is whole
+        log.info("lineage: %s: removing the unfinished run %s", label, run_dir)
+        shutil.rmtree(run_dir)
     proposal_cache_s = None
     if cfg.proposals.name == "selective_search":
         proposal_cache_s = warm_proposal_cache(cfg)
