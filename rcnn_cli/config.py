@@ -40,6 +40,13 @@ class RoIAlignKernel(Enum):
     vectorised = "vectorised"
 
 
+class FcInit(Enum):
+    """Where Fast R-CNN's fc6/fc7 start: random, or the pre-trained classifier's fc6/fc7."""
+
+    random = "random"
+    backbone = "backbone"
+
+
 class Optimizer(Enum):
     sgd = "sgd"
     adamw = "adamw"
@@ -170,6 +177,9 @@ class FastRCNNConf:
     dropout: float = 0.5
     smooth_l1_beta: float = 1.0
     box_loss_weight: float = 1.0
+    # §2.2: "the network's last fully connected layer and softmax are replaced" -- fc6/fc7
+    # come from the pre-trained classifier (backbone=vgg16 with weights, 4096-d head).
+    fc_init: FcInit = FcInit.random
 
 
 @dataclass

@@ -38,20 +38,20 @@ from rcnn_cli.config import ScheduleConf
 from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.with_proposals import WithProposals
-from rcnn_cli.engine import distributed, faults, runtime
+from rcnn_cli.engine import distributed, runtime
 from rcnn_cli.engine.checkpoint import CheckpointStore, load_file
 from rcnn_cli.engine.events import EventLogger
 from rcnn_cli.engine.export import export_model
-from rcnn_cli.engine.optim import build_optimizer, build_scheduler
 from rcnn_cli.engine.stage_store import StageDir, link_tree, stage_key
 from rcnn_cli.engine.trainer import Trainer, config_dict, make_progress
 from rcnn_cli.errors import CheckpointError, ConfigError
 from rcnn_cli.evaluation.build import build_evaluator, iou_types_for
 from rcnn_cli.evaluation.inference import predict
-from rcnn_cli.evaluation.proposal_recall import recall_metrics
+from rcnn_cli.evaluation.recall import proposal_recall, recall_metrics
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
 from rcnn_cli.io import atomic_torch_save
 from rcnn_cli.modeling import seeded_sampler
+from rcnn_cli.modeling.backbones import eval_frozen_norms
 from rcnn_cli.modeling.build import build_detector
 from rcnn_cli.modeling.fixed_proposals import FixedProposals
 
@@ -83,11 +83,7 @@ class StageNetwork(GeneralizedRCNN):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
-                    p.requires_grad for p in m.parameters()):
-                m.eval()
-        return self
+        return eval_frozen_norms(self) if mode else self
 
 
 def rpn_network(detector: GeneralizedRCNN) -> StageNetwork:
@@ -412,7 +408,9 @@ def proposals_stage(run: Run, stage: StageDir):
         atomic_torch_save(stage.path(f"proposals_{split}.pt"),
                           {"format": PROPOSAL_FORMAT, "split": split, "image_ids": list(boxes),
                            "boxes": list(boxes.values())})
-        recall = recall_metrics(list(boxes.values()), gt)
+        recall = recall_metrics(proposal_recall(list(boxes.values()), gt, [100, 300, 1000]),
+                                prefix="")
+        recall = {k: v for k, v in recall.items() if v is not None}
         metrics.update({f"{split}/{k}": v for k, v in recall.items()})
         log.info("%s %s proposal recall: %s", stage.stage, split,
                  "  ".join(f"{k}={v:.4f}" for k, v in recall.items()))
@@ -499,13 +497,7 @@ class StageTrainer(Trainer):
         self.model = network.to(self.device)
         seeded_sampler.install(self.model)
         self.train_model = self.model
-        self.optimizer = build_optimizer(self.model, self.sched.optimizer, self.sched.lr,
-                                         self.sched.momentum, self.sched.weight_decay)
-        self.scheduler = build_scheduler(self.optimizer, self.sched)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.store = CheckpointStore(stage.dir / "checkpoints", self.sched.keep_checkpoints)
-        self.grad_guard = faults.GradGuard(self.cfg.faults.max_nonfinite_steps)
-        self.saved_iteration, self.iteration, self.best_ap = -1, 0, None
+        self.setup_optimization(stage.dir / "checkpoints", self.sched.lr)
         self.val_images = None  # no per-stage pictures: the stage networks are partial
         self.events = StageEvents(run.events, f"{stage.stage}/")
         if self.store.candidates():

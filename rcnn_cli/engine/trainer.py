@@ -39,6 +39,7 @@ from rcnn_cli.evaluation.build import build_evaluator, headline, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
 from rcnn_cli.modeling import seeded_sampler
+from rcnn_cli.modeling.backbones import eval_frozen_norms
 from rcnn_cli.modeling.build import build_detector, uses_masks
 
 log = logging.getLogger("rcnn_cli")
@@ -96,22 +97,27 @@ class Trainer:
         self.model = build_detector(cfg, len(self.classes)).to(self.device)
         seeded_sampler.install(self.model)
         self.train_model = distributed.wrap_model(self.model, self.device, cfg.dist)
-        lr = distributed.effective_lr(self.sched, distributed.current().world_size)
-        self.optimizer = build_optimizer(self.model, self.sched.optimizer, lr,
-                                         self.sched.momentum, self.sched.weight_decay)
-        self.scheduler = build_scheduler(self.optimizer, self.sched)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.store = CheckpointStore(run_dir / "checkpoints", self.sched.keep_checkpoints)
-        self.grad_guard = faults.GradGuard(cfg.faults.max_nonfinite_steps)
-        self.saved_iteration = -1
+        self.setup_optimization(
+            run_dir / "checkpoints",
+            distributed.effective_lr(self.sched, distributed.current().world_size))
         self.evaluator = build_evaluator(self.val_set.raw.coco_gt(), cfg.eval, iou_types_for(cfg))
         self.val_images = (ValImages(self.val_set, self.classes, cfg.log.images_count,
                                      cfg.log.images_score_thresh)
                            if cfg.log.images_every else None)
-        self.iteration, self.best_ap = 0, None
         if cfg.resume:
             self.resume(cfg.resume)
         self.events = EventLogger(run_dir, cfg.log.tensorboard, enabled=self.is_main)
+
+    def setup_optimization(self, store_dir: Path, lr: float) -> None:
+        """Optimizer, lr schedule, AMP scaler, checkpoint store and fault guard for
+        ``self.model``, at iteration 0."""
+        self.optimizer = build_optimizer(self.model, self.sched.optimizer, lr,
+                                         self.sched.momentum, self.sched.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, self.sched)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.store = CheckpointStore(store_dir, self.sched.keep_checkpoints)
+        self.grad_guard = faults.GradGuard(self.cfg.faults.max_nonfinite_steps)
+        self.saved_iteration, self.iteration, self.best_ap = -1, 0, None
 
     def resume(self, target: str) -> None:
         found = resolve_resume(target, self.run_dir, self.cfg.ckpt_trust)
@@ -150,7 +156,7 @@ class Trainer:
         # before DDP's forward (which has collectives of its own at iteration 2): a peer that
         # failed loading its data is heard of here
         distributed.stop_if_peers_failed(f"before iteration {self.iteration + 1}")
-        self.model.train()
+        eval_frozen_norms(self.model.train())
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
         for m, (images, targets) in enumerate(batches):

@@ -40,6 +40,8 @@ class BackboneSpec:
     pooled_names: list[str]  # the maps RoI pooling reads
     res5: nn.Module | None = None  # C4 designs: the stage that runs per RoI in the box head
     res5_channels: int = 0
+    # fc6/fc7 of the pre-trained classifier, for heads initialised from it (Fast R-CNN §2.2)
+    classifier_fc: dict | None = None
 
 
 class SingleMap(nn.Module):
@@ -78,12 +80,16 @@ def resolve_weights(weights: str | None):
             f"weights name such as 'ResNet50_Weights.IMAGENET1K_V1'") from e
 
 
-def load_trunk_file(trunk: nn.Module, path: Path, head_prefix: str = "fc.") -> None:
-    """Load an ImageNet-style state dict, ignoring its classifier (``head_prefix``)."""
+def load_trunk_file(trunk: nn.Module, path: Path, head_prefix: str = "fc.",
+                    keep_prefix: str | None = None) -> None:
+    """Load an ImageNet-style state dict, ignoring its classifier (``head_prefix``) except
+    for layers under ``keep_prefix`` whose shapes match the trunk's."""
     from rcnn_cli.engine.checkpoint import load_state_file
 
     state = load_state_file(path)
-    state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
+    own = trunk.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(head_prefix) or (
+        keep_prefix and k.startswith(keep_prefix) and k in own and own[k].shape == v.shape)}
     missing, unexpected = trunk.load_state_dict(state, strict=False)
     missing = [k for k in missing
                if not k.startswith(head_prefix) and "num_batches_tracked" not in k]
@@ -157,14 +163,18 @@ def vgg16_conv5(name: str, weights: str | None, trainable_layers: int, norm: str
     enum, file = resolve_weights(weights)
     net = (vgg16 if norm == "none" else vgg16_bn)(weights=enum)
     if file is not None:
-        load_trunk_file(net, file, head_prefix="classifier.")
+        load_trunk_file(net, file, head_prefix="classifier.", keep_prefix="classifier.")
+    fc = None
+    if enum is not None or file is not None:
+        fc = {f"{layer}.{k}": v for layer, i in (("fc6", 0), ("fc7", 3))
+              for k, v in net.classifier[i].state_dict().items()}
     pools = [i for i, m in enumerate(net.features) if isinstance(m, nn.MaxPool2d)]
     features = net.features[:pools[-1]]
     first_trainable = 0 if trainable_layers == 5 else pools[4 - trainable_layers] + 1
     for layer in list(features)[:first_trainable]:
         for p in layer.parameters():
             p.requires_grad_(False)
-    return BackboneSpec(SingleMap(features, 512), 512, ["0"], ["0"])
+    return BackboneSpec(SingleMap(features, 512), 512, ["0"], ["0"], classifier_fc=fc)
 
 
 def alexnet_conv5(name: str, weights: str | None, trainable_layers: int, norm: str,
@@ -223,6 +233,17 @@ def build_backbone(name: str, weights: str | None, trainable_layers: int, norm: 
     if name not in BACKBONES:
         raise ConfigError(f"backbone={name} is not supported; available: {', '.join(BACKBONES)}")
     return BACKBONES[name](name, weights, trainable_layers, norm, fpn_channels)
+
+
+def eval_frozen_norms(model: nn.Module) -> nn.Module:
+    """Put BatchNorm layers without a trainable parameter (frozen stages, ``trainable_layers``
+    below all) in eval mode after ``model.train()``: their running statistics stay frozen with
+    their weights, as torchvision's FrozenBatchNorm2d keeps them."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in m.parameters()):
+            m.eval()
+    return model
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

@@ -110,6 +110,8 @@ def build_fast_rcnn(cfg, backbone: BackboneSpec, num_classes: int) -> FastRCNN:
     else:
         dim = m.box_head.representation_size
         head = FastRCNNHead(backbone.out_channels * p.output_size**2, dim, f.dropout)
+        if _value(f.fc_init) == "backbone":
+            init_fc_from_classifier(head, backbone, cfg.backbone.name)
     roi_heads = build_fast_rcnn_roi_heads(
         pooler, head, dim, num_classes + 1,
         box_coder_weights=list(m.box_head.box_coder_weights),
@@ -123,6 +125,22 @@ def build_fast_rcnn(cfg, backbone: BackboneSpec, num_classes: int) -> FastRCNN:
     transform = GeneralizedRCNNTransform(d.min_size, d.max_size, list(m.image_mean),
                                          list(m.image_std), _skip_resize=True)
     return FastRCNN(backbone.module, roi_heads, transform)
+
+
+def init_fc_from_classifier(head: FastRCNNHead, backbone: BackboneSpec, name: str) -> None:
+    """fc6/fc7 from the pre-trained classifier (Fast R-CNN §2.2, VGG16: 7x7x512 -> 4096)."""
+    fc = backbone.classifier_fc
+    if fc is None:
+        raise ConfigError(f"model.fast_rcnn.fc_init=backbone needs a classifier with fc6/fc7 "
+                          f"and backbone.weights; backbone={name} has none here")
+    own = head.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in fc.items()
+           if own[k].shape != v.shape]
+    if bad:
+        raise ConfigError("model.fast_rcnn.fc_init=backbone: the classifier's fc layers do not "
+                          f"fit the head ({'; '.join(bad)}); use model.box_head."
+                          "representation_size=4096 and pooler.output_size=7")
+    head.load_state_dict(fc)
 
 
 def build_roi_heads(cfg, backbone: BackboneSpec, num_classes: int) -> nn.Module:

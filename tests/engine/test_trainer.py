@@ -84,3 +84,16 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
 def test_fp16_on_cpu_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="schedule.amp=fp16 needs device=cuda"):
         train(compose_cfg("train", FLAT + ["schedule.amp=fp16", "device=cpu"]), tmp_path / "x")
+
+
+def test_frozen_stages_keep_their_batchnorm_statistics(tmp_path):
+    """backbone.trainable_layers=3 with trainable BN: conv1/res2 are frozen, weights and running
+    statistics alike; res4's statistics do move."""
+    cfg = compose_cfg("train", [*TINY, "schedule.max_iter=2", "backbone.trainable_layers=3",
+                                "schedule.checkpoint_period=2"])
+    train(cfg, tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["model"]
+    body = "backbone.body."
+    assert torch.equal(state[body + "bn1.running_var"], torch.ones(64))
+    assert torch.equal(state[body + "layer1.0.bn1.running_mean"], torch.zeros(64))
+    assert not torch.equal(state[body + "layer3.0.bn1.running_mean"], torch.zeros(256))

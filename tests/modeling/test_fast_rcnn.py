@@ -94,3 +94,26 @@ def test_fast_rcnn_trains_and_detects_on_external_proposals():
 def test_unsupported_combinations_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         build_detector(compose_cfg("train", overrides), num_classes=3)
+
+
+def test_fc6_fc7_start_from_the_pretrained_vgg16_classifier(tmp_path):
+    """Fast R-CNN §2.2: fc6/fc7 of the pre-trained VGG16 initialise the head."""
+    from torchvision.models import vgg16
+
+    torch.manual_seed(0)
+    state = vgg16(weights=None, num_classes=4).state_dict()
+    path = tmp_path / "vgg16.pt"
+    torch.save(state, path)
+    common = ["backbone=vgg16", "backbone.norm=none", f"backbone.weights={path}",
+              "model.box_head.representation_size=4096", "pooler.output_size=7"]
+    model = fast_model([*common, "model.fast_rcnn.fc_init=backbone"])
+    head = model.roi_heads.box_head
+    assert torch.equal(head.fc6.weight, state["classifier.0.weight"])
+    assert torch.equal(head.fc7.bias, state["classifier.3.bias"])
+    assert torch.equal(model.backbone.body[0].weight, state["features.0.weight"])
+    assert not torch.equal(fast_model(common).roi_heads.box_head.fc6.weight[:4, :4],
+                           state["classifier.0.weight"][:4, :4])
+    with pytest.raises(ConfigError, match="do not fit the head"):
+        fast_model([*common[:3], "model.fast_rcnn.fc_init=backbone"])
+    with pytest.raises(ConfigError, match="backbone=r18_fpn has none"):
+        fast_model(["model.fast_rcnn.fc_init=backbone"])
