@@ -11,7 +11,9 @@ timed per test image, split as in Faster R-CNN's Table 5:
 - region-wise: ``roi_heads`` (RoI pooling, fc layers, classifier, box regression, NMS; the
   mask branch and the cascade stages included);
 - other: the rest of the forward (resizing, normalisation, mapping boxes back).
-Times are exclusive: a hooked module running inside another is charged to itself only.
+Times are exclusive: a hooked module running inside another is charged to itself only. All
+systems are trained first, then timed together, interleaved image by image, so that a change in
+the machine's load affects every system alike.
 
 Usage (one process runs the systems one after another; a finished system is reused on a
 re-run unless --fresh or its config changed; an unfinished one is trained again from the start):
@@ -173,50 +175,81 @@ def split_times(forward_s: float, module_s: dict[str, float], ss_s: float | None
     return parts
 
 
-def time_inference(ckpt_path: Path, images: int, warmup: int = 2) -> dict:
-    """Mean per-image seconds of each part over the first ``images`` val images, batch 1."""
-    from rcnn_cli.data.build import build_dataset
-    from rcnn_cli.data.loader import eval_loader
-    from rcnn_cli.data.proposal_cache import attach_proposals, selective_search_params
-    from rcnn_cli.engine.evaluator import build_trained_model, load_trained
-    from rcnn_cli.evaluation.inference import external_proposals
-    from rcnn_cli.modeling.build import uses_masks
-    from rcnn_cli.modeling.proposals import selective_search
+class SystemTimer:
+    """One trained system's per-image test time over the first ``images`` val images, batch 1,
+    split into parts; ``time_image`` runs one image so that systems can be interleaved."""
 
-    device = torch.device("cpu")
-    ckpt, cfg = load_trained(str(ckpt_path))
-    model = build_trained_model(ckpt, cfg, device)
-    view = build_dataset(cfg.dataset, "val", train=False, with_masks=uses_masks(cfg.model.name))
-    attach_proposals(cfg, "val", view)
-    external = cfg.proposals.name == "selective_search"
-    ss_params = selective_search_params(cfg.proposals) if external else None
-    items = list(itertools.islice(eval_loader(view, 1, 0), images))
-    timer = PartTimer({n: getattr(model, n) for n in HOOKED if hasattr(model, n)})
-    sums = dict.fromkeys((*PARTS, "total"), 0.0)
-    try:
+    def __init__(self, ckpt_path: Path, images: int):
+        from rcnn_cli.data.build import build_dataset
+        from rcnn_cli.data.loader import eval_loader
+        from rcnn_cli.data.proposal_cache import attach_proposals, selective_search_params
+        from rcnn_cli.engine.evaluator import build_trained_model, load_trained
+        from rcnn_cli.modeling.build import uses_masks
+
+        self.device = torch.device("cpu")
+        ckpt, cfg = load_trained(str(ckpt_path))
+        self.model = build_trained_model(ckpt, cfg, self.device)
+        self.view = build_dataset(cfg.dataset, "val", train=False,
+                                  with_masks=uses_masks(cfg.model.name))
+        attach_proposals(cfg, "val", self.view)
+        self.ss_params = (selective_search_params(cfg.proposals)
+                          if cfg.proposals.name == "selective_search" else None)
+        self.items = list(itertools.islice(eval_loader(self.view, 1, 0), images))
+        self.timer = PartTimer({n: getattr(self.model, n) for n in HOOKED
+                                if hasattr(self.model, n)})
+        self.sums, self.timed = dict.fromkeys((*PARTS, "total"), 0.0), 0
+
+    def run(self, index: int) -> dict:
+        """Seconds per part for image ``index`` (selective search on its pixels included)."""
+        from rcnn_cli.evaluation.inference import external_proposals
+        from rcnn_cli.modeling.proposals import selective_search
+
+        batch, targets = self.items[index]
+        ss_s = None
+        if self.ss_params is not None:
+            pixels, _ = self.view.raw.raw(index)
+            start = time.perf_counter()
+            selective_search(pixels, **self.ss_params)
+            ss_s = time.perf_counter() - start
+        self.timer.reset()
         with torch.inference_mode():
-            for i in [0] * warmup + list(range(len(items))):  # warm-up passes on image 0
-                batch, targets = items[i]
-                ss_s = None
-                if external:
-                    pixels, _ = view.raw.raw(i)
-                    start = time.perf_counter()
-                    selective_search(pixels, **ss_params)
-                    ss_s = time.perf_counter() - start
-                timer.reset()
-                start = time.perf_counter()
-                model([img.to(device) for img in batch], **external_proposals(targets, device))
-                parts = split_times(time.perf_counter() - start, timer.totals, ss_s)
-                if warmup:
-                    warmup -= 1
-                    continue
-                for key in sums:
-                    sums[key] += parts[key]
-    finally:
-        timer.remove()
-    n = len(items)
-    return {"images": n, "threads": torch.get_num_threads(),
-            **{f"{key}_ms": 1000 * value / max(n, 1) for key, value in sums.items()}}
+            start = time.perf_counter()
+            self.model([img.to(self.device) for img in batch],
+                       **external_proposals(targets, self.device))
+            forward_s = time.perf_counter() - start
+        return split_times(forward_s, self.timer.totals, ss_s)
+
+    def time_image(self, index: int) -> None:
+        parts = self.run(index)
+        for key in self.sums:
+            self.sums[key] += parts[key]
+        self.timed += 1
+
+    def result(self) -> dict:
+        self.timer.remove()
+        return {"images": self.timed, "threads": torch.get_num_threads(),
+                **{f"{k}_ms": 1000 * v / max(self.timed, 1) for k, v in self.sums.items()}}
+
+
+def time_systems(ckpts: dict[str, Path], images: int, warmup: int = 2) -> dict[str, dict]:
+    """Test time of every system, interleaved image by image (system 1 on image 0, system 2
+    on image 0, ...) so that a change in machine load hits all of them alike; ``warmup``
+    untimed passes on image 0 first. A system that cannot be timed gets ``{"error": ...}``."""
+    timers, results = {}, {}
+    for label, ckpt in ckpts.items():
+        try:
+            timers[label] = SystemTimer(ckpt, images)
+            for _ in range(warmup):
+                timers[label].run(0)
+        except Exception as e:  # noqa: BLE001 - reported in the table, the others go on
+            log.exception("lineage: %s cannot be timed", label)
+            results[label] = {"error": f"{type(e).__name__}: {e}"}
+            timers.pop(label, None)
+    for index in range(max((len(t.items) for t in timers.values()), default=0)):
+        for timer in timers.values():
+            if index < len(timer.items):
+                timer.time_image(index)
+    return {**results, **{label: timer.result() for label, timer in timers.items()}}
 
 
 def warm_proposal_cache(cfg: DictConfig) -> float:
@@ -232,9 +265,9 @@ def warm_proposal_cache(cfg: DictConfig) -> float:
     return time.perf_counter() - start
 
 
-def run_system(label: str, overrides: list[str], cfg: DictConfig, out: Path, images: int,
+def run_system(label: str, overrides: list[str], cfg: DictConfig, out: Path,
                fresh: bool) -> dict:
-    """Train, evaluate (rcnn-eval's path) and time one system; reuse a finished record."""
+    """Train and evaluate (rcnn-eval's path) one system; reuse a finished record."""
     from rcnn_cli.engine.evaluator import evaluate_checkpoint
     from rcnn_cli.engine.trainer import train
 
@@ -262,7 +295,7 @@ def run_system(label: str, overrides: list[str], cfg: DictConfig, out: Path, ima
               "proposals": cfg.proposals.name, "backbone": cfg.backbone.name,
               "train_s": train_s, "proposal_cache_s": proposal_cache_s,
               "AP": metrics.get("bbox/AP"), "AP50": metrics.get("bbox/AP50"),
-              "iteration": metrics.get("iteration"), "test": time_inference(ckpt, images),
+              "iteration": metrics.get("iteration"), "ckpt": str(ckpt),
               "config": OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)}
     atomic_write_json(record_path, record)
     return record
@@ -281,6 +314,10 @@ def format_table(records: list[dict]) -> str:
     lines = ["| system | train | proposals ms/img | CNN ms/img | region-wise ms/img | "
              "other ms/img | total ms/img | AP | AP50 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
+        if "error" not in r and "test" not in r:
+            lines.append(f"| {r['label']} | {r['train_s'] / 60:.1f} min |" + " |" * 5
+                         + f" {_ap(r['AP'])} | {_ap(r['AP50'])} |")
+            continue
         if "error" in r:
             lines.append(f"| {r['label']} | failed: {r['error'].splitlines()[0][:120]} |"
                          + " |" * 7)
@@ -294,7 +331,7 @@ def format_table(records: list[dict]) -> str:
 
 def order_report(records: list[dict], order: list[str] = PAPER_ORDER) -> list[str]:
     """The papers' order of test time per image, checked pair by pair, each ratio stated."""
-    total = {r["label"]: r["test"]["total_ms"] for r in records if "error" not in r}
+    total = {r["label"]: r["test"]["total_ms"] for r in records if "test" in r}
     present = [label for label in order if label in total]
     lines = []
     for slower, faster in zip(present, present[1:]):
@@ -358,14 +395,23 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for cfg, (label, o) in zip(cfgs, systems):
         try:
-            records.append(run_system(label, o, cfg, args.out, args.time_images, args.fresh))
-        except Exception as e:  # one failed system must not lose the others' hours
+            records.append(run_system(label, o, cfg, args.out, args.fresh))
+        except Exception as e:  # noqa: BLE001 - one failed system must not lose the others
             log.exception("lineage: %s failed", label)
             records.append({"label": label, "overrides": o, "error": f"{type(e).__name__}: {e}"})
-        header = (f"Lineage on `{' '.join(budget)}` ({len(records)}/{len(systems)} systems), "
-                  f"test times: mean of {args.time_images} val images, batch 1, "
-                  f"{torch.get_num_threads()} thread(s)")
-        print(write_report(records, args.out, header))
+        write_report(records, args.out, f"Lineage on `{' '.join(budget)}`: "
+                     f"{len(records)}/{len(systems)} systems trained, test times follow")
+    trained = {r["label"]: Path(r["ckpt"]) for r in records if "error" not in r}
+    for label, test in time_systems(trained, args.time_images).items():
+        record = next(r for r in records if r["label"] == label)
+        if "error" in test:
+            record["error"] = f"timing: {test['error']}"
+        else:
+            record["test"] = test
+    header = (f"Lineage on `{' '.join(budget)}`; test time per image: mean over "
+              f"{args.time_images} val images, batch 1, {torch.get_num_threads()} thread(s), "
+              "the systems interleaved image by image")
+    print(write_report(records, args.out, header))
     return 1 if any("error" in r for r in records) else 0
 
 

@@ -122,17 +122,52 @@ def test_a_missing_system_is_a_clear_error_naming_it(monkeypatch, capsys, tmp_pa
 def test_a_failing_system_is_tabled_and_the_others_still_run(monkeypatch, tmp_path):
     ran = []
 
-    def fake_run(label, overrides, cfg, out, images, fresh):
+    def fake_run(label, overrides, cfg, out, fresh):
         ran.append(label)
         if label == "FPN":
             raise RuntimeError("boom")
-        return record(label, 10.0)
+        r = record(label, 10.0)
+        return {**{k: v for k, v in r.items() if k != "test"}, "ckpt": str(out / "x.pt")}
+
+    timed = []
+
+    def fake_time(ckpts, images):
+        timed.append(sorted(ckpts))
+        return {label: record(label, 10.0)["test"] for label in ckpts}
 
     monkeypatch.setattr(lineage, "run_system", fake_run)
+    monkeypatch.setattr(lineage, "time_systems", fake_time)
     assert lineage.main(["--out", str(tmp_path), "--systems", "FPN,Cascade R-CNN"]) == 1
-    assert ran == ["FPN", "Cascade R-CNN"]
+    assert ran == ["FPN", "Cascade R-CNN"] and timed == [["Cascade R-CNN"]]
     table = (tmp_path / "lineage.md").read_text()
-    assert "| FPN | failed: RuntimeError: boom |" in table and "| Cascade R-CNN | 2.0 min |" in table
+    assert "| FPN | failed: RuntimeError: boom |" in table
+    assert "| Cascade R-CNN | 2.0 min | 1.0 | 2.0 | 3.0 | 0.5 | 10.0 |" in table
+
+
+def test_systems_are_timed_interleaved_image_by_image(monkeypatch):
+    calls = []
+
+    class FakeTimer:
+        def __init__(self, ckpt, images):
+            if ckpt == "broken.pt":
+                raise RuntimeError("no such checkpoint")
+            self.ckpt, self.items = ckpt, list(range(min(images, 3 if ckpt == "a.pt" else 2)))
+
+        def run(self, index):
+            calls.append(("warm-up", self.ckpt, index))
+
+        def time_image(self, index):
+            calls.append((self.ckpt, index))
+
+        def result(self):
+            return {"images": len(self.items)}
+
+    monkeypatch.setattr(lineage, "SystemTimer", FakeTimer)
+    results = lineage.time_systems({"A": "a.pt", "X": "broken.pt", "B": "b.pt"}, 5, warmup=1)
+    assert calls == [("warm-up", "a.pt", 0), ("warm-up", "b.pt", 0), ("a.pt", 0), ("b.pt", 0),
+                     ("a.pt", 1), ("b.pt", 1), ("a.pt", 2)]
+    assert results == {"A": {"images": 3}, "B": {"images": 2},
+                       "X": {"error": "RuntimeError: no such checkpoint"}}
 
 
 TINY_BUDGET = ["dataset.train_size=4", "dataset.val_size=2", "dataset.image_size=64",
