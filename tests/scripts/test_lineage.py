@@ -74,7 +74,8 @@ def test_split_times_for_rpn_and_external_proposals():
 
 
 def record(label: str, total: float, ap=0.5, cache=None) -> dict:
-    return {"label": label, "train_s": 120.0, "AP": ap, "AP50": None if ap is None else 0.75,
+    return {"label": label, "overrides": [f"model={label}"], "train_s": 120.0, "AP": ap,
+            "AP50": None if ap is None else 0.75,
             "proposal_cache_s": cache,
             "test": {"proposals_ms": 1.0, "cnn_ms": 2.0, "region_ms": 3.0, "other_ms": 0.5,
                      "total_ms": total}}
@@ -96,7 +97,7 @@ def test_table_rows_and_the_papers_order_with_ratios(tmp_path):
     assert lineage.order_report(records[2:])[-1] == "- not in this table: R-CNN, SPPNet"
     text = lineage.write_report(records, tmp_path, "header")
     assert (tmp_path / "lineage.md").read_text() == text
-    assert "R-CNN 30.0 s" in text
+    assert "R-CNN 30.0 s" in text and "- SPPNet: `model=SPPNet`" in text
     assert [r["label"] for r in json.loads((tmp_path / "lineage.json").read_text())] == \
         [r["label"] for r in records]
 
@@ -108,6 +109,11 @@ def test_system_table_and_budget_overrides():
     assert [label for label, _ in lineage.select_systems("fpn,R-CNN")] == ["FPN", "R-CNN"]
     with pytest.raises(ConfigError, match="unknown system 'Yolo'"):
         lineage.select_systems("Yolo")
+    # budget < the system's declared deviation < the user's explicit override
+    system = ["model=faster", "schedule.max_iter=7"]
+    assert lineage.compose_system("X", system, ["schedule.max_iter=100"]).schedule.max_iter == 7
+    assert lineage.compose_system("X", system, ["schedule.max_iter=100"],
+                                  ["schedule.max_iter=9"]).schedule.max_iter == 9
 
 
 def test_a_missing_system_is_a_clear_error_naming_it(monkeypatch, capsys, tmp_path):
