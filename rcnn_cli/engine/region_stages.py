@@ -40,12 +40,11 @@ from torchvision.ops import box_iou
 from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.proposal_cache import attach_proposals
-from rcnn_cli.engine import distributed, faults, runtime
+from rcnn_cli.engine import distributed, runtime
 from rcnn_cli.engine.alternating import StageEvents, load_state, resume_source
 from rcnn_cli.engine.checkpoint import CheckpointStore, load_file
 from rcnn_cli.engine.events import EventLogger
 from rcnn_cli.engine.export import export_model
-from rcnn_cli.engine.optim import build_optimizer, build_scheduler
 from rcnn_cli.engine.stage_store import StageDir, link_tree, stage_key
 from rcnn_cli.engine.trainer import Trainer, config_dict, make_progress
 from rcnn_cli.errors import ConfigError, DataError
@@ -240,13 +239,7 @@ class FinetuneTrainer(Trainer):
         self.model = model.to(self.device)
         seeded_sampler.install(self.model)
         self.train_model = self.model
-        self.optimizer = build_optimizer(self.model, self.sched.optimizer, self.sched.lr,
-                                         self.sched.momentum, self.sched.weight_decay)
-        self.scheduler = build_scheduler(self.optimizer, self.sched)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.store = CheckpointStore(stage.dir / "checkpoints", self.sched.keep_checkpoints)
-        self.grad_guard = faults.GradGuard(self.cfg.faults.max_nonfinite_steps)
-        self.saved_iteration, self.iteration, self.best_ap = -1, 0, None
+        self.setup_optimization(stage.dir / "checkpoints", self.sched.lr)
         self.val_images = None
         self.events = StageEvents(run.events, "finetune/")
         if self.store.candidates():
