@@ -8,6 +8,7 @@
 set -euo pipefail
 OUT=${1:-outputs/bench/issue6_fast_ss}
 MAX_ITER=${MAX_ITER:-500}
+LR=${LR:-2e-3}
 WEIGHTS=${WEIGHTS:-null}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 nice -n 10 .venv/bin/rcnn-train model=fast proposals=selective_search sampler=fast_rcnn \
@@ -15,7 +16,7 @@ nice -n 10 .venv/bin/rcnn-train model=fast proposals=selective_search sampler=fa
   model.box_head.representation_size=1024 backbone.weights="$WEIGHTS" \
   dataset.train_size=1000 dataset.val_size=200 \
   schedule.max_iter="$MAX_ITER" schedule.batch_size=2 schedule.warmup_iters=100 \
-  schedule.lr=2e-3 schedule.eval_period=0 schedule.checkpoint_period="$MAX_ITER" log.period=100 \
+  schedule.lr="$LR" schedule.eval_period=0 schedule.checkpoint_period="$MAX_ITER" log.period=100 \
   log.tensorboard=false hydra.run.dir="$OUT"
 # Recall of the cached selective-search proposals on the same val split (no model needed;
 # `rcnn-eval ckpt=$OUT/checkpoints/last.pt eval.proposals=true` reports the same keys).

@@ -6,8 +6,9 @@ this trains torchvision's own classifier (``resnet18``, ``alexnet``, ``vgg16_bn`
 shapes apart on object-centred crops of a shapes split drawn with *another seed* than the
 detection data, plus background crops, and saves its state dict. The file is what
 ``backbone.weights=<file>`` loads (the classifier layer is dropped there, as for ImageNet).
-Plain ``vgg16`` (no BatchNorm) does not learn from scratch this way (400 iterations stayed at
-chance, loss ln 4); ``vgg16_bn`` does.
+Measured: ``resnet18`` (1000 iterations) reaches 0.96 held-out crop accuracy and ``alexnet``
+(600) 0.83; ``vgg16`` (400 iterations, AdamW 5e-4) and ``vgg16_bn`` (250, 1e-3) stayed at chance
+(loss ln 4): VGG needs other settings than these, not found yet.
 """
 
 from __future__ import annotations
