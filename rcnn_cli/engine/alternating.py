@@ -517,8 +517,14 @@ class StageTrainer(Trainer):
 def finish(run: Run) -> dict:
     """One network: ``fast2``'s weights (backbone shared with the ``rpn2`` RPN). Saved as the
     run's checkpoint, exported, evaluated on the val split."""
-    model = run.detector("fast2").to(run.device)
     iterations = sum(stage_iterations(run.cfg.schedule).values())
+    return finish_network(run, run.detector("fast2").to(run.device), iterations,
+                          f"final network after 4-step training ({iterations} iterations)")
+
+
+def finish_network(run, model: nn.Module, iterations: int, title: str) -> dict:
+    """The end of a stage graph (4-step here, R-CNN/SPPNet in region_stages): the final network
+    saved as the run's checkpoint, evaluated on the val split, exported."""
     state = {"model": model.state_dict(), "iteration": iterations, "classes": run.classes,
              "category_ids": run.category_ids, "config": config_dict(run.cfg),
              "stage_wall_time_s": dict(run.timing)}
@@ -533,8 +539,7 @@ def finish(run: Run) -> dict:
     metrics = {**metrics, "iteration": iterations,
                **{f"time/{k}": v for k, v in run.timing.items()},
                "time/total": sum(run.timing.values())}
-    save_evaluation(run.run_dir, evaluator, metrics, dets,
-                    f"final network after 4-step training ({iterations} iterations)")
+    save_evaluation(run.run_dir, evaluator, metrics, dets, title)
     export_model(run.run_dir / "export", model.state_dict(), run.classes, run.category_ids,
                  config_dict(run.cfg), iterations)
     return metrics

@@ -41,16 +41,12 @@ from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import distributed, runtime
-from rcnn_cli.engine.alternating import StageEvents, load_state, resume_source
-from rcnn_cli.engine.checkpoint import CheckpointStore, load_file
+from rcnn_cli.engine.alternating import StageEvents, finish_network, load_state, resume_source
+from rcnn_cli.engine.checkpoint import load_file
 from rcnn_cli.engine.events import EventLogger
-from rcnn_cli.engine.export import export_model
 from rcnn_cli.engine.stage_store import StageDir, link_tree, stage_key
 from rcnn_cli.engine.trainer import Trainer, config_dict, make_progress
 from rcnn_cli.errors import ConfigError, DataError
-from rcnn_cli.evaluation.build import build_evaluator, iou_types_for
-from rcnn_cli.evaluation.inference import predict
-from rcnn_cli.evaluation.results import log_curves, save_evaluation
 from rcnn_cli.io import atomic_torch_save, atomic_write_bytes
 from rcnn_cli.modeling import seeded_sampler
 from rcnn_cli.modeling.build import build_detector
@@ -456,24 +452,5 @@ def assemble(run: RegionRun):
 
 def finish(run: RegionRun) -> dict:
     """Save the final detector as the run's checkpoint, export and evaluate it on val."""
-    model = assemble(run).to(run.device)
-    iterations = int(run.cfg.schedule.max_iter)
-    state = {"model": model.state_dict(), "iteration": iterations, "classes": run.classes,
-             "category_ids": run.category_ids, "config": config_dict(run.cfg),
-             "stage_wall_time_s": dict(run.timing)}
-    CheckpointStore(run.run_dir / "checkpoints", run.cfg.schedule.keep_checkpoints).save(state)
-    loader = eval_loader(run.val_set, run.cfg.eval.batch_size, run.cfg.dataset.num_workers)
-    with make_progress() as progress:
-        dets = predict(model, loader, run.device, run.category_ids, progress)
-    evaluator = build_evaluator(run.val_set.raw.coco_gt(), run.cfg.eval, iou_types_for(run.cfg))
-    metrics = evaluator.evaluate(dets)
-    run.events.scalars(iterations, {k: v for k, v in metrics.items() if v is not None})
-    log_curves(run.events.tensorboard, evaluator, iterations)
-    metrics = {**metrics, "iteration": iterations,
-               **{f"time/{k}": v for k, v in run.timing.items()},
-               "time/total": sum(run.timing.values())}
-    save_evaluation(run.run_dir, evaluator, metrics, dets,
-                    f"model={run.cfg.model.name} after staged training")
-    export_model(run.run_dir / "export", model.state_dict(), run.classes, run.category_ids,
-                 config_dict(run.cfg), iterations)
-    return metrics
+    return finish_network(run, assemble(run).to(run.device), int(run.cfg.schedule.max_iter),
+                          f"model={run.cfg.model.name} after staged training")
