@@ -2,8 +2,9 @@
 search), Faster R-CNN (joint and 4-step), FPN, Mask R-CNN and Cascade R-CNN (issue 8).
 
 Every system is trained and evaluated through the package's public functions, as the CLIs do
-(``rcnn_cli.engine.trainer.train``, ``rcnn_cli.engine.evaluator.evaluate_checkpoint``), then
-timed per test image, split as in Faster R-CNN's Table 5:
+(``rcnn_cli.engine.trainer.train``, whose final evaluation gives AP / AP50; the evaluator's
+``evaluate_checkpoint`` when a training reports none), then timed per test image, split as in
+Faster R-CNN's Table 5:
 
 - proposals: selective search run on the test image (not the cache read) for systems on
   external proposals; the RPN's forward for the others;
@@ -276,7 +277,9 @@ def warm_proposal_cache(cfg: DictConfig) -> float:
 
 def run_system(label: str, overrides: list[str], cfg: DictConfig, out: Path,
                fresh: bool) -> dict:
-    """Train and evaluate (rcnn-eval's path) one system; reuse a finished record."""
+    """Train one system (its wall time includes rcnn-train's final evaluation on the val
+    images, which gives AP / AP50; rcnn-eval's ``evaluate_checkpoint`` if it has none); reuse
+    a finished record."""
     from rcnn_cli.engine.evaluator import evaluate_checkpoint
     from rcnn_cli.engine.trainer import train
 
@@ -294,16 +297,20 @@ def run_system(label: str, overrides: list[str], cfg: DictConfig, out: Path,
     if cfg.proposals.name == "selective_search":
         proposal_cache_s = warm_proposal_cache(cfg)
     start = time.perf_counter()
-    train(cfg, run_dir)
+    metrics = train(cfg, run_dir)
     train_s = time.perf_counter() - start
     ckpt = run_dir / "checkpoints" / "last.pt"
-    with initialize_config_module(version_base="1.3", config_module="rcnn_cli.conf"):
-        eval_cfg = compose("eval", overrides=[f"ckpt={ckpt}"])
-    metrics = evaluate_checkpoint(eval_cfg, run_dir / "eval")
+    ap_source = "rcnn-train's final evaluation"
+    if "bbox/AP" not in metrics:  # no final evaluation in training: rcnn-eval's path
+        with initialize_config_module(version_base="1.3", config_module="rcnn_cli.conf"):
+            eval_cfg = compose("eval", overrides=[f"ckpt={ckpt}"])
+        metrics = evaluate_checkpoint(eval_cfg, run_dir / "eval")
+        ap_source = "rcnn-eval"
     record = {"label": label, "overrides": overrides, "run_dir": str(run_dir),
               "proposals": cfg.proposals.name, "backbone": cfg.backbone.name,
               "train_s": train_s, "proposal_cache_s": proposal_cache_s,
               "AP": metrics.get("bbox/AP"), "AP50": metrics.get("bbox/AP50"),
+              "ap_source": ap_source,
               "iteration": metrics.get("iteration"), "ckpt": str(ckpt),
               "config": OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)}
     atomic_write_json(record_path, record)
@@ -423,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             record["error"] = f"timing: {test['error']}"
         else:
             record["test"] = test
-    header = (f"Lineage on `{' '.join(budget)}`; test time per image: mean over "
+    header = (f"Lineage on `{' '.join(budget)}`; train = rcnn-train wall time (its final "
+              "evaluation included); test time per image: mean over "
               f"{args.time_images} val images, batch 1, {torch.get_num_threads()} thread(s), "
               "the systems interleaved image by image")
     print(write_report(records, args.out, header))

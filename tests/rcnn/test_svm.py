@@ -39,7 +39,7 @@ def test_hard_negative_mining_adds_only_margin_violators(tmp_path, monkeypatch):
     store = FeatureStore.create(tmp_path / "neg.npy", len(all_neg), 6)
     store.write(0, all_neg)
     neg = store.commit().array
-    params = SVMParams(C=1.0, rounds=3, initial_negatives=60, max_cache=10000, seed=3)
+    params = SVMParams(C=1.0, rounds=3, initial_negatives=60, max_cache=10000, seed=3, tol=1e-4)
     steps = []
     model, history = train_svm(pos, neg, params,
                                on_round=lambda *step: steps.append(step))
