@@ -27,7 +27,7 @@ import copy
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,13 @@ from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import distributed, runtime
-from rcnn_cli.engine.alternating import StageEvents, finish_network, load_state, resume_source
+from rcnn_cli.engine.alternating import (
+    Run,
+    StageEvents,
+    finish_network,
+    load_state,
+    resume_source,
+)
 from rcnn_cli.engine.checkpoint import load_file
 from rcnn_cli.engine.events import EventLogger
 from rcnn_cli.engine.stage_store import StageDir, link_tree, stage_key
@@ -121,22 +127,11 @@ def stage_inputs(stage: str) -> dict[str, list[str]]:
 
 
 @dataclass
-class RegionRun:
-    cfg: DictConfig
-    run_dir: Path
-    events: EventLogger
-    device: torch.device
-    train_set: object = None
-    val_set: object = None
-    classes: list[str] = field(default_factory=list)
-    category_ids: list[int] = field(default_factory=list)
-    status: dict[str, str] = field(default_factory=dict)
-    timing: dict[str, float] = field(default_factory=dict)
+class RegionRun(Run):
+    """The stage graph's state, as for 4-step training; the detector is built fresh here and
+    each stage loads the weights it needs."""
 
-    def stage(self, name: str) -> StageDir:
-        return StageDir(self.run_dir, name)
-
-    def detector(self):
+    def detector(self, name: str | None = None):
         return build_detector(self.cfg, len(self.classes))
 
 
