@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from rcnn_cli.engine.checkpoint import load_checkpoint
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
 from rcnn_cli.engine.trainer import train
 from rcnn_cli.errors import ConfigError
@@ -92,7 +93,7 @@ def test_frozen_stages_keep_their_batchnorm_statistics(tmp_path):
     cfg = compose_cfg("train", [*TINY, "schedule.max_iter=2", "backbone.trainable_layers=3",
                                 "schedule.checkpoint_period=2"])
     train(cfg, tmp_path)
-    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["model"]
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
     body = "backbone.body."
     assert torch.equal(state[body + "bn1.running_var"], torch.ones(64))
     assert torch.equal(state[body + "layer1.0.bn1.running_mean"], torch.zeros(64))
