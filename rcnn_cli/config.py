@@ -260,12 +260,16 @@ class RegionModelConf(ModelConf):
     """R-CNN (Girshick et al. 2014) and SPPNet (He et al. 2014): region-wise classification of
     external proposals. ``warp_size`` null = the paper's CNN input for the backbone (AlexNet
     227, VGG16 224); ``context`` px of the warped crop are context (R-CNN Appendix A, p = 16).
-    ``region_batch``: regions per CNN forward pass (memory, not results)."""
+    ``region_batch``: regions per CNN forward pass (memory, not results). ``finetune_conv``
+    (SPPNet only): conv layers, counted from the top, fine-tuned with fc6/fc7 (SPPNet §4: 0;
+    Fast R-CNN §4.5 measures the gain of fine-tuning conv3 and up); R-CNN fine-tunes
+    ``backbone.trainable_layers``."""
 
     classifier: RegionClassifier = RegionClassifier.svm
     warp_size: int | None = None
     context: int = 16
     spp_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 6])
+    finetune_conv: int = 0
     region_batch: int = 128
     dropout: float = 0.5
     svm: SVMConf = field(default_factory=SVMConf)

@@ -15,7 +15,7 @@ from rcnn_cli.modeling.region_cnn import (
     check_warp_size,
     classifier_parts,
     conv5_trunk,
-    freeze,
+    freeze_blocks,
     spp_fc6_from_classifier,
 )
 from rcnn_cli.modeling.region_detector import RegionDetector
@@ -47,6 +47,9 @@ def check_region_config(cfg) -> None:
     if _value(cfg.schedule.name) == "alternating":
         raise ConfigError(f"model={m.name} trains in its own stages; schedule=alternating is "
                           "for model=faster")
+    if m.name == "rcnn" and m.finetune_conv != 0:
+        raise ConfigError(f"model.finetune_conv={m.finetune_conv} is SPPNet's switch; model=rcnn "
+                          "fine-tunes backbone.trainable_layers conv layers")
     if m.name == "rcnn" and _value(m.classifier) != "svm":
         log.info("model=rcnn with model.classifier=%s (R-CNN Appendix B's fine-tuned softmax)",
                  _value(m.classifier))
@@ -91,8 +94,10 @@ def build_region_detector(cfg, num_classes: int) -> RegionDetector:
     if not levels or min(levels) < 1:
         raise ConfigError(f"model.spp_levels={levels}: need positive bin counts")
     trunk = conv5_trunk(parts.features)
-    freeze(trunk)  # SPPNet §4: only the fully-connected layers are fine-tuned
-    if b.weights is None:
+    if not 0 <= m.finetune_conv <= 5:
+        raise ConfigError(f"model.finetune_conv={m.finetune_conv}: must be in [0, 5]")
+    freeze_blocks(trunk, m.finetune_conv)  # SPPNet §4: 0, only the fc layers are fine-tuned
+    if b.weights is None and m.finetune_conv == 0:
         log.warning("model=sppnet with backbone.weights=null: its conv layers are frozen, so "
                     "they stay random (the paper starts from ImageNet weights; "
                     "scripts/pretrain_backbone.py makes a stand-in)")

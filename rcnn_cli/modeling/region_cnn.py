@@ -119,10 +119,11 @@ def fc_features(x: Tensor, fc6: nn.Linear, fc7: nn.Linear, dropout: nn.Dropout) 
 def freeze_blocks(features: nn.Sequential, trainable_layers: int) -> None:
     """``trainable_layers`` counts blocks from the top: AlexNet's five convs, VGG16's five conv
     blocks (what lies below the first trainable one is frozen)."""
-    pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
-    if len(pools) == 5:  # VGG16: the five blocks end in max-pools
-        first = 0 if trainable_layers == 5 else (
-            len(features) if trainable_layers == 0 else pools[4 - trainable_layers] + 1)
+    convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
+    if len(convs) == 13:  # VGG16: five blocks, each closed by a max-pool (pool5 may be cut off)
+        pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
+        starts = [0] + [p + 1 for p in pools[:4]]
+        first = len(features) if trainable_layers == 0 else starts[5 - trainable_layers]
         for layer in list(features)[:first]:
             for p in layer.parameters():
                 p.requires_grad_(False)
@@ -135,11 +136,6 @@ def conv5_trunk(features: nn.Sequential) -> nn.Sequential:
     if not isinstance(features[-1], nn.MaxPool2d):
         raise ConfigError("expected a trunk ending in its pool5 max-pool")
     return features[:-1]
-
-
-def freeze(module: nn.Module) -> None:
-    for p in module.parameters():
-        p.requires_grad_(False)
 
 
 @torch.no_grad()

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.models import alexnet
+from torchvision.models import alexnet, vgg16
 
 from rcnn_cli.config import validate
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.modeling.build import build_detector
 from rcnn_cli.modeling.rcnn import RCNN
 from rcnn_cli.modeling.region_build import warp_size
-from rcnn_cli.modeling.region_cnn import classifier_parts
+from rcnn_cli.modeling.region_cnn import classifier_parts, conv5_trunk, freeze_blocks
 from rcnn_cli.modeling.sppnet import SPPNet
 from tests.conftest import TINY, compose_cfg
 
@@ -120,6 +120,28 @@ def test_sppnet_freezes_conv_and_starts_fc6_from_the_classifier(tmp_path):
     assert torch.equal(model.backbone[0].weight, net.features[0].weight)
     model.train()
     assert not model.backbone.training and model.roi_heads.training
+
+
+def test_sppnet_finetune_conv_unfreezes_the_top_conv_layers():
+    model = build_detector(cfg_for("sppnet", "model.finetune_conv=2",
+                                   "model.box_head.representation_size=32"), 3)
+    convs = [m for m in model.backbone if isinstance(m, torch.nn.Conv2d)]
+    assert [c.weight.requires_grad for c in convs] == [False, False, False, True, True]
+    model.train()
+    assert model.backbone.training  # a trunk being fine-tuned follows train()
+    with pytest.raises(ConfigError, match="model.finetune_conv=6"):
+        build_detector(cfg_for("sppnet", "model.finetune_conv=6"), 3)
+    with pytest.raises(ConfigError, match="model.finetune_conv=1 is SPPNet's switch"):
+        build_detector(cfg_for("rcnn", "model.finetune_conv=1"), 3)
+
+
+@pytest.mark.parametrize("blocks, trainable_convs", [(0, 0), (1, 3), (2, 6), (5, 13)])
+def test_vgg16_blocks_are_counted_with_or_without_pool5(blocks, trainable_convs):
+    for features in (vgg16(weights=None).features, conv5_trunk(vgg16(weights=None).features)):
+        freeze_blocks(features, blocks)
+        convs = [m for m in features if isinstance(m, torch.nn.Conv2d)]
+        assert sum(c.weight.requires_grad for c in convs) == trainable_convs
+        assert all(c.weight.requires_grad for c in convs[len(convs) - trainable_convs:])
 
 
 def test_classifier_weights_file_must_match(tmp_path):
