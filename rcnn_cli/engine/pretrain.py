@@ -25,6 +25,7 @@ from torchvision import models
 from torchvision.ops import box_iou, roi_align
 
 from rcnn_cli.data.shapes import CLASSES, ShapesDataset
+from rcnn_cli.engine.optim import build_optimizer
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.io import atomic_torch_save
 
@@ -41,22 +42,25 @@ class PretrainParams:
     iters: int = 600
     batch_size: int = 64
     crop_size: int = 64
+    optimizer: str = "adamw"  # or "sgd" (momentum 0.9), ImageNet AlexNet/VGG's recipe
     lr: float = 1e-3
     weight_decay: float = 0.05
+    context_min: float = 1.1  # crop side / object side, drawn per object in this range
+    context_max: float = 1.5
     images: int = 4000  # shapes images the crops come from
     image_size: int = 128
     seed: int = 1000  # not the detection data's seed (0): no image is shared
     background_fraction: float = 0.25
 
 
-def crop_boxes(target_boxes: np.ndarray, rng: np.random.Generator, n_bg: int,
-               size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Jittered object boxes (10-50 % context, +-10 % shift) and background boxes whose IoU
-    with every object is < 0.3. Returns (boxes [N, 4], is_object [N])."""
+def crop_boxes(target_boxes: np.ndarray, rng: np.random.Generator, n_bg: int, size: int,
+               context: tuple[float, float] = (1.1, 1.5)) -> tuple[np.ndarray, np.ndarray]:
+    """Jittered object boxes (``context`` x the object's size, +-10 % shift) and background
+    boxes whose IoU with every object is < 0.3. Returns (boxes [N, 4], is_object [N])."""
     b = target_boxes.astype(np.float32)
     wh = b[:, 2:] - b[:, :2]
     centre = (b[:, :2] + b[:, 2:]) / 2 + rng.uniform(-0.1, 0.1, wh.shape) * wh
-    half = wh * rng.uniform(1.1, 1.5, (len(b), 1)) / 2
+    half = wh * rng.uniform(*context, (len(b), 1)) / 2
     objects = np.concatenate([centre - half, centre + half], 1)
     bg = []
     for _ in range(20 * n_bg):
@@ -82,7 +86,8 @@ def sample_batch(ds: ShapesDataset, rng: np.random.Generator, p: PretrainParams)
         image, target = ds.raw(int(rng.integers(len(ds))))
         n_bg = max(1, round(len(target["labels"]) * p.background_fraction
                             / (1 - p.background_fraction)))
-        boxes, is_obj = crop_boxes(target["boxes"], rng, n_bg, p.image_size)
+        boxes, is_obj = crop_boxes(target["boxes"], rng, n_bg, p.image_size,
+                                   (p.context_min, p.context_max))
         pixels = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - mean) / std
         crops.append(roi_align(pixels[None], [torch.from_numpy(boxes)], p.crop_size,
                                sampling_ratio=2, aligned=True))
@@ -100,16 +105,25 @@ def build_classifier(arch: str, num_classes: int) -> torch.nn.Module:
     return getattr(models, arch)(weights=None, num_classes=num_classes)
 
 
+def check_params(p: PretrainParams) -> None:
+    if p.optimizer not in ("adamw", "sgd"):
+        raise ConfigError(f"pretrain optimizer={p.optimizer}: use adamw or sgd")
+    if not 1.0 <= p.context_min <= p.context_max:
+        raise ConfigError(f"pretrain context {p.context_min}-{p.context_max}: need "
+                          "1 <= context_min <= context_max")
+
+
 def pretrain(p: PretrainParams, out: str | Path, progress=None) -> dict:
     """Train ``p.arch`` on shape crops and write its state dict to ``out`` (atomically).
 
     Returns the final training loss/accuracy and the accuracy on 2000 held-out crops."""
+    check_params(p)
     torch.manual_seed(p.seed)
     rng = np.random.default_rng(p.seed)
     ds = ShapesDataset("train", p.images, p.image_size, seed=p.seed)
     held_out = ShapesDataset("val", 200, p.image_size, seed=p.seed)
     net = build_classifier(p.arch, len(CLASSES) + 1)
-    opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    opt = build_optimizer(net, p.optimizer, p.lr, 0.9, p.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, p.lr, total_steps=p.iters, pct_start=0.1)
     start, hist = time.perf_counter(), []
     net.train()

@@ -1,9 +1,11 @@
 import numpy as np
+import pytest
 import torch
 from torchvision.ops import box_iou
 
 from rcnn_cli.data.shapes import ShapesDataset
 from rcnn_cli.engine.pretrain import PretrainParams, crop_boxes, pretrain, sample_batch
+from rcnn_cli.errors import ConfigError
 from rcnn_cli.modeling.backbones import build_backbone
 
 
@@ -35,3 +37,21 @@ def test_pretrained_file_loads_as_backbone_weights(tmp_path):
     trunk = spec.module.body
     assert torch.equal(trunk.conv1.weight, saved["conv1.weight"])
     assert torch.equal(trunk.layer4[1].bn2.running_var, saved["layer4.1.bn2.running_var"])
+
+
+def test_context_range_sets_the_crop_size_around_the_object():
+    objects = np.array([[40, 40, 60, 60]], np.float32)
+    boxes, _ = crop_boxes(objects, np.random.default_rng(0), n_bg=1, size=128, context=(3, 3))
+    side = boxes[0, 2:] - boxes[0, :2]
+    assert np.allclose(side, 60)  # 3 x the 20 px object
+
+
+def test_sgd_pretraining_and_bad_options(tmp_path):
+    p = PretrainParams(arch="alexnet", iters=2, batch_size=8, crop_size=64, images=10,
+                       optimizer="sgd", lr=0.01, context_min=1.5, context_max=3.0)
+    assert 0 <= pretrain(p, tmp_path / "a.pt")["held_out_acc"] <= 1
+    with pytest.raises(ConfigError, match="optimizer=adam: use adamw or sgd"):
+        pretrain(PretrainParams(optimizer="adam"), tmp_path / "b.pt")
+    with pytest.raises(ConfigError, match="context 2.0-1.5"):
+        pretrain(PretrainParams(context_min=2.0, context_max=1.5), tmp_path / "b.pt")
+    assert not (tmp_path / "b.pt").exists()
