@@ -28,7 +28,7 @@ def test_batch_labels_match_crops():
 
 
 def test_pretrained_file_loads_as_backbone_weights(tmp_path):
-    p = PretrainParams(iters=2, batch_size=8, crop_size=32, images=10)
+    p = PretrainParams(iters=20, batch_size=2, crop_size=32, images=10)
     out = tmp_path / "r18.pt"
     result = pretrain(p, out)
     assert out.is_file() and 0 <= result["held_out_acc"] <= 1
@@ -47,11 +47,13 @@ def test_context_range_sets_the_crop_size_around_the_object():
 
 
 def test_sgd_pretraining_and_bad_options(tmp_path):
-    p = PretrainParams(arch="alexnet", iters=2, batch_size=8, crop_size=64, images=10,
+    p = PretrainParams(arch="alexnet", iters=20, batch_size=2, crop_size=64, images=10,
                        optimizer="sgd", lr=0.01, context_min=1.5, context_max=3.0)
     assert 0 <= pretrain(p, tmp_path / "a.pt")["held_out_acc"] <= 1
     with pytest.raises(ConfigError, match="optimizer=adam: use adamw or sgd"):
         pretrain(PretrainParams(optimizer="adam"), tmp_path / "b.pt")
     with pytest.raises(ConfigError, match="context 2.0-1.5"):
         pretrain(PretrainParams(context_min=2.0, context_max=1.5), tmp_path / "b.pt")
+    with pytest.raises(ConfigError, match="iters=10: need at least 20"):
+        pretrain(PretrainParams(iters=10), tmp_path / "b.pt")
     assert not (tmp_path / "b.pt").exists()
