@@ -10,17 +10,15 @@ set -euo pipefail
 OUT=${OUT:-outputs/bench/issue8}
 MODELS=${MODELS:-"rcnn sppnet"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-PRETRAIN="nice -n 10 .venv/bin/python scripts/pretrain_backbone.py --arch alexnet"
 declare -A WEIGHTS=([rcnn]=${WEIGHTS_RCNN:-outputs/pretrained/alexnet_shapes.pt}
                     [sppnet]=${WEIGHTS_SPPNET:-outputs/pretrained/alexnet_sgd.pt})
+declare -A PRETRAIN=([rcnn]="--iters 600"
+                     [sppnet]="--iters 800 --optimizer sgd --lr 0.01 --weight-decay 0.0005 \
+                               --context-min 1.2 --context-max 3.0")
 for m in $MODELS; do
   w=${WEIGHTS[$m]}
-  if [ ! -f "$w" ] && [ "$m" = rcnn ]; then
-    $PRETRAIN --iters 600 --out "$w"
-  elif [ ! -f "$w" ]; then
-    $PRETRAIN --iters 800 --optimizer sgd --lr 0.01 --weight-decay 0.0005 --context-min 1.2 \
-      --context-max 3.0 --out "$w"
-  fi
+  [ -f "$w" ] || nice -n 10 .venv/bin/python scripts/pretrain_backbone.py --arch alexnet \
+    ${PRETRAIN[$m]} --out "$w"
   nice -n 10 .venv/bin/rcnn-train "experiment=${m}_alexnet_shapes" "backbone.weights=$w" \
     proposals.cache_dir="$OUT/proposal_cache" proposals.workers=2 log.period=10 \
     hydra.run.dir="$OUT/$m" "$@"

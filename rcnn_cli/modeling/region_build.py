@@ -94,9 +94,7 @@ def build_region_detector(cfg, num_classes: int) -> RegionDetector:
     if not levels or min(levels) < 1:
         raise ConfigError(f"model.spp_levels={levels}: need positive bin counts")
     trunk = conv5_trunk(parts.features)
-    if not 0 <= m.finetune_conv <= 5:
-        raise ConfigError(f"model.finetune_conv={m.finetune_conv}: must be in [0, 5]")
-    freeze_blocks(trunk, m.finetune_conv)  # SPPNet §4: 0, only the fc layers are fine-tuned
+    freeze_blocks(trunk, m.finetune_conv, "model.finetune_conv")  # SPPNet §4: 0, fc layers only
     if b.weights is None and m.finetune_conv == 0:
         log.warning("model=sppnet with backbone.weights=null: its conv layers are frozen, so "
                     "they stay random (the paper starts from ImageNet weights; "

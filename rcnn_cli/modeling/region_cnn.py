@@ -99,12 +99,10 @@ class RegionClassifierNet(nn.Module):
         super().__init__()
         if not 0 <= dropout < 1:
             raise ConfigError(f"model.dropout={dropout}: must be in [0, 1)")
-        if not 0 <= trainable_layers <= 5:
-            raise ConfigError(f"backbone.trainable_layers={trainable_layers}: must be in [0, 5]")
         self.features, self.fc6, self.fc7 = parts.features, parts.fc6, parts.fc7
         self.pool_size, self.dropout = parts.pool_size, nn.Dropout(dropout)
         self.out_features = parts.fc7.out_features
-        freeze_blocks(self.features, trainable_layers)
+        freeze_blocks(self.features, trainable_layers, "backbone.trainable_layers")
 
     def forward(self, crops: Tensor) -> tuple[Tensor, Tensor]:
         pool5 = F.adaptive_avg_pool2d(self.features(crops), self.pool_size).flatten(1)
@@ -116,9 +114,11 @@ def fc_features(x: Tensor, fc6: nn.Linear, fc7: nn.Linear, dropout: nn.Dropout) 
     return dropout(F.relu(fc7(dropout(F.relu(fc6(x))))))
 
 
-def freeze_blocks(features: nn.Sequential, trainable_layers: int) -> None:
-    """``trainable_layers`` counts blocks from the top: AlexNet's five convs, VGG16's five conv
-    blocks (what lies below the first trainable one is frozen)."""
+def freeze_blocks(features: nn.Sequential, trainable_layers: int, key: str) -> None:
+    """``trainable_layers`` (config key ``key``) counts blocks from the top: AlexNet's five
+    convs, VGG16's five conv blocks (what lies below the first trainable one is frozen)."""
+    if not 0 <= trainable_layers <= 5:
+        raise ConfigError(f"{key}={trainable_layers}: must be in [0, 5]")
     convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
     if len(convs) == 13:  # VGG16: five blocks, each closed by a max-pool (pool5 may be cut off)
         pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]

@@ -138,7 +138,7 @@ def test_sppnet_finetune_conv_unfreezes_the_top_conv_layers():
 @pytest.mark.parametrize("blocks, trainable_convs", [(0, 0), (1, 3), (2, 6), (5, 13)])
 def test_vgg16_blocks_are_counted_with_or_without_pool5(blocks, trainable_convs):
     for features in (vgg16(weights=None).features, conv5_trunk(vgg16(weights=None).features)):
-        freeze_blocks(features, blocks)
+        freeze_blocks(features, blocks, "backbone.trainable_layers")
         convs = [m for m in features if isinstance(m, torch.nn.Conv2d)]
         assert sum(c.weight.requires_grad for c in convs) == trainable_convs
         assert all(c.weight.requires_grad for c in convs[len(convs) - trainable_convs:])
