@@ -9,6 +9,12 @@ gradient is scattered with one ``index_add_`` per chunk, vectorised over channel
 gradients are bit-identical, up to the order across RoIs of different sample-grid sizes when
 ``sampling_ratio <= 0``.
 
+Inference on a channels-last map (``rcnn_cli.engine.fast_inference``) takes a gather forward
+instead: the map is already the ``(N*H*W, C)`` pixel table, so each bin is one batched product
+of its sample-corner weights with the gathered pixel rows, with no copy of the map to NCHW
+(torchvision's kernel makes one per call). Its sums round in another order (outputs match to
+float rounding, not bit for bit); training keeps torchvision's forward.
+
 Sampling rules are those of torchvision's CPU kernel, axis by axis (bilinear weights are
 separable): a sample with ``y < -1`` or ``y > H`` (or the same in x) contributes 0; otherwise
 coordinates are clamped at 0, and a low corner at or past ``H - 1`` collapses onto the last
@@ -22,10 +28,20 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
+from torchvision.ops import roi_align as tv_roi_align
 from torchvision.ops._utils import check_roi_boxes_shape, convert_boxes_to_roi_format
 
 # Rows of (sample-corner, channel) values materialised at once; bounds the peak extra memory.
 CHUNK_ELEMENTS = 1 << 18
+# The gather forward pays per gathered row, torchvision's kernel per map pixel (its NCHW copy):
+# below this many sample corners per map pixel the gather was faster (scripts/bench.py infer,
+# 2-core CPU: 32x32 maps with 57 per pixel 1.4x slower, 100-200 px maps with 14-16 1.5-1.8x
+# faster).
+GATHER_ROWS_PER_PIXEL = 30
+# The vectorised backward fills and permutes a whole-map gradient table; with fewer sample
+# corners per map pixel than this, torchvision's scalar backward was faster (8 x 96 x 96 x 128
+# map: 0.3 per pixel 41.6 vs 56.9 ms; 0.8 per pixel 163 vs 126 ms; 12 per pixel 94 vs 27 ms).
+BACKWARD_ROWS_PER_PIXEL = 0.5
 
 
 def _axis_grid(start: Tensor, size: Tensor, pooled: int, grid: int) -> Tensor:
@@ -112,6 +128,33 @@ def _backward(grad: Tensor, rois: Tensor, shape: torch.Size, pooled: tuple[int, 
     return table.view(n, h, w, c).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
 
 
+def _forward_gather(x: Tensor, rois: Tensor, pooled: tuple[int, int], scale: float,
+                    sampling_ratio: int, aligned: bool) -> Tensor:
+    """RoIAlign of a channels-last map: ``(K, C, ph, pw)``, channels-last as well."""
+    n, c, h, w = x.shape
+    ph, pw = pooled
+    table = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when x is channels-last
+    out = x.new_zeros(len(rois), ph * pw, c)
+    for ids, index, weight in _plan(rois, h, w, pooled, scale, sampling_ratio, aligned):
+        if index is None or len(ids) == 0:
+            continue
+        per_bin = index.shape[1] * 4
+        bins = x.new_empty(index.shape[0], c)
+        for part in _chunks(index.shape[0], per_bin, c):
+            pixels = table[index[part].reshape(-1)].view(-1, per_bin, c)
+            weights = weight[part].reshape(-1, 1, per_bin) / index.shape[1]
+            bins[part] = torch.bmm(weights, pixels).squeeze(1)
+        out[ids] = bins.view(len(ids), ph * pw, c)
+    return out.view(len(rois), ph, pw, c).permute(0, 3, 1, 2)
+
+
+def _rows_per_pixel(x: Tensor, rois: Tensor, output_size, sampling_ratio: int) -> float:
+    """Sample corners per map pixel (what the vectorised paths pay per row vs per pixel)."""
+    ph, pw = _pair(output_size)
+    grid = sampling_ratio if sampling_ratio > 0 else 2  # adaptive: ~2 for typical RoIs
+    return len(rois) * ph * pw * grid * grid * 4 / max(1, x.shape[0] * x.shape[2] * x.shape[3])
+
+
 def _format(x: Tensor):
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
             memory_format=torch.channels_last):
@@ -140,9 +183,17 @@ class _RoIAlign(torch.autograd.Function):
 def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size,
               spatial_scale: float = 1.0, sampling_ratio: int = -1,
               aligned: bool = False) -> Tensor:
-    """Drop-in for ``torchvision.ops.roi_align`` (same arguments, outputs and gradients)."""
+    """Drop-in for ``torchvision.ops.roi_align`` (same arguments, outputs and gradients; a
+    channels-last input without gradient takes the gather forward)."""
     check_roi_boxes_shape(boxes)
     rois = boxes if isinstance(boxes, Tensor) else convert_boxes_to_roi_format(boxes)
     rois = rois.to(input.dtype).detach()
+    density = _rows_per_pixel(input, rois, output_size, sampling_ratio)
+    if not (torch.is_grad_enabled() and input.requires_grad):
+        if _format(input) == torch.channels_last and density < GATHER_ROWS_PER_PIXEL:
+            return _forward_gather(input, rois, _pair(output_size), float(spatial_scale),
+                                   int(sampling_ratio), bool(aligned))
+    elif density < BACKWARD_ROWS_PER_PIXEL:
+        return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
     return _RoIAlign.apply(input, rois, _pair(output_size), float(spatial_scale),
                            int(sampling_ratio), bool(aligned))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision import ops
 
-from rcnn_cli.ops.roi_align import roi_align
+from rcnn_cli.ops.roi_align import _forward_gather, roi_align
 
 
 def random_rois(n_images: int, count: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -80,3 +80,48 @@ def test_chunked_work_gives_the_same_result(monkeypatch):
     monkeypatch.setattr(module, "CHUNK_ELEMENTS", 64)
     compare(x, rois, 1e-5, output_size=7, spatial_scale=1.0, sampling_ratio=2)
     assert torch.equal(roi_align(x, rois, 7, 1.0, 2), whole)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2])
+def test_gather_forward_of_a_channels_last_map_matches_torchvision(aligned, sampling_ratio):
+    g = torch.Generator().manual_seed(20 + sampling_ratio + 10 * int(aligned))
+    x = torch.randn(2, 6, 13, 17, generator=g)
+    rois = random_rois(2, 40, 68, g)
+    kw = dict(output_size=(7, 5), spatial_scale=0.25, sampling_ratio=sampling_ratio,
+              aligned=aligned)
+    ref = ops.roi_align(x, rois, **kw)
+    out = _forward_gather(x.contiguous(memory_format=torch.channels_last), rois, (7, 5), 0.25,
+                          sampling_ratio, aligned)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rois_count,gather", [(3, True), (400, False)])
+def test_inference_takes_the_gather_only_where_the_map_outweighs_the_samples(rois_count, gather):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 4, 24, 24, generator=g).contiguous(memory_format=torch.channels_last)
+    rois = random_rois(1, rois_count, 24, g)
+    with torch.inference_mode():
+        out = roi_align(x, rois, 7, 1.0, 2)
+    assert out.is_contiguous(memory_format=torch.channels_last) == gather
+    torch.testing.assert_close(out, ops.roi_align(x, rois, 7, 1.0, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_a_channels_last_map_that_needs_a_gradient_keeps_torchvisions_forward():
+    x = torch.randn(1, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    rois = torch.tensor([[0, 0.5, 1.0, 6.5, 7.0]])
+    out = roi_align(x, rois, 2, 1.0, 1)
+    assert torch.equal(out, ops.roi_align(x, rois, 2, 1.0, 1))
+    out.sum().backward()
+    assert x.grad is not None
+
+
+def test_few_rois_on_a_large_map_keep_torchvisions_backward():
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    rois = torch.tensor([[0, 4.0, 4.0, 30.0, 30.0]])  # 196 corners for 4096 pixels
+    out = roi_align(x, rois, 7, 1.0, 1)
+    assert "torchvision_roi_align" in type(out.grad_fn).__name__
+    dense = roi_align(x, rois.repeat(40, 1), 7, 1.0, 1)
+    assert type(dense.grad_fn).__name__ == "_RoIAlignBackward"
