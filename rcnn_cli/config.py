@@ -395,6 +395,7 @@ class ScheduleConf:
     gamma: float = 0.1
     clip_grad_norm: float | None = None
     amp: Amp = Amp.none
+    fused_optimizer: bool = False  # torch's fused AdamW/SGD step: faster, not bit-identical
     eval_period: int = 0
     checkpoint_period: int = 500
     # Scaling out (rcnn_cli.engine.distributed): batch_size is per process and per micro-batch;
@@ -540,6 +541,15 @@ class EvalMainConf:
 
 
 @dataclass
+class InferenceSpeedConf:
+    """rcnn-predict's speed switches (``rcnn_cli.engine.fast_inference``; docs/benchmarks.md)."""
+
+    fold_bn: bool = True
+    channels_last: bool = True
+    compile: bool = False  # torch.compile of the backbone: one compilation per input size
+
+
+@dataclass
 class PredictMainConf:
     """``input``: an image, a folder, a glob, or ``dataset`` (the ``split`` of ``dataset``, by
     default the checkpoint's dataset config). ``ann_file``: a COCO annotation file whose image
@@ -557,6 +567,7 @@ class PredictMainConf:
     device: Device = Device.auto
     threads: int = 0
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
+    speed: InferenceSpeedConf = field(default_factory=InferenceSpeedConf)
 
 
 @dataclass

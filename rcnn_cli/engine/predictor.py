@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from rcnn_cli.config import validate
 from rcnn_cli.data.proposal_cache import image_proposer
 from rcnn_cli.data.transforms import to_sample
-from rcnn_cli.engine import runtime
+from rcnn_cli.engine import fast_inference, runtime
 from rcnn_cli.engine.evaluator import build_trained_model, check_classes, load_trained
 from rcnn_cli.engine.trainer import hydra_run_dir, make_progress
 from rcnn_cli.errors import ConfigError, DataError
@@ -134,7 +134,8 @@ def predict_images(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         items = file_items(find_images(cfg.input), cfg.ann_file)
     if cfg.limit:
         items = items[:cfg.limit]
-    model = build_trained_model(ckpt, train_cfg, device)
+    model = fast_inference.prepare(build_trained_model(ckpt, train_cfg, device),
+                                   cfg.speed.fold_bn, cfg.speed.channels_last, cfg.speed.compile)
     log.info("predicting %d image(s) with %s -> %s", len(items), cfg.ckpt, out_dir)
     proposer = image_proposer(train_cfg.get("proposals"), [it.image_id for it in items])
     # a dataset split keeps its own category ids (names were checked to match the checkpoint's)
@@ -166,7 +167,8 @@ def run_predictions(model, items: list[Item], raw, classes: list[str], category_
                 extra["proposals"] = [
                     torch.from_numpy(proposer(uint8_hwc(p), it.image_id)).to(device)
                     for p, it in zip(pixels, batch)]
-            outputs = model([p.to(device) for p in pixels], **extra)
+            outputs = fast_inference.detect(model, [p.to(device) for p in pixels], len(batch),
+                                            **extra)
             for it, img, out in zip(batch, pixels, outputs):
                 out = {k: v.cpu() for k, v in out.items()}
                 results += to_coco_results(out, it.image_id, category_ids)

@@ -112,7 +112,8 @@ class Trainer:
         """Optimizer, lr schedule, AMP scaler, checkpoint store and fault guard for
         ``self.model``, at iteration 0."""
         self.optimizer = build_optimizer(self.model, self.sched.optimizer, lr,
-                                         self.sched.momentum, self.sched.weight_decay)
+                                         self.sched.momentum, self.sched.weight_decay,
+                                         self.sched.fused_optimizer)
         self.scheduler = build_scheduler(self.optimizer, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.store = CheckpointStore(store_dir, self.sched.keep_checkpoints)

@@ -40,3 +40,23 @@ def test_optimizer_choice():
     assert isinstance(adamw, torch.optim.AdamW)
     assert adamw.param_groups[0]["betas"] == (0.9, 0.999)
     assert adamw.param_groups[0]["weight_decay"] == 0.05
+
+
+def test_fused_optimizer_steps_like_the_loop_up_to_rounding():
+    import torch
+
+    from rcnn_cli.engine.optim import build_optimizer
+
+    models = [torch.nn.Linear(4, 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    for name in ("adamw", "sgd"):
+        loop, fused = (build_optimizer(m, name, 1e-2, 0.9, 0.05, fused=f)
+                       for m, f in zip(models, (False, True)))
+        assert fused.defaults["fused"] and not loop.defaults["fused"]
+        for _ in range(3):
+            for m, opt in zip(models, (loop, fused)):
+                opt.zero_grad()
+                m(torch.ones(2, 4)).square().sum().backward()
+                opt.step()
+        for a, b in zip(models[0].parameters(), models[1].parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
