@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the generator lives with the tests
 
 
-def bench_backends(images: int, dets: int, repeat: int) -> None:
+def bench_backends(images: int, dets: int, repeat: int) -> dict:
     from rcnn_cli.evaluation.coco import BACKENDS, coco_evaluate
     from tests.evaluation.synthetic import generate
 
@@ -57,6 +57,8 @@ def bench_backends(images: int, dets: int, repeat: int) -> None:
     print(f"  ratio pycocotools / faster-coco-eval: total {ref['total'] / fast['total']:.1f}x, "
           f"evaluate+accumulate+summarize {ref['evaluate'] / fast['evaluate']:.1f}x; "
           f"max |stat difference| over the 12 stats: {diff:.1e}")
+    return {"mode": "eval", "images": images, "dets_per_image": dets, "max_stat_diff": diff,
+            "seconds": best}
 
 
 def bench_predict(num: int, batch_size: int, backbones: list[str],
@@ -103,9 +105,20 @@ def _time_predict(pcfg, label: str) -> None:
           f"in {s['seconds']:.1f} s, {s['detections']} detections)")
 
 
+def append_record(path: Path, record: dict) -> None:
+    import json
+
+    from rcnn_cli.io import atomic_write_json
+
+    records = json.loads(path.read_text()) if path.exists() else []
+    atomic_write_json(path, records + [record])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=5000)
+    p.add_argument("--images", default="5000", help="comma-separated counts (a scaling curve)")
+    p.add_argument("--json", help="append one record per count to this JSON list")
+    p.add_argument("--tag", default="", help="stored with each record (scripts/plot_scaling.py)")
     p.add_argument("--dets", type=int, default=100)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--predict-images", type=int, default=32)
@@ -116,7 +129,10 @@ def main() -> None:
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     if not args.skip_eval:
-        bench_backends(args.images, args.dets, args.repeat)
+        for n in (int(x) for x in args.images.split(",")):
+            record = bench_backends(n, args.dets, args.repeat)
+            if args.json:
+                append_record(Path(args.json), {**record, "tag": args.tag})
     if not args.skip_predict:
         bench_predict(args.predict_images, args.batch_size, ["r18_fpn", "r50_fpn"],
                       args.trained)
