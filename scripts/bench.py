@@ -41,9 +41,11 @@ from rcnn_cli.benchmark.clocks import PARTS, PartClock, phase
 from rcnn_cli.benchmark.flops import count_flops, measured_peak
 from rcnn_cli.benchmark.memory import PeakMemory, track_allocations
 from rcnn_cli.benchmark.peers import BareTrainer, bare_detect, bare_faster_rcnn
+from rcnn_cli.benchmark.records import append_record
 from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import train_loader
 from rcnn_cli.engine import fast_inference
+from rcnn_cli.engine.evaluator import load_trained
 from rcnn_cli.engine.trainer import Trainer
 from rcnn_cli.modeling.build import build_detector
 
@@ -209,10 +211,11 @@ def run_infer(args, size: int | None, proposals: int | None) -> dict:
     cfg = compose_cfg(over)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    classes = 3
+    ckpt = load_trained(args.ckpt)[0] if args.ckpt else None
+    classes = len(ckpt["classes"]) if ckpt else 3  # random init: shapes' three classes
     ours = build_detector(cfg, classes).eval()
-    if args.ckpt:
-        ours.load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=True)["model"])
+    if ckpt:
+        ours.load_state_dict(ckpt["model"])
     bare = bare_faster_rcnn(cfg, classes).eval()
     bare.load_state_dict(ours.state_dict())
     speed = {"fold_bn": not args.no_fold_bn, "channels_last": not args.no_channels_last,
@@ -289,7 +292,7 @@ def main() -> None:
     ap.add_argument("--no-fold-bn", action="store_true", help="infer: speed switch off")
     ap.add_argument("--no-channels-last", action="store_true", help="infer: speed switch off")
     ap.add_argument("--compile", action="store_true", help="infer: torch.compile the backbone")
-    ap.add_argument("--ckpt", help="infer: weights (an rcnn-train checkpoint) instead of random")
+    ap.add_argument("--ckpt", help="infer: weights (an rcnn-train checkpoint or export) instead of random")
     ap.add_argument("--sizes", default="", help="comma-separated shorter sides")
     ap.add_argument("--proposals", default="", help="infer: comma-separated proposal counts")
     ap.add_argument("--json", default="outputs/bench/bench.json")
@@ -309,14 +312,7 @@ def main() -> None:
             rec = run_train(args, size) if args.mode == "train" else run_infer(args, size, p)
             rec["machine"], rec["command"], rec["tag"] = machine, vars(args), args.tag
             print_record(rec)
-            append_json(Path(args.json), rec)
-
-
-def append_json(path: Path, record: dict) -> None:
-    from rcnn_cli.io import atomic_write_json
-
-    records = json.loads(path.read_text()) if path.exists() else []
-    atomic_write_json(path, records + [record])
+            append_record(Path(args.json), rec)
 
 
 if __name__ == "__main__":

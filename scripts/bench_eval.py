@@ -105,15 +105,6 @@ def _time_predict(pcfg, label: str) -> None:
           f"in {s['seconds']:.1f} s, {s['detections']} detections)")
 
 
-def append_record(path: Path, record: dict) -> None:
-    import json
-
-    from rcnn_cli.io import atomic_write_json
-
-    records = json.loads(path.read_text()) if path.exists() else []
-    atomic_write_json(path, records + [record])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", default="5000", help="comma-separated counts (a scaling curve)")
@@ -132,6 +123,8 @@ def main() -> None:
         for n in (int(x) for x in args.images.split(",")):
             record = bench_backends(n, args.dets, args.repeat)
             if args.json:
+                from rcnn_cli.benchmark.records import append_record
+
                 append_record(Path(args.json), {**record, "tag": args.tag})
     if not args.skip_predict:
         bench_predict(args.predict_images, args.batch_size, ["r18_fpn", "r50_fpn"],

@@ -3,12 +3,13 @@ products, forward and backward) against the machine's measured matmul and convol
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
+
+from rcnn_cli.benchmark.clocks import phase
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -23,13 +24,10 @@ def _best_rate(fn: Callable[[], object], flops: float, device: torch.device, rep
     fn()
     best = float("inf")
     for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
+        times: dict = {}
+        with phase(times, "run", device):
+            fn()
+        best = min(best, times["run"])
     return flops / best / 1e9
 
 

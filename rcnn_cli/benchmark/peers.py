@@ -16,12 +16,14 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from rcnn_cli.benchmark.clocks import phase
 from rcnn_cli.engine.optim import lr_factor
 from rcnn_cli.errors import ConfigError
 
 ARCH = {"r18_fpn": "resnet18", "r50_fpn": "resnet50"}
+NORMS = {"bn": torch.nn.BatchNorm2d, "frozen_bn": FrozenBatchNorm2d}
 
 
 def bare_faster_rcnn(cfg, num_classes: int) -> FasterRCNN:
@@ -30,10 +32,11 @@ def bare_faster_rcnn(cfg, num_classes: int) -> FasterRCNN:
     if m.name != "faster" or b.name not in ARCH:
         raise ConfigError(f"the bare torchvision peer covers model=faster with backbone="
                           f"{'|'.join(ARCH)}; got model={m.name} backbone={b.name}")
-    norm = {"bn": torch.nn.BatchNorm2d}.get(getattr(b.norm, "value", b.norm))
-    if norm is None:
-        from torchvision.ops.misc import FrozenBatchNorm2d as norm
-    trunk = getattr(resnet, ARCH[b.name])(weights=None, norm_layer=norm)
+    norm_name = getattr(b.norm, "value", b.norm)
+    if norm_name not in NORMS:
+        raise ConfigError(f"the bare torchvision peer covers backbone.norm={'|'.join(NORMS)}; "
+                          f"got {norm_name}")
+    trunk = getattr(resnet, ARCH[b.name])(weights=None, norm_layer=NORMS[norm_name])
     c = trunk.inplanes
     backbone = BackboneWithFPN(trunk, {f"layer{k}": str(k - 1) for k in range(1, 5)},
                                [c // 8, c // 4, c // 2, c], b.fpn_channels, LastLevelMaxPool())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -43,3 +45,8 @@ def test_bare_trainer_steps_and_splits_its_time():
 def test_unsupported_peer_is_named():
     with pytest.raises(ConfigError, match="model=mask"):
         bare_faster_rcnn(compose_cfg("train", ["model=mask"]), 3)
+
+
+def test_unsupported_norm_is_named():
+    with pytest.raises(ConfigError, match=re.escape("backbone.norm=bn|frozen_bn; got gn")):
+        bare_faster_rcnn(compose_cfg("train", ["backbone.norm=gn"]), 3)
