@@ -1,0 +1,84 @@
+"""Dataset schemas: shapes (generated), COCO JSON and Pascal VOC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import II, MISSING
+
+from rcnn_cli.config.enums import Validation
+
+
+@dataclass
+class DatasetConf:
+    """Fields every dataset has: input scale (shorter side, capped longer side) and loading."""
+
+    name: str = MISSING
+    min_size: int = 800
+    max_size: int = 1333
+    flip_prob: float = 0.5
+    num_workers: int = 0
+    # multi-scale training: shorter sides drawn per image (empty: min_size only)
+    train_min_sizes: list[int] = field(default_factory=list)
+    color_jitter: float = 0.0
+    aspect_grouping: bool = True
+
+
+@dataclass
+class FileDatasetConf(DatasetConf):
+    """Datasets read from files: validation policy (rcnn_cli.data.validate) and index cache."""
+
+    validation: Validation = Validation.lenient
+    filter_empty: bool = True
+    check_files: bool = True
+    max_pixels: int = 100_000_000
+    cache: bool = True
+    cache_dir: str | None = None
+
+
+@dataclass
+class CocoConf(FileDatasetConf):
+    """A COCO-format JSON file and an image folder per split (``rcnn_cli.data.coco``)."""
+
+    name: str = "coco"
+    train_json: str = MISSING
+    train_images: str = MISSING
+    val_json: str = MISSING
+    val_images: str = MISSING
+    test_json: str | None = None
+    test_images: str | None = None
+    with_masks: bool = False
+
+
+@dataclass
+class VocConf(FileDatasetConf):
+    """The Pascal VOC layout under ``root`` (``rcnn_cli.data.voc``)."""
+
+    name: str = "voc"
+    root: str = MISSING
+    train_split: str = "trainval"
+    val_split: str = "test"
+    test_split: str | None = None
+    classes: list[str] | None = None
+    use_difficult: bool = False
+
+
+@dataclass
+class ShapesConf(DatasetConf):
+    """The embedded synthetic dataset (``rcnn_cli.data.shapes``)."""
+
+    name: str = "shapes"
+    train_size: int = 1000
+    val_size: int = 200
+    image_size: int = 128
+    min_objects: int = 1
+    max_objects: int = 6
+    min_scale: float = 0.1
+    max_scale: float = 0.5
+    max_aspect: float = 2.0
+    seed: int = 0
+    with_masks: bool = False
+    min_size: int = II(".image_size")
+    max_size: int = II(".image_size")
+
+
