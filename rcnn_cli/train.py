@@ -1,4 +1,4 @@
-"""``rcnn-train``: compose the config, then ``rcnn_cli.engine.trainer.train(cfg)``.
+"""``rcnn-train``: compose the config, then ``rcnn_cli.engine.train.train(cfg)``.
 
 Also ``torchrun --nproc_per_node=N -m rcnn_cli.train ...`` (see README, "Scaling out").
 """
@@ -14,7 +14,7 @@ from rcnn_cli.cli import report_errors
 def main(cfg: DictConfig) -> float | None:
     """Returns ``optimized_metric`` (what sweepers optimise); None for a failed sweep job."""
     from rcnn_cli.engine.sweep import metric_value, record_job
-    from rcnn_cli.engine.trainer import train
+    from rcnn_cli.engine.train import train
 
     with record_job(cfg) as job, report_errors():
         job["metrics"] = train(cfg)

@@ -69,7 +69,7 @@ def bench_predict(num: int, batch_size: int, backbones: list[str],
     import rcnn_cli.config  # noqa: F401
     from rcnn_cli.data.shapes import CLASSES
     from rcnn_cli.engine.export import export_model
-    from rcnn_cli.engine.trainer import config_dict
+    from rcnn_cli.engine.runtime import config_dict
     from rcnn_cli.modeling.build import build_detector
 
     print(f"rcnn-predict: {num} shapes val images, batch_size={batch_size}, "

@@ -22,7 +22,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_module
 
 import rcnn_cli.config  # noqa: F401  (registers the schemas)
-from rcnn_cli.engine.trainer import train
+from rcnn_cli.engine.train import train
 from rcnn_cli.io import atomic_write_json
 
 KEYS = ["bbox/AP", "bbox/AP50", "bbox/AP75", "segm/AP", "segm/AP50", "segm/AP75"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_module
 
 import rcnn_cli.config  # noqa: F401  (registers the schemas)
-from rcnn_cli.engine.trainer import train
+from rcnn_cli.engine.train import train
 
 
 def run(schedule: str, out: Path, overrides: list[str]) -> dict:

@@ -59,7 +59,7 @@ def loader_images_per_s(cfg, batches: int) -> float:
 
 
 def bench_step(args, overrides: list[str]) -> None:
-    from rcnn_cli.engine.trainer import train
+    from rcnn_cli.engine.train import train
 
     n = args.iters
     extra = [f"schedule.max_iter={n}", "schedule.eval_period=0", f"schedule.checkpoint_period={n}",

@@ -22,7 +22,7 @@ from rcnn_cli.data.build import build_raw_dataset
 from rcnn_cli.engine.alternating import load_state
 from rcnn_cli.engine.checkpoint import CheckpointStore
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
-from rcnn_cli.engine.trainer import config_dict
+from rcnn_cli.engine.runtime import config_dict
 from rcnn_cli.modeling.build import build_detector
 
 

@@ -2,7 +2,7 @@
 search), Faster R-CNN (joint and 4-step), FPN, Mask R-CNN and Cascade R-CNN (issue 8).
 
 Every system is trained and evaluated through the package's public functions, as the CLIs do
-(``rcnn_cli.engine.trainer.train``, whose final evaluation gives AP / AP50; the evaluator's
+(``rcnn_cli.engine.train.train``, whose final evaluation gives AP / AP50; the evaluator's
 ``evaluate_checkpoint`` when a training reports none), then timed per test image, split as in
 Faster R-CNN's Table 5:
 
@@ -281,7 +281,7 @@ def run_system(label: str, overrides: list[str], cfg: DictConfig, out: Path,
     images, which gives AP / AP50; rcnn-eval's ``evaluate_checkpoint`` if it has none); reuse
     a finished record."""
     from rcnn_cli.engine.evaluator import evaluate_checkpoint
-    from rcnn_cli.engine.trainer import train
+    from rcnn_cli.engine.train import train
 
     run_dir = out / slug(label)
     record_path = run_dir / "lineage_record.json"

@@ -39,17 +39,18 @@ from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.with_proposals import WithProposals
 from rcnn_cli.engine import distributed, runtime
-from rcnn_cli.engine.checkpoint import CheckpointStore, load_file
+from rcnn_cli.engine.checkpoint import CheckpointStore
 from rcnn_cli.engine.events import EventLogger
 from rcnn_cli.engine.export import export_model
+from rcnn_cli.engine.runtime import config_dict, make_progress
 from rcnn_cli.engine.stage_store import StageDir, link_tree, stage_key
-from rcnn_cli.engine.trainer import Trainer, config_dict, make_progress
+from rcnn_cli.engine.trainer import Trainer
 from rcnn_cli.errors import CheckpointError, ConfigError
 from rcnn_cli.evaluation.build import build_evaluator, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.recall import proposal_recall, recall_metrics
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
-from rcnn_cli.io import atomic_torch_save
+from rcnn_cli.io import atomic_torch_save, load_file
 from rcnn_cli.modeling import seeded_sampler
 from rcnn_cli.modeling.backbones import eval_frozen_norms
 from rcnn_cli.modeling.build import build_detector

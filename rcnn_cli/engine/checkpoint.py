@@ -1,8 +1,8 @@
-"""Checkpoints: atomic writes, a verified index of sizes and hashes, ``weights_only`` loads.
+"""Checkpoints: atomic writes, a verified index of sizes and hashes, RNG states.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so
-``torch.load(weights_only=True)`` reads it. A file that needs other globals is refused,
-naming the global; nothing is retried with pickle unless the user sets ``ckpt_trust=true``.
+``torch.load(weights_only=True)`` reads it; the reads (the trust boundary) are in
+``rcnn_cli.io``.
 
 Layout of ``<run>/checkpoints``: ``model_<iter>.pt`` (the newest ``keep`` are kept),
 ``last.pt`` (a hard link to the newest, or a copy), ``best.pt`` and ``index.json``
@@ -17,131 +17,18 @@ import io
 import json
 import logging
 import os
-import pickle
-import pickletools
 import random
-import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rcnn_cli.errors import CheckpointError
-from rcnn_cli.io import atomic_write_bytes, atomic_write_json
+from rcnn_cli.io import FORMAT, atomic_write_bytes, atomic_write_json, load_checkpoint, sha256
 
 log = logging.getLogger("rcnn_cli")
 
-FORMAT = "rcnn-cli/1"
 INDEX = "index.json"
-TRUST_HINT = "ckpt_trust=true"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def pickle_globals(path: Path) -> list[str]:
-    """Every ``module.name`` a checkpoint's pickle imports, read statically (nothing runs)."""
-    with zipfile.ZipFile(path) as z:
-        name = next(n for n in z.namelist() if n.endswith("data.pkl"))
-        data = z.read(name)
-    found: list[str] = []
-    strings: list[str] = []
-    memo: dict[int, object] = {}
-    last: object = None
-    for op, arg, _ in pickletools.genops(data):
-        if op.name == "GLOBAL":
-            found.append(arg.replace(" ", "."))
-        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-            found.append(f"{strings[-2]}.{strings[-1]}")
-        if op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
-            memo[len(memo) if op.name == "MEMOIZE" else arg] = last
-            continue
-        last = memo.get(arg) if op.name in ("GET", "BINGET", "LONG_BINGET") else arg
-        if isinstance(last, str):
-            strings.append(last)
-    return list(dict.fromkeys(found))
-
-
-def offending_global(path: Path, message: str) -> str:
-    """The first global the weights-only loader does not allow (from the file, else torch's
-    message, which names it only for protocol-2 pickles)."""
-    try:
-        from torch._weights_only_unpickler import _get_allowed_globals
-
-        allowed = set(_get_allowed_globals())
-        unsafe = [g for g in pickle_globals(path) if g not in allowed]
-        if unsafe:
-            return unsafe[0]
-    except Exception:  # noqa: BLE001  (best effort: fall back to the message)
-        pass
-    found = re.search(r"GLOBAL ([\w.]+)", message)
-    return found.group(1) if found else "an unsupported global"
-
-
-def load_file(path: str | Path, trust: bool = False) -> dict:
-    """``torch.load(weights_only=True)``; errors name the file, its size and the cause.
-
-    ``trust=True`` (``ckpt_trust=true``) loads a refused file with ``weights_only=False``,
-    which runs whatever code the pickle carries: it is logged as a warning every time.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted write?")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        name = offending_global(path, str(e))
-        if not trust:
-            raise CheckpointError(
-                f"checkpoint {path} was refused: unpickling it needs the global {name}, i.e. "
-                f"running code from the file, which the weights-only loader never does. If and "
-                f"only if you trust where the file comes from, load it with {TRUST_HINT}") from None
-        log.warning("%s: loading %s with weights_only=False although it needs the global %s; "
-                    "ANY CODE IN THIS FILE RUNS NOW", TRUST_HINT.upper(), path, name)
-        obj = _load_trusted(path, size)
-    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError) as e:
-        raise _unreadable(path, size, e) from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
-    return obj
-
-
-def _load_trusted(path: Path, size: int):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001  (any unpickling failure of a trusted file)
-        raise _unreadable(path, size, e) from None
-
-
-def _unreadable(path: Path, size: int, e: BaseException) -> CheckpointError:
-    return CheckpointError(f"checkpoint {path} ({size} bytes) is truncated or not a checkpoint: "
-                           f"{type(e).__name__}: {str(e) or 'unexpected end of file'}")
-
-
-def load_checkpoint(path: str | Path, trust: bool = False) -> dict:
-    ckpt = load_file(path, trust)
-    if ckpt.get("format") != FORMAT or "model" not in ckpt:
-        raise CheckpointError(f"{path} is not an rcnn-cli checkpoint (no '{FORMAT}' format "
-                              "field); use model.weights= for plain state dicts")
-    return ckpt
-
-
-def load_state_file(path: str | Path, trust: bool = False) -> dict:
-    """Model weights from a plain state dict or from an rcnn-cli checkpoint."""
-    obj = load_file(path, trust)
-    state = obj["model"] if obj.get("format") == FORMAT else obj
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not a state dict of tensors")
-    return state
 
 
 def rng_state() -> dict:

@@ -12,15 +12,15 @@ from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import runtime
-from rcnn_cli.engine.checkpoint import load_checkpoint
 from rcnn_cli.engine.compress import compress_and_compare, save_compressed
 from rcnn_cli.engine.export import is_export, load_export
-from rcnn_cli.engine.trainer import hydra_run_dir, make_progress
+from rcnn_cli.engine.runtime import hydra_run_dir, make_progress
 from rcnn_cli.errors import CheckpointError
 from rcnn_cli.evaluation.build import build_evaluator, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.recall import evaluate_proposal_recall, recall_metrics, write_recall_report
 from rcnn_cli.evaluation.results import save_evaluation
+from rcnn_cli.io import load_checkpoint
 from rcnn_cli.modeling.build import build_detector, uses_masks
 
 log = logging.getLogger("rcnn_cli")

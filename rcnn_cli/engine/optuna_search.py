@@ -83,7 +83,7 @@ def as_override(key: str, value) -> str:
 
 def run_trial(trial, space: dict, base: list[str], out: Path, metric: str, mode: str) -> float:
     """Compose, train and record one trial; returns ``optimized_metric``."""
-    from rcnn_cli.engine.trainer import train
+    from rcnn_cli.engine.train import train
 
     params = {key: suggest(trial, key, value) for key, value in space.items()}
     overrides = [*base, *(as_override(k, v) for k, v in params.items())]

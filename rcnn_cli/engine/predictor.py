@@ -32,7 +32,7 @@ from rcnn_cli.data.proposal_cache import image_proposer
 from rcnn_cli.data.transforms import to_sample
 from rcnn_cli.engine import fast_inference, runtime
 from rcnn_cli.engine.evaluator import build_trained_model, check_classes, load_trained
-from rcnn_cli.engine.trainer import hydra_run_dir, make_progress
+from rcnn_cli.engine.runtime import hydra_run_dir, make_progress
 from rcnn_cli.errors import ConfigError, DataError
 from rcnn_cli.evaluation.draw import draw_output, read_image, write_image
 from rcnn_cli.evaluation.inference import to_coco_results

@@ -48,12 +48,12 @@ from rcnn_cli.engine.alternating import (
     load_state,
     resume_source,
 )
-from rcnn_cli.engine.checkpoint import load_file
 from rcnn_cli.engine.events import EventLogger
+from rcnn_cli.engine.runtime import config_dict, make_progress
 from rcnn_cli.engine.stage_store import StageDir, link_tree, stage_key
-from rcnn_cli.engine.trainer import Trainer, config_dict, make_progress
+from rcnn_cli.engine.trainer import Trainer
 from rcnn_cli.errors import ConfigError, DataError
-from rcnn_cli.io import atomic_torch_save, atomic_write_bytes
+from rcnn_cli.io import atomic_torch_save, atomic_write_bytes, load_file
 from rcnn_cli.modeling import seeded_sampler
 from rcnn_cli.modeling.build import build_detector
 from rcnn_cli.rcnn.box_ridge import fit_box_ridge

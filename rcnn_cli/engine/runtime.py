@@ -1,11 +1,22 @@
-"""Process set-up: device choice, threads, seeds."""
+"""Process set-up and helpers every command shares: device choice, threads, seeds, the
+resolved config as a dict, the Hydra run directory and the console progress bar."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from rcnn_cli.errors import ConfigError
 
@@ -37,3 +48,21 @@ def amp_dtype(amp, device: torch.device) -> torch.dtype | None:
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError("schedule.amp=fp16 needs device=cuda; on the CPU use schedule.amp=bf16")
     return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def config_dict(cfg: DictConfig) -> dict:
+    keys = [k for k in cfg.keys() if k != "hydra"]
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True,
+                                  enum_to_str=True)
+
+
+def hydra_run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def make_progress(disable: bool = False) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), disable=disable)

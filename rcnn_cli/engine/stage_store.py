@@ -14,8 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from rcnn_cli.engine.checkpoint import sha256
-from rcnn_cli.io import atomic_write_json
+from rcnn_cli.io import atomic_write_json, sha256
 
 log = logging.getLogger("rcnn_cli")
 

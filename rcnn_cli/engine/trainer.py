@@ -1,6 +1,6 @@
 """The joint training loop (Faster R-CNN §3.2, approximate joint training).
 
-``train(cfg) -> metrics`` is what ``rcnn-train``, sweeps, scripts and tests call.
+``engine.train.train(cfg)`` chooses this loop or a stage graph; the stages run this loop too.
 """
 
 from __future__ import annotations
@@ -12,17 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from omegaconf import DictConfig
+from rich.progress import Progress
 
-from rcnn_cli.config import validate
 from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader, sample_seed
 from rcnn_cli.data.proposal_cache import attach_proposals
@@ -33,8 +25,8 @@ from rcnn_cli.engine.export import export_model
 from rcnn_cli.engine.faults import NonFiniteLossError  # noqa: F401  (re-exported)
 from rcnn_cli.engine.optim import build_optimizer, build_scheduler
 from rcnn_cli.engine.resume import check_resume_config
+from rcnn_cli.engine.runtime import config_dict, make_progress
 from rcnn_cli.engine.visuals import ValImages
-from rcnn_cli.errors import ConfigError
 from rcnn_cli.evaluation.build import build_evaluator, headline, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
@@ -43,24 +35,6 @@ from rcnn_cli.modeling.backbones import eval_frozen_norms
 from rcnn_cli.modeling.build import build_detector, uses_masks
 
 log = logging.getLogger("rcnn_cli")
-
-
-def config_dict(cfg: DictConfig) -> dict:
-    keys = [k for k in cfg.keys() if k != "hydra"]
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True,
-                                  enum_to_str=True)
-
-
-def hydra_run_dir() -> Path:
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
-def make_progress(disable: bool = False) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"),
-                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), disable=disable)
 
 
 class Trainer:
@@ -333,37 +307,3 @@ def resume_command(run_dir: Path) -> str:
     if HydraConfig.initialized():
         args = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
     return " ".join(["rcnn-train", *args, f"resume={run_dir}"])
-
-
-def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
-    """Train ``cfg`` into ``run_dir`` (Hydra's output dir by default); returns final metrics."""
-    validate(cfg)
-    env = distributed.setup(cfg)
-    if not env.is_main:
-        distributed.quiet_logging(env.rank)
-    run_dir = distributed.shared_run_dir(Path(run_dir) if run_dir is not None
-                                         else hydra_run_dir())
-    log.info("run directory: %s", run_dir)
-    try:
-        if cfg.schedule.name == "alternating":
-            from rcnn_cli.engine.alternating import train_alternating
-
-            if env.enabled:
-                raise ConfigError("schedule=alternating (4-step training) runs in one process; "
-                                  "start it without torchrun/srun, or use schedule=joint")
-
-            metrics = train_alternating(cfg, run_dir)
-        elif cfg.model.name in ("rcnn", "sppnet"):
-            from rcnn_cli.engine.region_stages import train_region_model
-
-            metrics = train_region_model(cfg, run_dir)
-        else:
-            metrics = Trainer(cfg, run_dir).run()
-    except faults.Interrupted:
-        raise  # every rank stopped at the same step (``distributed.any_rank_stopping``)
-    except Exception:
-        distributed.announce_failure()
-        raise
-    log.info("run directory: %s", run_dir)
-    distributed.shutdown()
-    return metrics

@@ -84,7 +84,7 @@ def load_trunk_file(trunk: nn.Module, path: Path, head_prefix: str = "fc.",
                     keep_prefix: str | None = None) -> None:
     """Load an ImageNet-style state dict, ignoring its classifier (``head_prefix``) except
     for layers under ``keep_prefix`` whose shapes match the trunk's."""
-    from rcnn_cli.engine.checkpoint import load_state_file
+    from rcnn_cli.io import load_state_file
 
     state = load_state_file(path)
     own = trunk.state_dict()

@@ -198,7 +198,7 @@ def build_roi_heads(cfg, backbone: BackboneSpec, num_classes: int) -> nn.Module:
 def load_detector_weights(model: nn.Module, weights: str) -> None:
     """Whole-detector weights: a torchvision name (``FasterRCNN_ResNet50_FPN_Weights.COCO_V1``),
     a state-dict file, or an rcnn-cli checkpoint."""
-    from rcnn_cli.engine.checkpoint import load_state_file
+    from rcnn_cli.io import load_state_file
 
     if Path(weights).expanduser().is_file():
         state = load_state_file(Path(weights).expanduser())

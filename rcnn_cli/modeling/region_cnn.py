@@ -68,7 +68,7 @@ def classifier_parts(name: str, weights: str | None, norm: str, width: int) -> C
 def load_classifier_file(net: nn.Module, path) -> None:
     """A torchvision-layout state dict; its last classifier layer (the class scores) is left
     out, since the detector has its own."""
-    from rcnn_cli.engine.checkpoint import load_state_file
+    from rcnn_cli.io import load_state_file
 
     last = [k for k, m in net.classifier.named_children() if isinstance(m, nn.Linear)][-1]
     skip = f"classifier.{last}."

@@ -80,7 +80,7 @@ def test_non_contiguous_category_ids_survive_training_results_and_coco_eval(tmp_
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from rcnn_cli.engine.trainer import train
+    from rcnn_cli.engine.train import train
 
     d = shapes_to_disk(tmp_path, n_train=4, n_val=2, category_ids=(42, 3, 7))
     run = tmp_path / "run"
@@ -133,7 +133,7 @@ def test_contiguous_labels_map_back_to_the_original_ids_in_results(tmp_path):
 def test_voc_and_converted_coco_train_and_evaluate_the_same(tmp_path):
     """Train as dataset=coco on the converted files, evaluate the checkpoint as dataset=voc."""
     from rcnn_cli.engine.evaluator import evaluate_checkpoint
-    from rcnn_cli.engine.trainer import train
+    from rcnn_cli.engine.train import train
 
     d = shapes_to_disk(tmp_path, n_train=8, n_val=4)
     mark_first_val_object_difficult(d)

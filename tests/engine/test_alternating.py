@@ -17,7 +17,7 @@ import torch
 
 from rcnn_cli.engine import alternating
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
-from rcnn_cli.engine.trainer import train
+from rcnn_cli.engine.train import train
 from tests.conftest import BIN, TINY, compose_cfg, run_cli
 
 STAGE_ITERS = ["schedule.stages.rpn1.max_iter=2", "schedule.stages.fast1.max_iter=4",

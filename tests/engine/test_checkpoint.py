@@ -17,14 +17,13 @@ import torch
 from rcnn_cli.engine import checkpoint as ckpt_mod
 from rcnn_cli.engine.checkpoint import (
     CheckpointStore,
-    load_checkpoint,
     load_latest,
     resolve_resume,
     rng_state,
     set_rng_state,
-    sha256,
 )
 from rcnn_cli.errors import CheckpointError
+from rcnn_cli.io import load_checkpoint, sha256
 from tests.conftest import BIN, TINY
 
 

@@ -16,7 +16,7 @@ import torch
 
 from rcnn_cli.data.loader import IterationBatchSampler
 from rcnn_cli.engine import distributed
-from rcnn_cli.engine.trainer import train
+from rcnn_cli.engine.train import train
 from tests.conftest import TINY, compose_cfg
 
 # Batch-split independent settings: frozen BN (per-process BatchNorm statistics would differ),

@@ -8,11 +8,11 @@ import shutil
 import pytest
 import torch
 
-from rcnn_cli.engine.checkpoint import load_checkpoint
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
 from rcnn_cli.engine.export import load_export
-from rcnn_cli.engine.trainer import train
+from rcnn_cli.engine.train import train
 from rcnn_cli.errors import CheckpointError
+from rcnn_cli.io import load_checkpoint
 from tests.conftest import TINY, compose_cfg
 
 FLAT = TINY + ["schedule.max_iter=2", "schedule.eval_period=2", "log.tensorboard=false",

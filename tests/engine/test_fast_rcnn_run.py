@@ -13,7 +13,7 @@ from rcnn_cli.data import proposal_cache as pc
 from rcnn_cli.data.shapes import ShapesDataset
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
 from rcnn_cli.engine.predictor import predict_images
-from rcnn_cli.engine.trainer import train
+from rcnn_cli.engine.train import train
 from rcnn_cli.evaluation.draw import write_image
 from rcnn_cli.modeling.build import build_detector
 from rcnn_cli.modeling.svd import LowRankLinear

@@ -16,9 +16,9 @@ from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import train_loader
 from rcnn_cli.engine import faults
 from rcnn_cli.engine import trainer as trainer_mod
-from rcnn_cli.engine.checkpoint import load_checkpoint, sha256
-from rcnn_cli.engine.trainer import train
+from rcnn_cli.engine.train import train
 from rcnn_cli.errors import DataError
+from rcnn_cli.io import load_checkpoint, sha256
 from tests.conftest import BIN, TINY, compose_cfg
 
 FLAT = TINY + ["schedule.decay=step", "schedule.decay_steps=[]", "log.tensorboard=false",

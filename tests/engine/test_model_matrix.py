@@ -11,7 +11,7 @@ import itertools
 import pytest
 
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
-from rcnn_cli.engine.trainer import train
+from rcnn_cli.engine.train import train
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.modeling.build import build_detector
 from tests.conftest import TINY, compose_cfg

@@ -13,7 +13,7 @@ import torch
 from rcnn_cli.engine import region_stages
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
 from rcnn_cli.engine.predictor import predict_images
-from rcnn_cli.engine.trainer import train
+from rcnn_cli.engine.train import train
 from rcnn_cli.rcnn.feature_store import FeatureStore
 from tests.conftest import TINY, compose_cfg
 

@@ -11,7 +11,7 @@ import torch
 
 from rcnn_cli.engine import trainer as trainer_mod
 from rcnn_cli.engine.resume import config_differences
-from rcnn_cli.engine.trainer import train
+from rcnn_cli.engine.train import train
 from rcnn_cli.errors import ConfigError
 from tests.conftest import TINY, compose_cfg
 

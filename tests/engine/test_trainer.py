@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from rcnn_cli.engine.checkpoint import load_checkpoint
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
-from rcnn_cli.engine.trainer import train
+from rcnn_cli.engine.train import train
 from rcnn_cli.errors import ConfigError
+from rcnn_cli.io import load_checkpoint
 from tests.conftest import TINY, compose_cfg
 
 # A schedule that does not depend on max_iter, so a short run is a prefix of a long one.

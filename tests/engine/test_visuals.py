@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rcnn_cli.engine.trainer import train
+from rcnn_cli.engine.train import train
 from tests.conftest import TINY, compose_cfg
 
 SHORT = TINY + ["log.images_every=2", "log.images_count=3", "log.images_score_thresh=0.0",

@@ -9,7 +9,7 @@ import torch
 
 from rcnn_cli.data.shapes import CLASSES
 from rcnn_cli.engine.export import export_model
-from rcnn_cli.engine.trainer import config_dict
+from rcnn_cli.engine.runtime import config_dict
 from rcnn_cli.modeling.build import build_detector
 from tests.conftest import TINY, compose_cfg
 

@@ -218,6 +218,6 @@ def test_tiny_lineage_of_every_available_system(tmp_path, monkeypatch):
     table = (out / "lineage.md").read_text()
     assert all(f"| {label} |" in table for label in systems)
     # A re-run reuses every finished system instead of training again.
-    monkeypatch.setattr("rcnn_cli.engine.trainer.train",
+    monkeypatch.setattr("rcnn_cli.engine.train.train",
                         lambda *a, **k: pytest.fail("trained again"))
     assert lineage.main(args) == 0

@@ -1,0 +1,55 @@
+"""``train(cfg) -> metrics``: what ``rcnn-train``, sweeps, benchmarks and tests call.
+
+It sits above the programs it chooses between: the joint loop (``trainer.Trainer``, Faster
+R-CNN §3.2 approximate joint training), the 4-step alternating graph (Faster R-CNN §3.1.3,
+``stages.alternating``) and the R-CNN / SPPNet graph (``stages.region``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from rcnn_cli.config import validate
+from rcnn_cli.engine import distributed, faults
+from rcnn_cli.engine.runtime import hydra_run_dir
+from rcnn_cli.engine.trainer import Trainer
+from rcnn_cli.errors import ConfigError
+
+log = logging.getLogger("rcnn_cli")
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+    """Train ``cfg`` into ``run_dir`` (Hydra's output dir by default); returns final metrics."""
+    validate(cfg)
+    env = distributed.setup(cfg)
+    if not env.is_main:
+        distributed.quiet_logging(env.rank)
+    run_dir = distributed.shared_run_dir(Path(run_dir) if run_dir is not None
+                                         else hydra_run_dir())
+    log.info("run directory: %s", run_dir)
+    try:
+        if cfg.schedule.name == "alternating":
+            from rcnn_cli.engine.alternating import train_alternating
+
+            if env.enabled:
+                raise ConfigError("schedule=alternating (4-step training) runs in one process; "
+                                  "start it without torchrun/srun, or use schedule=joint")
+
+            metrics = train_alternating(cfg, run_dir)
+        elif cfg.model.name in ("rcnn", "sppnet"):
+            from rcnn_cli.engine.region_stages import train_region_model
+
+            metrics = train_region_model(cfg, run_dir)
+        else:
+            metrics = Trainer(cfg, run_dir).run()
+    except faults.Interrupted:
+        raise  # every rank stopped at the same step (``distributed.any_rank_stopping``)
+    except Exception:
+        distributed.announce_failure()
+        raise
+    log.info("run directory: %s", run_dir)
+    distributed.shutdown()
+    return metrics
