@@ -71,3 +71,8 @@ class MetricMode(Enum):
     min = "min"
 
 
+class WeightsClasses(Enum):
+    """Class-dependent tensors of ``model.weights``: copy matching classes' rows, or none."""
+
+    map = "map"
+    reinit = "reinit"

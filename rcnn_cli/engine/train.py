@@ -17,6 +17,7 @@ from rcnn_cli.engine import distributed, faults
 from rcnn_cli.engine.runtime import hydra_run_dir
 from rcnn_cli.engine.trainer import Trainer
 from rcnn_cli.errors import ConfigError
+from rcnn_cli.modeling.weights import check_weights_config
 
 log = logging.getLogger("rcnn_cli")
 
@@ -30,6 +31,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     run_dir = distributed.shared_run_dir(Path(run_dir) if run_dir is not None
                                          else hydra_run_dir())
     log.info("run directory: %s", run_dir)
+    log.info("recipe: %s", recipe_in_force())
+    check_weights_config(cfg)  # before any dataset work: a wrong backbone fails in seconds
     try:
         if cfg.schedule.name == "alternating":
             from rcnn_cli.engine.alternating import train_alternating
@@ -53,3 +56,15 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     log.info("run directory: %s", run_dir)
     distributed.shutdown()
     return metrics
+
+
+def recipe_in_force() -> str:
+    """The recipe presets Hydra composed (``recipe``: chosen by backbone and dataset;
+    ``experiment``: named by the user)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return "composed outside rcnn-train (no Hydra choices)"
+    choices = HydraConfig.get().runtime.choices
+    named = [f"{g}={choices[g]}" for g in ("recipe", "experiment") if choices.get(g)]
+    return ", ".join(named) or "none: the plain group defaults"

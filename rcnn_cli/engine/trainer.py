@@ -32,7 +32,8 @@ from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
 from rcnn_cli.modeling import seeded_sampler
 from rcnn_cli.modeling.backbones import eval_frozen_norms
-from rcnn_cli.modeling.build import build_detector, uses_masks
+from rcnn_cli.modeling.build import build_architecture, uses_masks
+from rcnn_cli.modeling.weights import load_pretrained
 
 log = logging.getLogger("rcnn_cli")
 
@@ -68,7 +69,10 @@ class Trainer:
         attach_proposals(cfg, "val", self.val_set)
         self.classes = list(self.train_set.raw.classes)
         self.category_ids = list(self.train_set.raw.category_ids)
-        self.model = build_detector(cfg, len(self.classes)).to(self.device)
+        self.model = build_architecture(cfg, len(self.classes))
+        self.weights_report = (load_pretrained(self.model, cfg, self.classes, self.category_ids)
+                               if cfg.model.weights else None)
+        self.model.to(self.device)
         seeded_sampler.install(self.model)
         self.train_model = distributed.wrap_model(self.model, self.device, cfg.dist)
         self.setup_optimization(
@@ -81,6 +85,8 @@ class Trainer:
         if cfg.resume:
             self.resume(cfg.resume)
         self.events = EventLogger(run_dir, cfg.log.tensorboard, enabled=self.is_main)
+        if self.weights_report is not None and self.is_main:
+            self.weights_report.publish(run_dir, self.events.tensorboard)
 
     def setup_optimization(self, store_dir: Path, lr: float) -> None:
         """Optimizer, lr schedule, AMP scaler, checkpoint store and fault guard for

@@ -24,6 +24,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from rcnn_cli.errors import ConfigError
+from rcnn_cli.modeling.download import fetch_weights
 
 RESNET_FPN = {"r18_fpn": "resnet18", "r50_fpn": "resnet50", "r101_fpn": "resnet101"}
 RESNET_C4 = {"r50_c4": "resnet50", "r101_c4": "resnet101"}
@@ -73,11 +74,13 @@ def resolve_weights(weights: str | None):
     if Path(weights).expanduser().is_file():
         return None, Path(weights).expanduser()
     try:
-        return get_weight(weights), None
+        enum = get_weight(weights)
     except (ValueError, KeyError, AttributeError) as e:
         raise ConfigError(
             f"backbone.weights={weights!r} is neither an existing file nor a torchvision "
             f"weights name such as 'ResNet50_Weights.IMAGENET1K_V1'") from e
+    fetch_weights(enum, "backbone.weights")  # into torch's cache, or one clear offline error
+    return enum, None
 
 
 def load_trunk_file(trunk: nn.Module, path: Path, head_prefix: str = "fc.",
@@ -229,10 +232,22 @@ BACKBONES = {**{n: resnet_fpn for n in RESNET_FPN}, **{n: resnet_c4 for n in RES
 
 
 def build_backbone(name: str, weights: str | None, trainable_layers: int, norm: str,
-                   fpn_channels: int) -> BackboneSpec:
+                   fpn_channels: int, norm_eps: float = 1e-5) -> BackboneSpec:
     if name not in BACKBONES:
         raise ConfigError(f"backbone={name} is not supported; available: {', '.join(BACKBONES)}")
-    return BACKBONES[name](name, weights, trainable_layers, norm, fpn_channels)
+    spec = BACKBONES[name](name, weights, trainable_layers, norm, fpn_channels)
+    for part in (spec.module, spec.res5):
+        if part is not None:
+            set_norm_eps(part, norm_eps)
+    return spec
+
+
+def set_norm_eps(module: nn.Module, eps: float) -> None:
+    """``backbone.norm_eps`` on every normalisation layer, as torchvision's ``overwrite_eps``
+    does (eps 0.0) for its legacy COCO_V1 ResNet-50 FPN weights."""
+    for m in module.modules():
+        if isinstance(m, (FrozenBatchNorm2d, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+            m.eps = eps
 
 
 def eval_frozen_norms(model: nn.Module) -> nn.Module:

@@ -7,10 +7,8 @@ A detector is ``transform -> backbone -> proposal source (RPN) -> RoI heads``; t
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 from torch import nn
-from torchvision.models import get_weight
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
@@ -25,6 +23,7 @@ from rcnn_cli.modeling.proposals import check_source
 from rcnn_cli.modeling.roi_heads import build_box_head, build_box_roi_heads
 from rcnn_cli.modeling.rpn import build_rpn
 from rcnn_cli.modeling.svd import shape_box_head
+from rcnn_cli.modeling.weights import load_pretrained
 
 MODELS = ("faster", "mask", "cascade", "cascade_mask", "fast", "rcnn", "sppnet")
 EXTERNAL_PROPOSALS = ("fast", "rcnn", "sppnet")  # models that classify given proposals
@@ -39,8 +38,19 @@ def _value(x):
     return getattr(x, "value", x)
 
 
-def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
-    """Build ``cfg.model`` for ``num_classes`` foreground classes (+1 background)."""
+def build_detector(cfg, num_classes: int, classes: list[str] | None = None,
+                   category_ids: list[int] | None = None) -> GeneralizedRCNN:
+    """Build ``cfg.model`` for ``num_classes`` foreground classes (+1 background) and load
+    ``model.weights`` (mapping its classes to ``classes`` when given, see
+    ``rcnn_cli.modeling.weights``)."""
+    model = build_architecture(cfg, num_classes)
+    if cfg.model.weights:
+        load_pretrained(model, cfg, classes, category_ids)
+    return model
+
+
+def build_architecture(cfg, num_classes: int) -> GeneralizedRCNN:
+    """The detector of ``cfg`` with ``backbone.weights`` but without ``model.weights``."""
     m, b, a, s, d = cfg.model, cfg.backbone, cfg.anchors, cfg.sampler, cfg.dataset
     if m.name not in MODELS:
         raise ConfigError(f"model={m.name} is not supported; available: {', '.join(MODELS)}")
@@ -48,16 +58,12 @@ def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
     if m.name in ("rcnn", "sppnet"):
         from rcnn_cli.modeling.region_build import build_region_detector
 
-        model = build_region_detector(cfg, num_classes)
-        if m.weights:
-            load_detector_weights(model, m.weights)
-        return model
-    backbone = build_backbone(b.name, b.weights, b.trainable_layers, _value(b.norm), b.fpn_channels)
+        return build_region_detector(cfg, num_classes)
+    backbone = build_backbone(b.name, b.weights, b.trainable_layers, _value(b.norm), b.fpn_channels,
+                              b.norm_eps)
     if m.name == "fast":
         model = build_fast_rcnn(cfg, backbone, num_classes)
         shape_box_head(model, m.box_head.fc6_rank, m.box_head.fc7_rank)
-        if m.weights:
-            load_detector_weights(model, m.weights)
         return model
     anchors = build_anchor_generator(a.name, a.sizes, a.aspect_ratios, backbone.feature_names,
                                      b.name)
@@ -79,8 +85,6 @@ def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
                                          list(m.image_std), _skip_resize=True)
     model = GeneralizedRCNN(backbone.module, rpn, roi_heads, transform)
     shape_box_head(model, m.box_head.fc6_rank, m.box_head.fc7_rank)
-    if m.weights:
-        load_detector_weights(model, m.weights)
     return model
 
 
@@ -193,30 +197,3 @@ def build_roi_heads(cfg, backbone: BackboneSpec, num_classes: int) -> nn.Module:
     if mask_parts is not None:
         heads.mask_roi_pool, heads.mask_head, heads.mask_predictor = mask_parts
     return heads
-
-
-def load_detector_weights(model: nn.Module, weights: str) -> None:
-    """Whole-detector weights: a torchvision name (``FasterRCNN_ResNet50_FPN_Weights.COCO_V1``),
-    a state-dict file, or an rcnn-cli checkpoint."""
-    from rcnn_cli.io import load_state_file
-
-    if Path(weights).expanduser().is_file():
-        state = load_state_file(Path(weights).expanduser())
-    else:
-        try:
-            enum = get_weight(weights)
-        except (ValueError, KeyError, AttributeError) as e:
-            raise ConfigError(f"model.weights={weights!r} is neither a file nor a torchvision "
-                              "weights name") from e
-        state = enum.get_state_dict(progress=True)
-    own = model.state_dict()
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-           if k in own and own[k].shape != v.shape]
-    if bad:
-        raise ConfigError(f"model.weights={weights}: shape mismatch for {bad[:5]} "
-                          "(a different number of classes?)")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if "num_batches_tracked" not in k]
-    if missing or unexpected:
-        raise ConfigError(f"model.weights={weights}: missing keys {missing[:5]}, "
-                          f"unexpected keys {unexpected[:5]}")
