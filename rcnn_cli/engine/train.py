@@ -65,6 +65,13 @@ def recipe_in_force() -> str:
 
     if not HydraConfig.initialized():
         return "composed outside rcnn-train (no Hydra choices)"
+    from importlib.resources import files
+
     choices = HydraConfig.get().runtime.choices
-    named = [f"{g}={choices[g]}" for g in ("recipe", "experiment") if choices.get(g)]
-    return ", ".join(named) or "none: the plain group defaults"
+    recipe = choices.get("recipe")
+    if recipe and not (files("rcnn_cli.conf") / "recipe" / f"{recipe}.yaml").is_file():
+        recipe = None  # ``optional recipe: ${backbone}_${dataset}`` found no file
+    named = [f"recipe={recipe}"] if recipe else []
+    if choices.get("experiment"):
+        named.append(f"experiment={choices['experiment']}")
+    return ", ".join(named) or "none (the plain group defaults)"

@@ -12,10 +12,10 @@ from rcnn_cli.io import atomic_write_json
 log = logging.getLogger("rcnn_cli")
 
 CATEGORIES = {
-    "loaded": "same name and shape as the source: copied",
-    "mapped": "class layers: rows of your classes found in the source copied, others fresh",
-    "reinitialised": "kept at the fresh initialisation (no class matched, reinit, or partial)",
-    "skipped": "source tensors not used (model.weights_partial)",
+    "loaded": "copied: same name and shape",
+    "mapped": "class layers: matched classes' rows copied",
+    "reinitialised": "fresh init (reinit, no match, partial)",
+    "skipped": "source tensors unused (weights_partial)",
 }
 
 

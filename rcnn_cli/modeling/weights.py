@@ -23,6 +23,7 @@ from torchvision.models._meta import _COCO_CATEGORIES
 
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.io import FORMAT, load_file, sha256
+from rcnn_cli.modeling.backbones import resolve_weights
 from rcnn_cli.modeling.download import fetch_weights
 from rcnn_cli.modeling.load_report import LoadReport
 
@@ -367,8 +368,11 @@ def warn_eps(source: Source, cfg) -> None:
 
 
 def check_weights_config(cfg) -> None:
-    """Before any dataset work: build the model (no pretrained trunk) and check
-    ``model.weights`` fits it, so a wrong backbone fails in seconds."""
+    """Before any dataset work: fetch ``backbone.weights`` by name (or fail offline), build the
+    model without pretrained weights and check ``model.weights`` fits it, so a wrong backbone
+    or a missing file fails in seconds."""
+    if cfg.backbone.get("weights"):
+        resolve_weights(cfg.backbone.weights)
     if not cfg.model.get("weights"):
         return
     from rcnn_cli.modeling.build import build_architecture
