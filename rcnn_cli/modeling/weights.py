@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchvision.models import get_weight
 from torchvision.models._meta import _COCO_CATEGORIES
 
+from rcnn_cli.data.voc import VOC_CLASSES
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.io import FORMAT, load_file, sha256
 from rcnn_cli.modeling.backbones import resolve_weights
@@ -30,9 +31,6 @@ from rcnn_cli.modeling.load_report import LoadReport
 log = logging.getLogger("rcnn_cli")
 
 BACKGROUND = "__background__"
-VOC_NAMES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-             "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep",
-             "sofa", "train", "tvmonitor"]
 # VOC's names for COCO's classes (matching is case-insensitive)
 SYNONYMS = {"aeroplane": "airplane", "motorbike": "motorcycle", "sofa": "couch",
             "tvmonitor": "tv", "diningtable": "dining table", "pottedplant": "potted plant"}
@@ -87,7 +85,9 @@ def read_source(spec: str, model_name: str, backbone_name: str, class_names=None
         # an export; its reader lives with its writer (engine.export)
         from rcnn_cli.engine.export import load_export
 
-        return rcnn_cli_source(spec, "rcnn-cli export", load_export(path), path)
+        ckpt = load_export(path)
+        return rcnn_cli_source(spec, "rcnn-cli export", ckpt,
+                               path / "model.safetensors" if path.is_dir() else path)
     if path.is_file():
         obj = load_file(path, trust)
         if obj.get("format") == FORMAT:
@@ -130,7 +130,7 @@ def named_classes(class_names) -> tuple[list[str] | None, list[int | None] | Non
     if class_names == "coco":
         return list(_COCO_CATEGORIES), list(range(len(_COCO_CATEGORIES)))
     if class_names == "voc":
-        return [BACKGROUND, *VOC_NAMES], None
+        return [BACKGROUND, *VOC_CLASSES], None
     if isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names):
         raise ConfigError(f"model.weights_class_names={class_names}: use coco, voc or a list "
                           "of class names (without background)")

@@ -136,3 +136,8 @@ def test_shapes_checkpoint_fine_tuned_on_a_two_class_subset_maps_by_name(finetun
     key = "roi_heads.box_predictor.cls_score.weight"
     assert torch.equal(model.state_dict()[key], src[key][[0, 3, 1]])
     assert report.kind == "rcnn-cli checkpoint"
+    cfg = compose_cfg("train", TINY + SMALL + [f"model.weights={finetuned / 'export'}"])
+    model = build_architecture(cfg, 2)
+    report = load_pretrained(model, cfg, ["triangle", "rectangle"], [3, 1])
+    assert torch.equal(model.state_dict()[key], src[key][[0, 3, 1]])
+    assert report.kind == "rcnn-cli export" and report.path.endswith("model.safetensors")
