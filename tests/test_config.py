@@ -22,7 +22,8 @@ def test_every_group_has_options():
         assert group in GROUPS and any(g == group for g, _ in OPTIONS)
 
 
-ALIASES = {("schedule", "four_step"): "alternating"}
+ALIASES = {("schedule", "four_step"): "alternating", ("anchors", "shapes"): "fpn_small",
+           ("anchors", "voc"): "fpn", ("anchors", "coco"): "fpn"}
 
 # Options whose files leave paths as ``???``: given here, and checked to be reported as missing.
 REQUIRED = {
@@ -131,7 +132,8 @@ def test_out_of_range_values_are_named(override):
 
 def test_shapes_recipe_applies_to_the_default_run_only():
     """`make train` keeps the light shapes recipe; a named backbone or another dataset gets
-    the plain group defaults (torchvision's layout for r50_fpn)."""
+    the plain group defaults (torchvision's layout for r50_fpn); anchors follow the dataset
+    unless chosen."""
     default = compose_cfg("train")
     assert default.model.box_head.representation_size == 256
     assert default.pooler.canonical_scale == 56 and default.anchors.name == "fpn_small"
@@ -140,8 +142,10 @@ def test_shapes_recipe_applies_to_the_default_run_only():
     for over in (["backbone=r50_fpn"], ["dataset=voc", "dataset.root=X"]):
         cfg = compose_cfg("train", over)
         assert cfg.model.box_head.representation_size == 1024
-        assert cfg.pooler.canonical_scale == 224 and cfg.anchors.name == "fpn"
+        assert cfg.pooler.canonical_scale == 224 and cfg.schedule.optimizer.value == "sgd"
         assert cfg.sampler.roi.batch_size_per_image == 512
+    assert compose_cfg("train", ["dataset=voc", "dataset.root=X"]).anchors.name == "fpn"
+    assert compose_cfg("train", ["anchors=fpn"]).anchors.name == "fpn"
     named = compose_cfg("train", ["dataset=voc", "dataset.root=X", "experiment=scratch_cpu"])
     assert named.model.box_head.representation_size == 256
     assert named.pooler.canonical_scale == 224  # small-object settings only under shapes_cpu

@@ -239,3 +239,13 @@ def test_named_backbone_checkpoint_loads_strictly_into_torchvision():
                                                     "dataset=voc", "dataset.root=X"]), 3)
     ref = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4)
     ref.load_state_dict(ours.state_dict(), strict=True)
+
+
+def test_default_names_the_builders_torchvision_has(tmp_path):
+    from rcnn_cli.modeling.weights import read_source
+
+    with pytest.raises(ConfigError, match="torchvision has no COCO weights for model=cascade "
+                                          "backbone=r50_fpn"):
+        read_source("DEFAULT", "cascade", "r50_fpn")
+    with pytest.raises(ConfigError, match="no checkpoint, export or state-dict file there"):
+        read_source(str(tmp_path / "gone.pth"), "faster", "r50_fpn")
