@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from rcnn_cli.config import validate
+from rcnn_cli.config.recipe import recipe_in_force
 from rcnn_cli.engine import distributed, faults
 from rcnn_cli.engine.runtime import hydra_run_dir
 from rcnn_cli.engine.trainer import Trainer
@@ -56,22 +57,3 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     log.info("run directory: %s", run_dir)
     distributed.shutdown()
     return metrics
-
-
-def recipe_in_force() -> str:
-    """The recipe presets Hydra composed (``recipe``: chosen by backbone and dataset;
-    ``experiment``: named by the user)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return "composed outside rcnn-train (no Hydra choices)"
-    from importlib.resources import files
-
-    choices = HydraConfig.get().runtime.choices
-    recipe = choices.get("recipe")
-    if recipe and not (files("rcnn_cli.conf") / "recipe" / f"{recipe}.yaml").is_file():
-        recipe = None  # ``optional recipe: ${backbone}_${dataset}`` found no file
-    named = [f"recipe={recipe}"] if recipe else []
-    if choices.get("experiment"):
-        named.append(f"experiment={choices['experiment']}")
-    return ", ".join(named) or "none (the plain group defaults)"

@@ -74,13 +74,20 @@ def resolve_weights(weights: str | None):
     if Path(weights).expanduser().is_file():
         return None, Path(weights).expanduser()
     try:
-        enum = get_weight(weights)
+        return get_weight(weights), None
     except (ValueError, KeyError, AttributeError) as e:
         raise ConfigError(
             f"backbone.weights={weights!r} is neither an existing file nor a torchvision "
             f"weights name such as 'ResNet50_Weights.IMAGENET1K_V1'") from e
-    fetch_weights(enum, "backbone.weights")  # into torch's cache, or one clear offline error
-    return enum, None
+
+
+def fetched_weights(weights: str | None):
+    """``resolve_weights``, with a torchvision weights file downloaded into torch's cache
+    first (or one clear error offline), so that the torchvision builder finds it there."""
+    enum, file = resolve_weights(weights)
+    if enum is not None:
+        fetch_weights(enum, "backbone.weights")
+    return enum, file
 
 
 def load_trunk_file(trunk: nn.Module, path: Path, head_prefix: str = "fc.",
@@ -114,7 +121,7 @@ def freeze_stages(trunk: nn.Module, trainable_layers: int) -> None:
 
 
 def resnet_trunk(arch: str, weights: str | None, trainable_layers: int, norm: str) -> nn.Module:
-    enum, file = resolve_weights(weights)
+    enum, file = fetched_weights(weights)
     trunk = getattr(resnet, arch)(weights=enum, norm_layer=norm_layer(norm))
     if file is not None:
         load_trunk_file(trunk, file)
@@ -163,7 +170,7 @@ def vgg16_conv5(name: str, weights: str | None, trainable_layers: int, norm: str
                           f"not norm={norm}")
     if not 0 <= trainable_layers <= 5:
         raise ConfigError(f"backbone.trainable_layers={trainable_layers}: must be in [0, 5]")
-    enum, file = resolve_weights(weights)
+    enum, file = fetched_weights(weights)
     net = (vgg16 if norm == "none" else vgg16_bn)(weights=enum)
     if file is not None:
         load_trunk_file(net, file, head_prefix="classifier.", keep_prefix="classifier.")
@@ -189,7 +196,7 @@ def alexnet_conv5(name: str, weights: str | None, trainable_layers: int, norm: s
                           f"not norm={norm}")
     if not 0 <= trainable_layers <= 5:
         raise ConfigError(f"backbone.trainable_layers={trainable_layers}: must be in [0, 5]")
-    enum, file = resolve_weights(weights)
+    enum, file = fetched_weights(weights)
     net = alexnet(weights=enum)
     if file is not None:
         load_trunk_file(net, file, head_prefix="classifier.")
@@ -219,7 +226,7 @@ def mobilenet_v3_fpn(name: str, weights: str | None, trainable_layers: int, norm
     if not 0 <= trainable_layers <= 6:
         raise ConfigError(f"backbone.trainable_layers={trainable_layers}: must be in [0, 6] "
                           f"for {name}")
-    enum, file = resolve_weights(weights)
+    enum, file = fetched_weights(weights)
     trunk = mobilenet_v3_large(weights=enum, norm_layer=norm_layer(norm))
     if file is not None:
         load_trunk_file(trunk, file, head_prefix="classifier.")

@@ -24,7 +24,7 @@ from torchvision.models._meta import _COCO_CATEGORIES
 from rcnn_cli.data.voc import VOC_CLASSES
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.io import FORMAT, load_file, sha256
-from rcnn_cli.modeling.backbones import resolve_weights
+from rcnn_cli.modeling.backbones import fetched_weights
 from rcnn_cli.modeling.download import fetch_weights
 from rcnn_cli.modeling.load_report import LoadReport
 
@@ -372,7 +372,7 @@ def check_weights_config(cfg) -> None:
     model without pretrained weights and check ``model.weights`` fits it, so a wrong backbone
     or a missing file fails in seconds."""
     if cfg.backbone.get("weights"):
-        resolve_weights(cfg.backbone.weights)
+        fetched_weights(cfg.backbone.weights)
     if not cfg.model.get("weights"):
         return
     from rcnn_cli.modeling.build import build_architecture

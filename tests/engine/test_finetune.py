@@ -69,7 +69,8 @@ def test_backbone_weights_name_offline_is_the_same_clear_error(tmp_path, monkeyp
 
 
 def test_cli_offline_error_has_no_traceback(tmp_path, monkeypatch):
-    """rcnn-train with the network blocked (a dead proxy) and an empty torch cache."""
+    """rcnn-train with the network blocked (a dead proxy) and an empty torch cache; the recipe
+    in force is printed first."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     for var in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
@@ -81,6 +82,7 @@ def test_cli_offline_error_has_no_traceback(tmp_path, monkeypatch):
     assert out.returncode != 0
     assert "Traceback" not in out.stderr + out.stdout
     assert "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth" in out.stderr + out.stdout
+    assert "recipe: none (the plain group defaults)" in out.stderr + out.stdout
 
 
 @pytest.fixture(scope="module")
