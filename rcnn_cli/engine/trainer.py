@@ -32,8 +32,8 @@ from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
 from rcnn_cli.modeling import seeded_sampler
 from rcnn_cli.modeling.backbones import eval_frozen_norms
-from rcnn_cli.modeling.build import build_architecture, uses_masks
-from rcnn_cli.modeling.weights import load_pretrained
+from rcnn_cli.modeling.build import build_detector, uses_masks
+from rcnn_cli.modeling.weights import load_pretrained, without_pretrained
 
 log = logging.getLogger("rcnn_cli")
 
@@ -69,7 +69,7 @@ class Trainer:
         attach_proposals(cfg, "val", self.val_set)
         self.classes = list(self.train_set.raw.classes)
         self.category_ids = list(self.train_set.raw.category_ids)
-        self.model = build_architecture(cfg, len(self.classes))
+        self.model = build_detector(without_pretrained(cfg, trunk=False), len(self.classes))
         self.weights_report = (load_pretrained(self.model, cfg, self.classes, self.category_ids)
                                if cfg.model.weights else None)
         self.model.to(self.device)

@@ -381,15 +381,16 @@ def check_weights_config(cfg) -> None:
     check_architecture(build_architecture(without_pretrained(cfg), 1), source, cfg)
 
 
-def without_pretrained(cfg):
-    """A copy of ``cfg`` that builds the same architecture without reading pretrained weights
-    (``backbone.weights``, ``model.weights``, fc layers from the classifier)."""
+def without_pretrained(cfg, trunk: bool = True):
+    """A copy of ``cfg`` that builds the same architecture without ``model.weights`` and, with
+    ``trunk``, without ``backbone.weights`` and fc layers from the classifier either."""
     from omegaconf import OmegaConf, open_dict
 
     cfg = cfg.copy() if OmegaConf.is_config(cfg) else cfg
     with open_dict(cfg):
-        cfg.backbone.weights = None
         cfg.model.weights = None
-        if "fast_rcnn" in cfg.model:
-            cfg.model.fast_rcnn.fc_init = "random"
+        if trunk:
+            cfg.backbone.weights = None
+            if "fast_rcnn" in cfg.model:
+                cfg.model.fast_rcnn.fc_init = "random"
     return cfg
