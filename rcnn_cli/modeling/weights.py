@@ -234,7 +234,7 @@ def load_pretrained(model: nn.Module, cfg, classes: list[str] | None = None,
     report.reinitialised += found["fresh"]
     if found["class"]:
         rows = class_rows(model, source, found["class"], cfg, classes, category_ids)
-        if rows is not None:
+        if rows is not None and classes is not None:
             report.class_map = [{"class": c, "source_row": r,
                                  "source_class": None if r is None else source.names[r]}
                                 for c, r in zip(["__background__", *classes], rows)]
@@ -261,8 +261,9 @@ def class_rows(model, source: Source, keys: list[str], cfg, classes, category_id
         return None
     own = model.state_dict()
     if classes is None:
-        if all(own[k].shape == source.state[k].shape for k in keys):
-            return list(range(own[keys[0]].shape[0] // class_rule(keys[0], own[keys[0]])[0]))
+        if all(own[k].shape == source.state[k].shape for k in keys):  # as they are
+            per_class, background = class_rule(keys[0], own[keys[0]])
+            return list(range(own[keys[0]].shape[0] // per_class + (0 if background else 1)))
         raise ConfigError(f"model.weights={source.spec}: its classes differ from the model's; "
                           "class mapping needs the dataset's classes (the joint trainer), or "
                           "use model.weights_classes=reinit")

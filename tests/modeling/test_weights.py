@@ -249,3 +249,23 @@ def test_default_names_the_builders_torchvision_has(tmp_path):
         read_source("DEFAULT", "cascade", "r50_fpn")
     with pytest.raises(ConfigError, match="no checkpoint, export or state-dict file there"):
         read_source(str(tmp_path / "gone.pth"), "faster", "r50_fpn")
+
+
+def test_without_the_dataset_classes_same_shaped_class_layers_load_as_they_are(tmp_path):
+    """Callers that build without class names (stage graphs) get the class layers unchanged
+    when their shapes agree, and a clear error when they do not."""
+    over = ["experiment=rcnn_alexnet_shapes", "backbone.weights=null"]
+    torch.manual_seed(0)
+    src_model = build_architecture(compose_cfg("train", over), 3)
+    for k, v in src_model.state_dict().items():
+        if k.startswith("roi_heads.svm"):
+            v.copy_(torch.randn_like(v))
+    ckpt = rcnn_cli_checkpoint(tmp_path / "rcnn.pt", src_model, ["a", "b", "c"])
+    cfg = compose_cfg("train", [*over, f"model.weights={ckpt}"])
+    model = build_architecture(cfg, 3)
+    report = load_pretrained(model, cfg)
+    assert torch.equal(model.state_dict()["roi_heads.svm_weight"],
+                       src_model.state_dict()["roi_heads.svm_weight"])
+    assert "roi_heads.svm_weight" in report.mapped and not report.class_map
+    with pytest.raises(ConfigError, match="class mapping needs the dataset's classes"):
+        load_pretrained(build_architecture(cfg, 2), cfg)
