@@ -172,6 +172,17 @@ def match_classes(classes: list[str], category_ids: list[int] | None, source: So
     return rows
 
 
+def same_id_space(classes, category_ids, source: Source) -> bool:
+    """Whether the dataset's category ids are the source's (COCO itself, or a dataset from
+    the same files): every id the source knows names the same class there. A COCO-format
+    dataset of other classes (ids 1, 2, ... of its own) is matched by name instead."""
+    if source.ids is None or category_ids is None:
+        return False
+    known = [(c, i) for c, i in zip(classes, category_ids) if i in source.ids]
+    return bool(known) and all(canonical(source.names[source.ids.index(i)]) == canonical(c)
+                               for c, i in known)
+
+
 def map_rows(own: Tensor, src: Tensor, rows: list[int | None], per_class: int,
              background: bool) -> Tensor:
     """``own`` with the rows of matched classes copied from ``src``."""
@@ -267,7 +278,7 @@ def class_rows(model, source: Source, keys: list[str], cfg, classes, category_id
         raise ConfigError(f"model.weights={source.spec}: its classes differ from the model's; "
                           "class mapping needs the dataset's classes (the joint trainer), or "
                           "use model.weights_classes=reinit")
-    by_id = (cfg.dataset.name == "coco" and source.ids is not None and category_ids is not None)
+    by_id = cfg.dataset.name == "coco" and same_id_space(classes, category_ids, source)
     rows = match_classes(list(classes), category_ids, source, dict(m.class_map), by_id)
     k = keys[0]
     per_class, background = class_rule(k, own[k])

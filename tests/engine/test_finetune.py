@@ -143,3 +143,32 @@ def test_shapes_checkpoint_fine_tuned_on_a_two_class_subset_maps_by_name(finetun
     report = load_pretrained(model, cfg, ["triangle", "rectangle"], [3, 1])
     assert torch.equal(model.state_dict()[key], src[key][[0, 3, 1]])
     assert report.kind == "rcnn-cli export" and report.path.endswith("model.safetensors")
+
+
+def test_fine_tune_a_shapes_run_on_a_two_class_coco_format_subset(finetuned, tmp_path):
+    """rcnn-train on a COCO-format dataset of two of the shapes classes, under ids of its own
+    (10: triangle, 20: rectangle), from the shapes run directory: classes map by name (the ids
+    are not the source's), the rest loads."""
+    from tests.data.helpers import shapes_to_disk
+
+    d = shapes_to_disk(tmp_path / "data", n_train=6, n_val=3)
+    new_id = {1: 20, 3: 10}  # rectangle, triangle; ellipses dropped
+    for split in ("train", "val"):
+        gt = json.loads(Path(d[f"{split}_json"]).read_text())
+        gt["annotations"] = [{**a, "category_id": new_id[a["category_id"]]}
+                             for a in gt["annotations"] if a["category_id"] in new_id]
+        gt["categories"] = [{"id": 10, "name": "triangle"}, {"id": 20, "name": "rectangle"}]
+        Path(d[f"{split}_json"]).write_text(json.dumps(gt))
+    over = ["dataset=coco", f"dataset.train_json={d['train_json']}",
+            f"dataset.train_images={d['train_images']}", f"dataset.val_json={d['val_json']}",
+            f"dataset.val_images={d['val_images']}", "dataset.min_size=64",
+            "dataset.max_size=64", "dataset.num_workers=0", "schedule.batch_size=2",
+            "schedule.max_iter=2", "schedule.warmup_iters=1", "schedule.checkpoint_period=2",
+            "schedule.eval_period=0", "log.tensorboard=false", "anchors=fpn_small",
+            *SMALL, f"model.weights={finetuned}"]
+    train(compose_cfg("train", over), tmp_path / "run")
+    report = json.loads((tmp_path / "run" / "weights_load.json").read_text())
+    assert [(c["class"], c["source_class"]) for c in report["class_map"]] == [
+        ("__background__", "__background__"), ("triangle", "triangle"),
+        ("rectangle", "rectangle")]
+    assert report["kind"] == "rcnn-cli checkpoint" and not report["keys"]["reinitialised"]

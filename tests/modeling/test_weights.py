@@ -14,7 +14,13 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn, maskrcnn_resne
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.io import FORMAT, sha256
 from rcnn_cli.modeling.build import build_architecture
-from rcnn_cli.modeling.weights import Source, load_pretrained, match_classes, named_classes
+from rcnn_cli.modeling.weights import (
+    Source,
+    load_pretrained,
+    match_classes,
+    named_classes,
+    same_id_space,
+)
 from tests.conftest import compose_cfg
 from tests.modeling.test_parity import OURS, SIZE, images
 
@@ -142,6 +148,9 @@ def test_voc_names_and_synonyms_and_explicit_class_map():
         match_classes(["kitty"], None, coco, {"kitty": "tiger"}, by_id=False)
     with pytest.raises(ConfigError, match="model.class_map names \\['dog'\\]"):
         match_classes(["cat"], None, coco, {"dog": "dog"}, by_id=False)
+    # a COCO-format dataset of its own classes under ids 1, 2: COCO's ids mean other classes
+    assert not same_id_space(["cell", "dog"], [1, 2], coco)
+    assert same_id_space(["person", "dog"], [1, 18], coco)
     unnamed = Source("x.pth", "state dict", {})
     with pytest.raises(ConfigError, match="model.weights_class_names=coco\\|voc"):
         match_classes(["cat"], None, unnamed, {}, by_id=False)
