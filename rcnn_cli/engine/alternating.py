@@ -388,7 +388,8 @@ def train_stage(run: Run, stage: StageDir, detector: GeneralizedRCNN, network: S
     """Train ``network`` (sharing modules with ``detector``) for the stage's iterations, then
     save the whole detector's weights as the stage's ``model.pt``."""
     start = part_digests(detector.state_dict())
-    trainer = StageTrainer(run, stage, network, data if data is not None else run.train_set)
+    trainer = stage_trainer(run, stage, stage_cfg(run.cfg, stage.stage), network,
+                            data if data is not None else run.train_set)
     trainer.run()
     state = detector.state_dict()
     atomic_torch_save(stage.path(MODEL), state)
@@ -484,32 +485,20 @@ class StageEvents:
         self.events.close()
 
 
-class StageTrainer(Trainer):
-    """The joint ``Trainer`` loop (steps, faults, checkpoints, exact resume) on one stage's
-    network, data and schedule; checkpoints go to ``<stage>/checkpoints``."""
-
-    def __init__(self, run: Run, stage: StageDir, network: StageNetwork, train_set):
-        self.cfg, self.run_dir, self.label = stage_cfg(run.cfg, stage.stage), run.run_dir, stage.stage
-        self.sched = self.cfg.schedule
-        self.device, self.amp = run.device, runtime.amp_dtype(self.sched.amp, run.device)
-        self.train_set, self.val_set = train_set, run.val_set
-        self.classes, self.category_ids = run.classes, run.category_ids
-        self.is_main = True  # one process: train_alternating refuses distributed runs
-        self.model = network.to(self.device)
-        seeded_sampler.install(self.model)
-        self.train_model = self.model
-        self.setup_optimization(stage.dir / "checkpoints", self.sched.lr)
-        self.val_images = None  # no per-stage pictures: the stage networks are partial
-        self.events = StageEvents(run.events, f"{stage.stage}/")
-        if self.store.candidates():
-            self.resume(str(stage.dir))
-
-    def evaluate(self, progress=None):
-        return {"iteration": self.iteration}, []
-
-    def finish(self, metrics: dict, dets: list[dict]) -> None:
-        """No per-stage final evaluation or export: the stage graph's ``finish`` does both once
-        for the final network."""
+def stage_trainer(run: Run, stage: StageDir, cfg: DictConfig, network: nn.Module,
+                  train_set) -> Trainer:
+    """The joint loop (steps, faults, checkpoints, exact resume) on one stage's network, data
+    and schedule, in one process; checkpoints in ``<stage>/checkpoints``, scalars prefixed with
+    the stage's name; continued from its last checkpoint when one is there."""
+    network.to(run.device)
+    seeded_sampler.install(network)
+    trainer = Trainer(cfg, run.run_dir, model=network, train_set=train_set,
+                      store_dir=stage.dir / "checkpoints",
+                      events=StageEvents(run.events, f"{stage.stage}/"), lr=cfg.schedule.lr,
+                      label=stage.stage)
+    if trainer.store.candidates():
+        trainer.resume(str(stage.dir))
+    return trainer
 
 
 # --- the final network ----------------------------------------------------------------

@@ -43,18 +43,16 @@ from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import distributed, runtime
 from rcnn_cli.engine.alternating import (
     Run,
-    StageEvents,
     finish_network,
     load_state,
     resume_source,
+    stage_trainer,
 )
 from rcnn_cli.engine.events import EventLogger
 from rcnn_cli.engine.runtime import config_dict, make_progress
 from rcnn_cli.engine.stage_store import StageDir, link_tree, stage_key
-from rcnn_cli.engine.trainer import Trainer
 from rcnn_cli.errors import ConfigError, DataError
 from rcnn_cli.io import atomic_torch_save, atomic_write_bytes, load_file
-from rcnn_cli.modeling import seeded_sampler
 from rcnn_cli.modeling.build import build_detector
 from rcnn_cli.rcnn.box_ridge import fit_box_ridge
 from rcnn_cli.rcnn.feature_store import FeatureStore
@@ -214,38 +212,11 @@ def show_graph(run: RegionRun) -> None:
 # --- stage 1: fine-tuning -------------------------------------------------------------
 
 
-class FinetuneTrainer(Trainer):
-    """The joint loop on the region classifier; checkpoints in ``<stage>/checkpoints``."""
-
-    label = "finetune"
-
-    def __init__(self, run: RegionRun, stage: StageDir, model):
-        self.cfg, self.run_dir = copy.deepcopy(run.cfg), run.run_dir
-        self.cfg.schedule.eval_period = 0  # the detector is complete only after the last stage
-        self.sched = self.cfg.schedule
-        self.device, self.amp = run.device, runtime.amp_dtype(self.sched.amp, run.device)
-        self.train_set, self.val_set = run.train_set, run.val_set
-        self.classes, self.category_ids = run.classes, run.category_ids
-        self.is_main = True  # train_region_model refuses distributed runs
-        self.model = model.to(self.device)
-        seeded_sampler.install(self.model)
-        self.train_model = self.model
-        self.setup_optimization(stage.dir / "checkpoints", self.sched.lr)
-        self.val_images = None
-        self.events = StageEvents(run.events, "finetune/")
-        if self.store.candidates():
-            self.resume(str(stage.dir))
-
-    def evaluate(self, progress=None):
-        return {"iteration": self.iteration}, []
-
-    def finish(self, metrics: dict, dets: list[dict]) -> None:
-        """Nothing: the final detector is evaluated and exported once, after the last stage."""
-
-
 def finetune_stage(run: RegionRun, stage: StageDir):
     model = run.detector()
-    trainer = FinetuneTrainer(run, stage, model)
+    cfg = copy.deepcopy(run.cfg)
+    cfg.schedule.eval_period = 0  # the detector is complete only after the last stage
+    trainer = stage_trainer(run, stage, cfg, model, run.train_set)
     trainer.run()
     atomic_torch_save(stage.path(MODEL), model.state_dict())
     return [MODEL], {"iterations": trainer.iteration, **trainer.events.latest}

@@ -44,7 +44,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
 
             metrics = train_region_model(cfg, run_dir)
         else:
-            metrics = Trainer(cfg, run_dir).run()
+            metrics = Trainer.from_config(cfg, run_dir).run()
     except faults.Interrupted:
         raise  # every rank stopped at the same step (``distributed.any_rank_stopping``)
     except Exception:

@@ -126,7 +126,7 @@ def test_stage_artifacts_recall_and_scalars(full_run):
 def test_crash_in_fast1_then_resume_skips_done_stages_and_matches(full_run, tmp_path,
                                                                    monkeypatch, caplog):
     full_dir, full_metrics = full_run
-    real_after_step = alternating.StageTrainer.after_step
+    real_after_step = alternating.Trainer.after_step
 
     def crash_at_3(self, window, progress):
         real_after_step(self, window, progress)
@@ -134,7 +134,7 @@ def test_crash_in_fast1_then_resume_skips_done_stages_and_matches(full_run, tmp_
             raise RuntimeError("simulated crash")  # no checkpoint: the last one is iteration 2
 
     with monkeypatch.context() as m:
-        m.setattr(alternating.StageTrainer, "after_step", crash_at_3)
+        m.setattr(alternating.Trainer, "after_step", crash_at_3)
         with pytest.raises(RuntimeError, match="simulated crash"):
             train(compose_cfg("train", ALT), tmp_path / "crashed")
     assert manifest(tmp_path / "crashed", "fast1")["status"] == "running"
