@@ -57,7 +57,7 @@ class OursTrainer:
 
     def __init__(self, cfg, run_dir: Path):
         run_dir.mkdir(parents=True)
-        self.trainer = Trainer(cfg, run_dir)
+        self.trainer = Trainer.from_config(cfg, run_dir)
         self.model = self.trainer.model
         self.window: dict[str, list[float]] = defaultdict(list)
         self.times: dict = {}

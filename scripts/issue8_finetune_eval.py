@@ -19,10 +19,10 @@ from omegaconf import OmegaConf
 import rcnn_cli.config  # noqa: F401  (registers the schemas)
 from rcnn_cli.config import typed_train_config
 from rcnn_cli.data.build import build_raw_dataset
-from rcnn_cli.engine.alternating import load_state
 from rcnn_cli.engine.checkpoint import CheckpointStore
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
 from rcnn_cli.engine.runtime import config_dict
+from rcnn_cli.engine.stages.graph import load_state
 from rcnn_cli.modeling.build import build_detector
 
 

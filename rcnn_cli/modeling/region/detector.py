@@ -9,7 +9,7 @@ one feature vector per region, then the region-wise scoring.
 - test (R-CNN §2.2): every proposal is scored per class (linear SVMs on fc7, or the fine-tuned
   softmax), moved by the class-specific ridge box regressor (Appendix C) and greedy per-class
   NMS keeps the best boxes. SVM, ridge and feature-scale parameters are buffers, filled by the
-  staged training (``rcnn_cli.engine.region_stages``) and saved in the checkpoint.
+  staged training (``rcnn_cli.engine.stages.region``) and saved in the checkpoint.
 
 Outputs are what every detector here returns (``boxes``, ``labels``, ``scores``). SVM scores are
 margins; they are reported through a sigmoid (monotone, so AP is unchanged; 0.5 is the SVM's
@@ -25,8 +25,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from rcnn_cli.errors import ConfigError
+from rcnn_cli.modeling.region.box_ridge import BoxRidge
 from rcnn_cli.modeling.sampler import RangeMatcher, build_balanced_sampler
-from rcnn_cli.rcnn.box_ridge import BoxRidge
 
 
 class RegionScorer(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rcnn_cli.modeling.region_warp import context_boxes, warp_regions
+from rcnn_cli.modeling.region.warp import context_boxes, warp_regions
 
 INTERIOR, RING, OUTSIDE = 1.0, 2.0, 3.0
 

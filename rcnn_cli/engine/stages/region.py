@@ -8,15 +8,15 @@ stage graph:
   ``sampler.roi`` (R-CNN: 32 foreground + 96 background per 128), the joint loop's ``Trainer``
   (checkpoints, exact resume, faults);
 - ``features``: pool5 and fc7 of every training region (ground truth + proposals) computed once
-  and cached on disk as memory maps (``rcnn_cli.rcnn.feature_store``); fc7 of all regions for
+  and cached on disk as memory maps (``stages.feature_store``); fc7 of all regions for
   the SVMs, pool5 of the regions with IoU >= ``model.box_reg.min_iou`` for the regressor;
 - ``svms`` (``model.classifier=svm``): one linear SVM per class with hard-negative mining
-  (``rcnn_cli.rcnn.svm``) on fc7 scaled to a mean norm of 20;
+  (``modeling.region.svm``) on fc7 scaled to a mean norm of 20;
 - ``box_reg``: class-specific ridge regression of the box from pool5 (R-CNN Appendix C).
 
 The final detector (fine-tuned network + SVM and ridge buffers) is saved as the run's
 checkpoint, exported and evaluated, like any other model. Each stage writes under
-``<run>/stages/<stage>/`` with a manifest (``stage_store``); on resume a stage whose config and
+``<run>/stages/<stage>/`` with a manifest (``stages.graph``); on resume a stage whose config and
 inputs are unchanged and whose outputs verify is skipped; a changed stage re-runs with every
 later one.
 """
@@ -25,56 +25,38 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from rich.console import Console
-from rich.table import Table
 from torchvision.ops import box_iou
 
-from rcnn_cli.data.build import build_dataset, check_same_classes
+from rcnn_cli.config.enums import enum_value
+from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.proposal_cache import attach_proposals
-from rcnn_cli.engine import distributed, runtime
-from rcnn_cli.engine.alternating import (
+from rcnn_cli.engine.runtime import config_dict, make_progress
+from rcnn_cli.engine.stages.feature_store import FeatureStore
+from rcnn_cli.engine.stages.graph import (
+    MODEL,
     Run,
-    StageEvents,
+    Stage,
     finish_network,
     load_state,
-    resume_source,
+    run_config,
+    stage_trainer,
 )
-from rcnn_cli.engine.events import EventLogger
-from rcnn_cli.engine.runtime import config_dict, make_progress
-from rcnn_cli.engine.stage_store import StageDir, link_tree, stage_key
-from rcnn_cli.engine.trainer import Trainer
-from rcnn_cli.errors import ConfigError, DataError
+from rcnn_cli.engine.stages.store import StageDir
+from rcnn_cli.errors import DataError
 from rcnn_cli.io import atomic_torch_save, atomic_write_bytes, load_file
-from rcnn_cli.modeling import seeded_sampler
-from rcnn_cli.modeling.build import build_detector
-from rcnn_cli.rcnn.box_ridge import fit_box_ridge
-from rcnn_cli.rcnn.feature_store import FeatureStore
-from rcnn_cli.rcnn.svm import SVMParams, feature_scale, train_class_svms
+from rcnn_cli.modeling.region.box_ridge import fit_box_ridge
+from rcnn_cli.modeling.region.svm import SVMParams, feature_scale, train_class_svms
 
 log = logging.getLogger("rcnn_cli")
 
-MODEL, REGIONS, FC7, POOL5 = "model.pt", "regions.npz", "fc7.npy", "pool5.npy"
+REGIONS, FC7, POOL5 = "regions.npz", "fc7.npy", "pool5.npy"
 SVMS, RIDGE = "svms.pt", "box_ridge.pt"
-STAGE_RUNS: dict[str, int] = {}  # stage -> times its work ran in this process (test evidence)
-
-
-def stage_names(cfg: DictConfig) -> tuple[str, ...]:
-    if _value(cfg.model.classifier) == "svm":
-        return ("finetune", "features", "svms", "box_reg")
-    return ("finetune", "features", "box_reg")
-
-
-def _value(x):
-    return getattr(x, "value", x)
 
 
 def store_files(name: str) -> list[str]:
@@ -83,20 +65,15 @@ def store_files(name: str) -> list[str]:
 
 # --- configuration --------------------------------------------------------------------
 
-IGNORED_FOR_KEY = ("log", "eval", "faults", "device", "threads", "resume", "ckpt_trust", "dist",
-                   "optimized_metric", "optimized_mode", "schedule", "sampler", "model")
 TEST_ONLY = ("score_thresh", "nms_thresh", "detections_per_img", "fc6_rank", "fc7_rank")
 RUN_SCHEDULE = ("eval_period", "checkpoint_period", "keep_checkpoints")
 
 
-def network_config(full: dict) -> dict:
-    """What the fine-tuned network and its features depend on (not the SVM, ridge, test-time
-    or logging settings)."""
-    out = {k: v for k, v in full.items() if k not in IGNORED_FOR_KEY}
-    out["dataset"] = {k: v for k, v in out["dataset"].items() if k != "num_workers"}
-    if out.get("proposals"):
-        out["proposals"] = {k: v for k, v in out["proposals"].items() if k != "workers"}
-    model = {k: v for k, v in full["model"].items()
+def network_config(cfg: DictConfig) -> dict:
+    """What the fine-tuned network and its features depend on (``graph.run_config`` without
+    the schedule, the sampler and the SVM, ridge or test-time settings)."""
+    out = {k: v for k, v in run_config(cfg).items() if k not in ("schedule", "sampler", "model")}
+    model = {k: v for k, v in config_dict(cfg)["model"].items()
              if k not in ("svm", "box_reg", "classifier", "region_batch")}
     model["box_head"] = {k: v for k, v in model["box_head"].items() if k not in TEST_ONLY}
     out["model"] = model
@@ -106,10 +83,10 @@ def network_config(full: dict) -> dict:
 def key_config(cfg: DictConfig, stage: str) -> dict:
     full = config_dict(cfg)
     if stage == "finetune":
-        return {**network_config(full), "sampler": full["sampler"]["roi"],
+        return {**network_config(cfg), "sampler": full["sampler"]["roi"],
                 "schedule": {k: v for k, v in full["schedule"].items() if k not in RUN_SCHEDULE}}
     if stage == "features":
-        return {**network_config(full), "min_iou": full["model"]["box_reg"]["min_iou"],
+        return {**network_config(cfg), "min_iou": full["model"]["box_reg"]["min_iou"],
                 "classifier": full["model"]["classifier"]}
     if stage == "svms":
         return {"svm": full["model"]["svm"]}
@@ -123,129 +100,36 @@ def stage_inputs(stage: str) -> dict[str, list[str]]:
             "box_reg": {"features": [REGIONS, POOL5]}}[stage]
 
 
-# --- the graph ------------------------------------------------------------------------
+# --- the program ----------------------------------------------------------------------
 
 
-@dataclass
-class RegionRun(Run):
-    """The stage graph's state, as for 4-step training; the detector is built fresh here and
-    each stage loads the weights it needs."""
-
-    def detector(self, name: str | None = None):
-        return build_detector(self.cfg, len(self.classes))
-
-
-def train_region_model(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run (or continue) R-CNN / SPPNet training in ``run_dir``; the final detector's metrics."""
-    if distributed.current().enabled:
-        raise ConfigError(f"model={cfg.model.name} trains in one process; start it without "
-                          "torchrun/SLURM tasks")
-    runtime.set_threads(cfg.threads)
-    runtime.seed_everything(cfg.seed)
-    run = RegionRun(cfg, run_dir, EventLogger(run_dir, cfg.log.tensorboard),
-                    runtime.select_device(cfg.device))
-    try:
-        run.train_set = build_dataset(cfg.dataset, "train", train=True)
-        run.val_set = build_dataset(cfg.dataset, "val", train=False)
-        check_same_classes(run.train_set.raw, run.val_set.raw, cfg.dataset.name)
-        run.classes = list(run.train_set.raw.classes)
-        run.category_ids = list(run.train_set.raw.category_ids)
-        run.detector()  # refuses unsupported combinations before any proposal is computed
-        attach_proposals(cfg, "train", run.train_set)
-        attach_proposals(cfg, "val", run.val_set)
-        run_graph(run, resume_source(cfg, run_dir))
-        return finish(run)
-    finally:
-        run.events.close()
+def stages(cfg: DictConfig) -> list[Stage]:
+    """finetune -> features -> [svms ->] box_reg (svms only for ``model.classifier=svm``)."""
+    names = ["finetune", "features", "svms", "box_reg"]
+    if enum_value(cfg.model.classifier) != "svm":
+        names.remove("svms")
+    return [Stage(name, STAGE_FUNCTIONS[name], stage_inputs(name), key_config(cfg, name),
+                  continues=name == "finetune",
+                  iterations=int(cfg.schedule.max_iter) if name == "finetune" else None)
+            for name in names]
 
 
-def run_graph(run: RegionRun, source: Path) -> None:
-    names = stage_names(run.cfg)
-    run.status = {n: "pending" for n in names}
-    invalid_from = None
-    for name in names:
-        inputs = {f"{up}/{f}": run.stage(up).output_hash(f)
-                  for up, files in stage_inputs(name).items() for f in files}
-        key = stage_key(name, key_config(run.cfg, name), inputs)
-        src, dst = StageDir(source, name), run.stage(name)
-        old = src.manifest()
-        if invalid_from is None and old is not None and old.get("key") != key:
-            invalid_from = name
-            log.warning("stage %s: its config or inputs changed since %s ran it: re-running it "
-                        "and every later stage", name, source)
-        reusable = invalid_from is None and old is not None
-        if reusable and src.is_done(key):
-            if src.dir.resolve() != dst.dir.resolve():
-                link_tree(src.dir, dst.dir)
-            run.status[name], run.timing[name] = "done", float(old.get("wall_time_s", 0.0))
-            log.info("stage %s: finished before (key %s...), skipped", name, key[:12])
-            continue
-        continuing = (reusable and name == "finetune" and old.get("status") == "running"
-                      and (src.dir / "checkpoints").is_dir())
-        if not continuing:
-            dst.clear()
-        elif src.dir.resolve() != dst.dir.resolve():
-            link_tree(src.dir, dst.dir)
-        previous = float(old.get("wall_time_s", 0.0)) if continuing else 0.0
-        dst.start(key, inputs, previous)
-        run.status[name] = "running"
-        show_graph(run)
-        runtime.seed_everything(run.cfg.seed + names.index(name))
-        t0 = time.perf_counter()
-        STAGE_RUNS[name] = STAGE_RUNS.get(name, 0) + 1
-        outputs, metrics = STAGE_FUNCTIONS[name](run, dst)
-        run.timing[name] = previous + time.perf_counter() - t0
-        dst.finish(outputs, metrics, run.timing[name])
-        run.status[name] = "done"
-    show_graph(run)
-
-
-def show_graph(run: RegionRun) -> None:
-    table = Table(title=f"model={run.cfg.model.name}: staged training")
-    for col in ("stage", "status", "wall time"):
-        table.add_column(col)
-    style = {"done": "green", "running": "bold yellow", "pending": "dim"}
-    for name, st in run.status.items():
-        wall = f"{run.timing[name]:.1f} s" if name in run.timing else ""
-        table.add_row(name, f"[{style[st]}]{st}[/]", wall)
-    Console(file=sys.stderr).print(table)
+def prepare(run: Run) -> None:
+    """Refuse unsupported combinations (by building the detector) before any proposal is
+    computed, then attach the train and val proposals."""
+    run.detector()
+    attach_proposals(run.cfg, "train", run.train_set)
+    attach_proposals(run.cfg, "val", run.val_set)
 
 
 # --- stage 1: fine-tuning -------------------------------------------------------------
 
 
-class FinetuneTrainer(Trainer):
-    """The joint loop on the region classifier; checkpoints in ``<stage>/checkpoints``."""
-
-    label = "finetune"
-
-    def __init__(self, run: RegionRun, stage: StageDir, model):
-        self.cfg, self.run_dir = copy.deepcopy(run.cfg), run.run_dir
-        self.cfg.schedule.eval_period = 0  # the detector is complete only after the last stage
-        self.sched = self.cfg.schedule
-        self.device, self.amp = run.device, runtime.amp_dtype(self.sched.amp, run.device)
-        self.train_set, self.val_set = run.train_set, run.val_set
-        self.classes, self.category_ids = run.classes, run.category_ids
-        self.is_main = True  # train_region_model refuses distributed runs
-        self.model = model.to(self.device)
-        seeded_sampler.install(self.model)
-        self.train_model = self.model
-        self.setup_optimization(stage.dir / "checkpoints", self.sched.lr)
-        self.val_images = None
-        self.events = StageEvents(run.events, "finetune/")
-        if self.store.candidates():
-            self.resume(str(stage.dir))
-
-    def evaluate(self, progress=None):
-        return {"iteration": self.iteration}, []
-
-    def finish(self, metrics: dict, dets: list[dict]) -> None:
-        """Nothing: the final detector is evaluated and exported once, after the last stage."""
-
-
-def finetune_stage(run: RegionRun, stage: StageDir):
+def finetune_stage(run: Run, stage: StageDir):
     model = run.detector()
-    trainer = FinetuneTrainer(run, stage, model)
+    cfg = copy.deepcopy(run.cfg)
+    cfg.schedule.eval_period = 0  # the detector is complete only after the last stage
+    trainer = stage_trainer(run, stage, cfg, model, run.train_set)
     trainer.run()
     atomic_torch_save(stage.path(MODEL), model.state_dict())
     return [MODEL], {"iterations": trainer.iteration, **trainer.events.latest}
@@ -292,7 +176,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def features_stage(run: RegionRun, stage: StageDir):
+def features_stage(run: Run, stage: StageDir):
     """pool5 / fc7 of every training region, extracted once (R-CNN §2.3)."""
     cfg = run.cfg
     model = run.detector()
@@ -303,7 +187,7 @@ def features_stage(run: RegionRun, stage: StageDir):
     table = region_table(view)
     reg_rows = np.flatnonzero(table["ious"] >= cfg.model.box_reg.min_iou)
     table["reg_rows"] = reg_rows
-    with_svm = _value(cfg.model.classifier) == "svm"
+    with_svm = enum_value(cfg.model.classifier) == "svm"
     fc7_dim = model.roi_heads.cls_score.in_features
     pool5_dim = model.roi_heads.ridge_weight.shape[1] - 1
     fc7 = FeatureStore.create(stage.path(FC7), len(table["image"]), fc7_dim) if with_svm else None
@@ -365,7 +249,7 @@ def svm_params(cfg) -> SVMParams:
                      seed=s.seed)
 
 
-def svms_stage(run: RegionRun, stage: StageDir):
+def svms_stage(run: Run, stage: StageDir):
     """One linear SVM per class, hard-negative mining over the cached fc7 (R-CNN §2.3)."""
     features = run.stage("features")
     table = load_npz(features.path(REGIONS))
@@ -393,7 +277,7 @@ def svms_stage(run: RegionRun, stage: StageDir):
 # --- stage 4: box regression ----------------------------------------------------------
 
 
-def box_reg_stage(run: RegionRun, stage: StageDir):
+def box_reg_stage(run: Run, stage: StageDir):
     """Class-specific ridge regression from pool5 (R-CNN Appendix C)."""
     features = run.stage("features")
     table = load_npz(features.path(REGIONS))
@@ -429,12 +313,12 @@ STAGE_FUNCTIONS = {"finetune": finetune_stage, "features": features_stage, "svms
 # --- the final detector ---------------------------------------------------------------
 
 
-def assemble(run: RegionRun):
+def assemble(run: Run):
     """The fine-tuned network with the SVM and ridge parameters in its buffers."""
     model = run.detector()
     state = load_state(run.stage("finetune").path(MODEL))
     heads = "roi_heads."
-    if _value(run.cfg.model.classifier) == "svm":
+    if enum_value(run.cfg.model.classifier) == "svm":
         svm = load_file(run.stage("svms").path(SVMS))
         state.update({heads + "svm_weight": svm["weight"], heads + "svm_bias": svm["bias"],
                       heads + "fc7_scale": torch.tensor(svm["scale"])})
@@ -445,7 +329,7 @@ def assemble(run: RegionRun):
     return model
 
 
-def finish(run: RegionRun) -> dict:
+def finish(run: Run) -> dict:
     """Save the final detector as the run's checkpoint, export and evaluate it on val."""
     return finish_network(run, assemble(run).to(run.device), int(run.cfg.schedule.max_iter),
                           f"model={run.cfg.model.name} after staged training")

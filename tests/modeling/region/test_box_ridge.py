@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rcnn_cli.errors import DataError
-from rcnn_cli.rcnn.box_ridge import _ridge, box_targets, fit_box_ridge
+from rcnn_cli.modeling.region.box_ridge import _ridge, box_targets, fit_box_ridge
 
 
 def toy(n: int, mixing: dict[int, torch.Tensor], seed: int):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rcnn_cli.modeling.spp import SpatialPyramidPool, project_boxes, spp_bins
+from rcnn_cli.modeling.region.spp import SpatialPyramidPool, project_boxes, spp_bins
 
 
 def direct_spp(fmap: torch.Tensor, cells: tuple[int, int, int, int], levels) -> torch.Tensor:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import rcnn_cli.rcnn.svm as svm_module
+import rcnn_cli.modeling.region.svm as svm_module
+from rcnn_cli.engine.stages.feature_store import FeatureStore
 from rcnn_cli.errors import DataError
-from rcnn_cli.rcnn.feature_store import FeatureStore
-from rcnn_cli.rcnn.svm import SVMParams, feature_scale, train_class_svms, train_svm
+from rcnn_cli.modeling.region.svm import SVMParams, feature_scale, train_class_svms, train_svm
 
 
 def separable(n_pos=40, n_neg=400, dim=6, seed=0):
@@ -31,6 +31,9 @@ def test_svm_separates_a_linearly_separable_toy_set():
 
 def test_hard_negative_mining_adds_only_margin_violators(tmp_path, monkeypatch):
     monkeypatch.setattr(svm_module, "BLOCK_ROWS", 64)  # score the memmap in many blocks
+    # liblinear's coordinate-descent order is seeded from numpy's global RNG (LinearSVC has no
+    # random_state here; the stage graph seeds it per stage): fix it, or 1 run in 3 fails
+    np.random.seed(0)
     rng = np.random.default_rng(1)
     pos, easy = separable(n_neg=1500, seed=1)
     # Hard negatives near the boundary, few of them in the random initial cache.

@@ -10,10 +10,10 @@ from torchvision.models import alexnet, vgg16
 from rcnn_cli.config import validate
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.modeling.build import build_detector
-from rcnn_cli.modeling.rcnn import RCNN
-from rcnn_cli.modeling.region_build import warp_size
-from rcnn_cli.modeling.region_cnn import classifier_parts, conv5_trunk, freeze_blocks
-from rcnn_cli.modeling.sppnet import SPPNet
+from rcnn_cli.modeling.region.build import warp_size
+from rcnn_cli.modeling.region.cnn import classifier_parts, conv5_trunk, freeze_blocks
+from rcnn_cli.modeling.region.rcnn import RCNN
+from rcnn_cli.modeling.region.sppnet import SPPNet
 from tests.conftest import TINY, compose_cfg
 
 SMALL = ["model.box_head.representation_size=32", "model.warp_size=64", "model.context=5"]

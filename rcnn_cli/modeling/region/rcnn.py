@@ -1,6 +1,6 @@
 """R-CNN (Girshick et al. 2014): every proposal dilated by ``context`` px, warped to the CNN's
 input (§2.1, Appendix A) and run through the whole classifier network; fc7 feeds the SVMs
-(or the softmax) and pool5 the box regressor (``rcnn_cli.modeling.region_detector``).
+(or the softmax) and pool5 the box regressor (``rcnn_cli.modeling.region.detector``).
 
 ``backbone`` is the CNN applied to the warped crops (conv1-fc7); ``roi_heads`` the region-wise
 scoring, box regression and NMS.
@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rcnn_cli.modeling.region_cnn import RegionClassifierNet
-from rcnn_cli.modeling.region_detector import RegionDetector
-from rcnn_cli.modeling.region_warp import warp_regions
+from rcnn_cli.modeling.region.cnn import RegionClassifierNet
+from rcnn_cli.modeling.region.detector import RegionDetector
+from rcnn_cli.modeling.region.warp import warp_regions
 
 
 class WarpedRegionCNN(nn.Module):

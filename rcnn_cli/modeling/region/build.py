@@ -7,9 +7,9 @@ import logging
 from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from rcnn_cli.config.enums import enum_value
 from rcnn_cli.errors import ConfigError
-from rcnn_cli.modeling.rcnn import RCNN, WarpedRegionCNN
-from rcnn_cli.modeling.region_cnn import (
+from rcnn_cli.modeling.region.cnn import (
     PAPER_INPUT,
     RegionClassifierNet,
     check_warp_size,
@@ -18,18 +18,15 @@ from rcnn_cli.modeling.region_cnn import (
     freeze_blocks,
     spp_fc6_from_classifier,
 )
-from rcnn_cli.modeling.region_detector import RegionDetector
-from rcnn_cli.modeling.spp import SpatialPyramidPool, spp_bins
-from rcnn_cli.modeling.sppnet import SPPHeads, SPPNet
+from rcnn_cli.modeling.region.detector import RegionDetector
+from rcnn_cli.modeling.region.rcnn import RCNN, WarpedRegionCNN
+from rcnn_cli.modeling.region.spp import SpatialPyramidPool, spp_bins
+from rcnn_cli.modeling.region.sppnet import SPPHeads, SPPNet
 
 log = logging.getLogger("rcnn_cli")
 
 REGION_MODELS = ("rcnn", "sppnet")
 CONV5_STRIDE = 16  # AlexNet conv5 and VGG16 conv5_3
-
-
-def _value(x):
-    return getattr(x, "value", x)
 
 
 def check_region_config(cfg) -> None:
@@ -44,15 +41,15 @@ def check_region_config(cfg) -> None:
         kind = "an FPN backbone" if "fpn" in b.name else "not a classifier network"
         raise ConfigError(f"model={m.name} with backbone={b.name} ({kind}) is not supported: "
                           f"use backbone=alexnet or backbone=vgg16")
-    if _value(cfg.schedule.name) == "alternating":
+    if enum_value(cfg.schedule.name) == "alternating":
         raise ConfigError(f"model={m.name} trains in its own stages; schedule=alternating is "
                           "for model=faster")
     if m.name == "rcnn" and m.finetune_conv != 0:
         raise ConfigError(f"model.finetune_conv={m.finetune_conv} is SPPNet's switch; model=rcnn "
                           "fine-tunes backbone.trainable_layers conv layers")
-    if m.name == "rcnn" and _value(m.classifier) != "svm":
+    if m.name == "rcnn" and enum_value(m.classifier) != "svm":
         log.info("model=rcnn with model.classifier=%s (R-CNN Appendix B's fine-tuned softmax)",
-                 _value(m.classifier))
+                 enum_value(m.classifier))
 
 
 def warp_size(cfg) -> int:
@@ -64,7 +61,7 @@ def warp_size(cfg) -> int:
 
 def scorer_args(cfg, num_classes: int) -> dict:
     m, s = cfg.model, cfg.sampler.roi
-    return dict(num_classes=num_classes + 1, classifier=_value(m.classifier),
+    return dict(num_classes=num_classes + 1, classifier=enum_value(m.classifier),
                 fg_iou_thresh=s.fg_iou_thresh, bg_iou_thresh=s.bg_iou_thresh,
                 bg_iou_lo=s.bg_iou_lo, batch_size_per_image=s.batch_size_per_image,
                 positive_fraction=s.positive_fraction, score_thresh=m.box_head.score_thresh,
@@ -74,11 +71,11 @@ def scorer_args(cfg, num_classes: int) -> dict:
 
 def build_region_detector(cfg, num_classes: int) -> RegionDetector:
     """R-CNN or SPPNet for ``num_classes`` foreground classes (+1 background)."""
-    from rcnn_cli.modeling.region_detector import RegionScorer
+    from rcnn_cli.modeling.region.detector import RegionScorer
 
     check_region_config(cfg)
     m, b, d = cfg.model, cfg.backbone, cfg.dataset
-    parts = classifier_parts(b.name, b.weights, _value(b.norm), m.box_head.representation_size)
+    parts = classifier_parts(b.name, b.weights, enum_value(b.norm), m.box_head.representation_size)
     # Training images arrive resized by the input pipeline (as for the other models).
     transform = GeneralizedRCNNTransform(d.min_size, d.max_size, list(m.image_mean),
                                          list(m.image_std), _skip_resize=True)

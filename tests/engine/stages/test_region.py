@@ -1,5 +1,5 @@
 """R-CNN / SPPNet staged training on a few tiny images: each stage's artifact and TensorBoard
-prefix, skipping finished stages on resume (manifests, mtimes, run counters), re-running from a
+prefix, skipping finished stages on resume (manifests, mtimes, ``run.status``), re-running from a
 changed stage on, and the final checkpoint in rcnn-eval / rcnn-predict like any other model."""
 
 from __future__ import annotations
@@ -10,22 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from rcnn_cli.engine import region_stages
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
 from rcnn_cli.engine.predictor import predict_images
+from rcnn_cli.engine.stages.feature_store import FeatureStore
 from rcnn_cli.engine.train import train
-from rcnn_cli.rcnn.feature_store import FeatureStore
-from tests.conftest import TINY, compose_cfg
-
-STAGES = ("finetune", "features", "svms", "box_reg")
-
-
-def overrides(root, model: str = "rcnn", *extra: str) -> list[str]:
-    return TINY + [f"model={model}", "backbone=alexnet", "proposals=selective_search",
-                   f"sampler={model}", f"proposals.cache_dir={root / 'cache'}",
-                   "proposals.workers=0", "model.warp_size=64", "model.context=5",
-                   "model.box_head.representation_size=64", "model.svm.initial_negatives=50",
-                   "log.images_every=0", *extra]
+from tests.conftest import compose_cfg
+from tests.engine.stages.conftest import STAGES, overrides
 
 
 def manifest(run_dir, stage) -> dict:
@@ -34,13 +24,6 @@ def manifest(run_dir, stage) -> dict:
 
 def stage_mtimes(run_dir) -> dict:
     return {p: p.stat().st_mtime_ns for p in (run_dir / "stages").rglob("*") if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def rcnn_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rcnn")
-    metrics = train(compose_cfg("train", overrides(root)), root / "run")
-    return root, metrics
 
 
 def test_each_stage_writes_its_artifact_and_scalars(rcnn_run):
@@ -66,24 +49,22 @@ def test_each_stage_writes_its_artifact_and_scalars(rcnn_run):
     assert metrics["bbox/AP50"] is not None and (run / "checkpoints" / "last.pt").is_file()
 
 
-def test_resumed_run_skips_finished_stages(rcnn_run):
+def test_resumed_run_skips_finished_stages(rcnn_run, graph_runs):
     root, metrics = rcnn_run
     run = root / "run"
     before = stage_mtimes(run)
-    runs = dict(region_stages.STAGE_RUNS)
     again = train(compose_cfg("train", overrides(root, "rcnn", f"resume={run}")), run)
-    assert region_stages.STAGE_RUNS == runs  # no stage's work ran again
+    assert graph_runs[-1].status == dict.fromkeys(STAGES, "reused")  # no stage's work ran again
     assert stage_mtimes(run) == before  # not one stage file rewritten
     assert again["bbox/AP50"] == pytest.approx(metrics["bbox/AP50"], abs=1e-9)
 
 
-def test_a_changed_svm_setting_reruns_from_the_svms_stage_on(rcnn_run, tmp_path):
+def test_a_changed_svm_setting_reruns_from_the_svms_stage_on(rcnn_run, tmp_path, graph_runs):
     root, _ = rcnn_run
-    runs = dict(region_stages.STAGE_RUNS)
     train(compose_cfg("train", overrides(root, "rcnn", f"resume={root / 'run'}",
                                          "model.svm.C=0.01")), tmp_path / "changed")
-    ran = {s: region_stages.STAGE_RUNS.get(s, 0) - runs.get(s, 0) for s in STAGES}
-    assert ran == {"finetune": 0, "features": 0, "svms": 1, "box_reg": 1}
+    assert graph_runs[-1].status == {"finetune": "reused", "features": "reused", "svms": "ran",
+                                     "box_reg": "ran"}
     assert manifest(tmp_path / "changed", "finetune") == manifest(root / "run", "finetune")
 
 

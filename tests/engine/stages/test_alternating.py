@@ -1,6 +1,6 @@
 """4-step alternating training: what each stage trains and freezes, the final network, resume.
 
-One tiny uninterrupted run (module fixture) is compared with an interrupted + resumed one.
+One tiny uninterrupted run (session fixture ``full_run``) is compared with an interrupted + resumed one.
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ import time
 import pytest
 import torch
 
-from rcnn_cli.engine import alternating
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
+from rcnn_cli.engine.stages import alternating
+from rcnn_cli.engine.stages.graph import train_graph
 from rcnn_cli.engine.train import train
-from tests.conftest import BIN, TINY, compose_cfg, run_cli
-
-STAGE_ITERS = ["schedule.stages.rpn1.max_iter=2", "schedule.stages.fast1.max_iter=4",
-               "schedule.stages.rpn2.max_iter=2", "schedule.stages.fast2.max_iter=2"]
-ALT = TINY + ["schedule=alternating", "log.tensorboard=false",
-              "schedule.proposals.post_nms_top_n=300", *STAGE_ITERS]
+from rcnn_cli.engine.trainer import Trainer
+from rcnn_cli.modeling.build import build_detector
+from tests.conftest import BIN, compose_cfg, run_cli
+from tests.engine.stages.conftest import ALT
 
 
 def state(run_dir, stage):
@@ -42,13 +41,6 @@ def changed_keys(a: dict, b: dict) -> set[str]:
 def param_keys(prefix: str, sd: dict) -> set[str]:
     return {k for k in sd if k.startswith(prefix) and not k.endswith(
         ("running_mean", "running_var", "num_batches_tracked"))}
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("alt") / "full"
-    metrics = train(compose_cfg("train", ALT), run_dir)
-    return run_dir, metrics
 
 
 def test_rpn1_and_fast1_start_from_the_same_backbone_and_do_not_share(full_run):
@@ -126,7 +118,7 @@ def test_stage_artifacts_recall_and_scalars(full_run):
 def test_crash_in_fast1_then_resume_skips_done_stages_and_matches(full_run, tmp_path,
                                                                    monkeypatch, caplog):
     full_dir, full_metrics = full_run
-    real_after_step = alternating.StageTrainer.after_step
+    real_after_step = Trainer.after_step
 
     def crash_at_3(self, window, progress):
         real_after_step(self, window, progress)
@@ -134,7 +126,7 @@ def test_crash_in_fast1_then_resume_skips_done_stages_and_matches(full_run, tmp_
             raise RuntimeError("simulated crash")  # no checkpoint: the last one is iteration 2
 
     with monkeypatch.context() as m:
-        m.setattr(alternating.StageTrainer, "after_step", crash_at_3)
+        m.setattr(Trainer, "after_step", crash_at_3)
         with pytest.raises(RuntimeError, match="simulated crash"):
             train(compose_cfg("train", ALT), tmp_path / "crashed")
     assert manifest(tmp_path / "crashed", "fast1")["status"] == "running"
@@ -228,12 +220,12 @@ def test_misspelt_stage_key_fails_at_start(tmp_path):
     with pytest.raises(ConfigError, match="schedule=alternating trains Faster R-CNN"):
         cfg = compose_cfg("train", ALT)
         cfg.model.name = "fast"
-        alternating.train_alternating(cfg, tmp_path)
+        train_graph(cfg, tmp_path, alternating.stages, alternating.finish)
 
 
 def test_frozen_batchnorm_stays_in_eval_mode_in_train():
     cfg = compose_cfg("train", ALT)
-    detector = alternating.build_detector(cfg, 3)
+    detector = build_detector(cfg, 3)
     alternating.freeze(detector.backbone)
     net = alternating.rpn_network(detector).train()
     bns = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]

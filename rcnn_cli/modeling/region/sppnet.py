@@ -1,7 +1,7 @@
 """SPPNet for detection (He et al. 2014, §4): conv5 computed once per image; each proposal is
 projected onto the conv5 map and pooled by a spatial pyramid (1x1, 2x2, 3x3, 6x6 = 50 bins)
 into a fixed-length vector for fc6/fc7. Only the fc layers are fine-tuned (conv layers frozen);
-SVMs (or the softmax) and box regression as R-CNN (``rcnn_cli.modeling.region_detector``).
+SVMs (or the softmax) and box regression as R-CNN (``rcnn_cli.modeling.region.detector``).
 
 ``backbone`` is the conv5 trunk (once per image); ``roi_heads`` the region-wise part: SPP,
 fc6/fc7, scoring, box regression (on the pooled conv5 vector) and NMS.
@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rcnn_cli.modeling.region_cnn import fc_features
-from rcnn_cli.modeling.region_detector import RegionDetector, RegionScorer
-from rcnn_cli.modeling.spp import SpatialPyramidPool
+from rcnn_cli.modeling.region.cnn import fc_features
+from rcnn_cli.modeling.region.detector import RegionDetector, RegionScorer
+from rcnn_cli.modeling.region.spp import SpatialPyramidPool
 
 
 class SPPHeads(RegionScorer):

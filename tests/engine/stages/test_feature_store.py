@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from rcnn_cli.engine.stages.feature_store import FeatureStore, meta_path
 from rcnn_cli.errors import DataError
-from rcnn_cli.rcnn.feature_store import FeatureStore, meta_path
 
 
 def make_store(path, rows=10, dim=4):
