@@ -20,5 +20,5 @@ nice -n 10 .venv/bin/rcnn-train model=fast proposals=selective_search sampler=fa
   log.tensorboard=false hydra.run.dir="$OUT"
 # Recall of the cached selective-search proposals on the same val split (no model needed;
 # `rcnn-eval ckpt=$OUT/checkpoints/last.pt eval.proposals=true` reports the same keys).
-nice -n 10 .venv/bin/python scripts/issue6_ss_recall.py proposals.cache_dir=outputs/proposal_cache \
+nice -n 10 .venv/bin/python benchmarks/selective_search_recall.py proposals.cache_dir=outputs/proposal_cache \
   dataset.train_size=1000 dataset.val_size=200 | tee "$OUT/ss_recall.json"
