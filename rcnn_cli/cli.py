@@ -17,6 +17,25 @@ from rcnn_cli.errors import RcnnError
 log = logging.getLogger("rcnn_cli")
 
 
+def console_handler(show_path: bool = False, markup: bool = False) -> logging.Handler:
+    """The console handler of ``conf/hydra/job_logging/rich.yaml``.
+
+    On a terminal, rich's (columns, colour). Elsewhere (a file, CI, a SLURM log) rich would wrap
+    each record at 80 columns into several lines, so there each record is one plain line.
+    """
+    from rich import get_console  # the console RichHandler writes to
+
+    if get_console().is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=show_path, markup=markup)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    return handler
+
+
 def _hydra_state() -> tuple[bool, bool]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
