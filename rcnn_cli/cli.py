@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from omegaconf import OmegaConf
+
 from rcnn_cli.errors import RcnnError
 
 log = logging.getLogger("rcnn_cli")
@@ -34,6 +36,26 @@ def console_handler(show_path: bool = False, markup: bool = False) -> logging.Ha
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
     return handler
+
+
+def choosable_options() -> str:
+    """``--help``'s group list (conf/hydra/help/rcnn.yaml): each group with the options a user can
+    choose, i.e. its YAML files, without the ``*_schema`` entries of the ConfigStore."""
+    from importlib.resources import files
+
+    root = files("rcnn_cli.conf")
+    groups = sorted(d for d in root.iterdir() if d.is_dir() and d.name not in ("hydra",
+                                                                              "__pycache__"))
+    lines = []
+    for group in groups:
+        options = sorted(f.name.removesuffix(".yaml") for f in group.iterdir()
+                         if f.name.endswith(".yaml"))
+        if options:
+            lines.append(f"{group.name}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+OmegaConf.register_new_resolver("rcnn_cli_options", choosable_options, replace=True)
 
 
 def _hydra_state() -> tuple[bool, bool]:

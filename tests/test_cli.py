@@ -160,3 +160,18 @@ def test_sweep_with_a_failing_job_finishes_the_others(tmp_path: Path):
     assert "schedule.lr=-1.0: must be > 0" in out or "schedule.lr=-1: must be > 0" in out
     assert (tmp_path / "1" / "metrics.json").is_file(), out
     assert not (tmp_path / "0" / "metrics.json").exists()
+
+
+def test_help_lists_only_choosable_options():
+    from tests.conftest import REPO
+
+    r = run_cli("rcnn-train", "--help")
+    assert r.returncode == 0, r.stderr
+    assert "_schema" not in r.stdout
+    section = r.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    groups = dict(line.split(": ", 1) for line in section.splitlines()
+                  if line.split(":")[0] in ("backbone", "schedule", "dataset"))
+    for group, listed in groups.items():
+        files = sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+        assert listed.split(", ") == files
+    assert len(groups) == 3
