@@ -16,7 +16,7 @@ Every 1/20 of the epoch it samples each worker's RSS and USS (private pages, fro
 the parsed JSON (a dict per image) instead of the compact arrays, for comparison.
 
     python benchmarks/input_pipeline.py step
-    python benchmarks/input_pipeline.py step --iters 12 dataset=voc dataset.root=../shared/data/BCCD
+    python benchmarks/input_pipeline.py step --iters 12 dataset=voc dataset.root=data/BCCD
     python benchmarks/input_pipeline.py rss --images 100000 --workers 4
 """
 
