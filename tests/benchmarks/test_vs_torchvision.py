@@ -44,3 +44,4 @@ def test_infer_record_compares_detections(tmp_path):
     # identity itself is tests/engine/test_fast_inference.py's; here: it is measured
     assert ours["images_with_label_mismatch"] in (0, 1, 2) and ours["max_box_diff"] >= 0
     assert ours["images_per_s"] > 0 and rec["loops"]["bare torchvision"]["backbone_s"] > 0
+
