@@ -1,4 +1,4 @@
-"""Issue 6 benchmark: truncated SVD on the VGG16 Fast R-CNN head shape (timing only).
+"""Truncated SVD on the VGG16 Fast R-CNN head shape (timing only).
 
 The paper's setting (Fast R-CNN §3.1, Table/Fig. 2): fc6 25088 -> 4096 kept to t = 1024,
 fc7 4096 -> 4096 kept to t = 256, 2000 RoIs per image, 21 classes. This times the head
@@ -7,7 +7,7 @@ features of the VGG16 shape (512 x 7 x 7). Weights are random (no pretrained VGG
 it measures speed and parameters, not AP; the output deviation is reported against the
 truncation error bound.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/issue6_svd_vgg16_head.py
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/svd_vgg16_head.py
 """
 
 from __future__ import annotations
@@ -53,12 +53,14 @@ def main() -> None:
     ap.add_argument("--fc6", type=int, default=1024)
     ap.add_argument("--fc7", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--in-features", type=int, default=512 * 7 * 7, help="VGG16: 512 x 7 x 7")
+    ap.add_argument("--width", type=int, default=4096, help="fc6/fc7 width (VGG16: 4096)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    full = Head(512 * 7 * 7, 4096, 21).eval()
+    full = Head(args.in_features, args.width, 21).eval()
     small = copy.deepcopy(full)
     compress_box_head(small, args.fc6, args.fc7)
-    x = torch.relu(torch.randn(args.rois, 512 * 7 * 7))
+    x = torch.relu(torch.randn(args.rois, args.in_features))
     timed(full, x[:64]), timed(small, x[:64])  # warm-up
     t_full, t_small = [], []
     for _ in range(args.repeats):  # interleaved, so contention hits both alike
@@ -70,7 +72,8 @@ def main() -> None:
         y6, y6s = h.fc6(x[:256]), small.roi_heads.box_head.fc6(x[:256])
         rel6 = ((y6 - y6s).norm(dim=1) / (truncation_error(h.fc6, args.fc6)
                                          * x[:256].norm(dim=1))).max().item()
-    print(f"VGG16 head, {args.rois} RoIs/image, threads={torch.get_num_threads()}")
+    print(f"head {args.in_features} -> {args.width} -> {args.width}, {args.rois} RoIs/image, "
+          f"threads={torch.get_num_threads()}")
     print(f"params: {params(full):,} -> {params(small):,} ({params(small) / params(full):.1%})")
     print(f"head time per image: {1000 * a:.1f} ms -> {1000 * b:.1f} ms "
           f"({1 - b / a:.1%} less; median of {args.repeats}, interleaved)")

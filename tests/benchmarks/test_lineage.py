@@ -1,4 +1,4 @@
-"""scripts/lineage.py: the timing split, the table and its ratios, missing systems named, and
+"""benchmarks/lineage.py: the timing split, the table and its ratios, missing systems named, and
 (slow) a tiny end-to-end run of every system this checkout has."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tests.conftest import REPO
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("lineage", REPO / "scripts" / "lineage.py")
+    spec = importlib.util.spec_from_file_location("lineage", REPO / "benchmarks" / "lineage.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,9 +1,9 @@
-"""Joint vs 4-step alternating training on the same total iteration budget (issue 7).
+"""Joint vs 4-step alternating training on the same total iteration budget.
 
 Usage (one schedule per process, so the two can run side by side):
-    python scripts/bench_issue7_alternating.py --schedule joint --out OUT [override ...]
-    python scripts/bench_issue7_alternating.py --schedule alternating --out OUT [override ...]
-    python scripts/bench_issue7_alternating.py --table OUT/joint OUT/alternating
+    python benchmarks/joint_vs_four_step.py --schedule joint --out OUT [override ...]
+    python benchmarks/joint_vs_four_step.py --schedule alternating --out OUT [override ...]
+    python benchmarks/joint_vs_four_step.py --table OUT/joint OUT/alternating
 Each run writes OUT/<schedule>/ (a normal run directory) and OUT/<schedule>/bench.json.
 """
 

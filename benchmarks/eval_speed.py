@@ -1,4 +1,4 @@
-"""Benchmark (issue 5): COCO evaluation time of both backends, and rcnn-predict throughput.
+"""COCO evaluation time of both backends, and rcnn-predict throughput.
 
 1. A generated ground truth of ``--images`` images (4 classes, crowd regions, empty images)
    with exactly ``--dets`` detections per image; each backend runs loadRes + evaluate +
@@ -11,7 +11,7 @@
    image, the worst case for post-processing and JSON size. ``--trained CKPT`` also times a
    trained checkpoint on its own validation split.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/bench_eval.py
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/eval_speed.py
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", default="5000", help="comma-separated counts (a scaling curve)")
     p.add_argument("--json", help="append one record per count to this JSON list")
-    p.add_argument("--tag", default="", help="stored with each record (scripts/plot_scaling.py)")
+    p.add_argument("--tag", default="", help="stored with each record (benchmarks/plot_scaling.py)")
     p.add_argument("--dets", type=int, default=100)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--predict-images", type=int, default=32)

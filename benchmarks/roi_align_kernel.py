@@ -1,7 +1,7 @@
 """RoIAlign forward/backward time on CPU: torchvision's kernel vs ``rcnn_cli.ops`` (same
 numerics), at the default model's P2 shape (8 images, 128 channels, 32x32, 512 RoIs, 7x7).
 
-    python scripts/bench_roi_align.py --threads 1 --reps 20
+    python benchmarks/roi_align_kernel.py --threads 1 --reps 20
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""scripts/bench.py: a tiny train and infer run write complete records (not timed: the numbers
+"""benchmarks/vs_torchvision.py: a tiny train and infer run write complete records (not timed: the numbers
 are the benchmark's, docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ TINY = ["--threads", "1", "--override", "dataset.train_size=16", "--override",
 
 def run_bench(tmp_path, *args: str) -> list[dict]:
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), *args,
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "vs_torchvision.py"), *args,
                            "--json", str(out), "--tag", "t"], capture_output=True, text=True,
                           cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -44,3 +44,4 @@ def test_infer_record_compares_detections(tmp_path):
     # identity itself is tests/engine/test_fast_inference.py's; here: it is measured
     assert ours["images_with_label_mismatch"] in (0, 1, 2) and ours["max_box_diff"] >= 0
     assert ours["images_per_s"] > 0 and rec["loops"]["bare torchvision"]["backbone_s"] > 0
+

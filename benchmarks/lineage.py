@@ -1,5 +1,5 @@
 """The R-CNN lineage on one dataset with one budget: R-CNN, SPPNet, Fast R-CNN (selective
-search), Faster R-CNN (joint and 4-step), FPN, Mask R-CNN and Cascade R-CNN (issue 8).
+search), Faster R-CNN (joint and 4-step), FPN, Mask R-CNN and Cascade R-CNN.
 
 Every system is trained and evaluated through the package's public functions, as the CLIs do
 (``rcnn_cli.engine.train.train``, whose final evaluation gives AP / AP50; the evaluator's
@@ -18,7 +18,7 @@ the machine's load affects every system alike.
 
 Usage (one process runs the systems one after another; a finished system is reused on a
 re-run unless --fresh or its config changed; an unfinished one is trained again from the start):
-    python scripts/lineage.py --out outputs/lineage [--systems R-CNN,FPN] [--time-images 8] \
+    python benchmarks/lineage.py --out outputs/lineage [--systems R-CNN,FPN] [--time-images 8] \
         [--backbone-weights alexnet=FILE --backbone-weights vgg16=FILE ...] [override ...]
 Overrides apply to every system after the default budget (``DEFAULT_BUDGET``, shapes), so
 ``schedule.max_iter=200`` changes the budget of all; --no-default-budget drops it (another

@@ -1,7 +1,7 @@
 """Evaluate an R-CNN / SPPNet run's ``finetune`` stage alone: the fine-tuned network's softmax
 (R-CNN Appendix B), no SVMs, no box regression, through rcnn-eval's path.
 
-    python scripts/issue8_finetune_eval.py outputs/bench/issue8/rcnn outputs/bench/issue8/rcnn_ft
+    python benchmarks/rcnn_finetune_only.py outputs/bench/rcnn_sppnet/rcnn outputs/bench/rcnn_sppnet/rcnn_ft
 
 Writes ``OUT/checkpoints/last.pt`` (the detector with ``model.classifier=softmax`` and zero ridge
 weights) and ``OUT/eval/metrics.json``.

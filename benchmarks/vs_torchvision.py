@@ -17,8 +17,8 @@ largest box difference / label mismatches between the two.
 ``--sizes`` repeats either for several image sizes (shorter side; a scaling curve), ``--proposals``
 (infer) for several RPN post-NMS proposal counts. Every record is appended to ``--json``.
 
-    python scripts/bench.py train --steps 50 --threads 2
-    python scripts/bench.py infer --images 20 --override backbone=r50_fpn --sizes 800
+    python benchmarks/vs_torchvision.py train --steps 50 --threads 2
+    python benchmarks/vs_torchvision.py infer --images 20 --override backbone=r50_fpn --sizes 800
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="", help="comma-separated shorter sides")
     ap.add_argument("--proposals", default="", help="infer: comma-separated proposal counts")
     ap.add_argument("--json", default="outputs/bench/bench.json")
-    ap.add_argument("--tag", default="", help="stored with each record (scripts/plot_scaling.py)")
+    ap.add_argument("--tag", default="", help="stored with each record (benchmarks/plot_scaling.py)")
     ap.add_argument("--peak", action="store_true", help="also measure matmul/conv GFLOP/s")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -1,11 +1,11 @@
-"""Issue 3 benchmark: Faster, Cascade and Mask R-CNN from scratch on shapes, same budget.
+"""Faster, Cascade and Mask R-CNN from scratch on shapes, same budget.
 
 Targets: Mask R-CNN segm AP50 >= 0.7; Cascade R-CNN box AP75 >= Faster R-CNN box AP75.
 Every model uses the default recipe (``experiment=shapes_cpu``: light ResNet-18 FPN, AdamW,
 the same iterations, batch and data); only ``model=`` changes. Usage::
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/bench_issue3_shapes.py \
-        --out outputs/bench_issue3 [--max-iter 1200] [--models faster,cascade,mask] [k=v ...]
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/family_same_budget.py \
+        --out outputs/bench/family [--max-iter 1200] [--models faster,cascade,mask] [k=v ...]
 
 Each model's numbers go to ``<out>/<model>/bench_result.json``, so the models can also run
 as separate processes (one model in ``--models`` each, same ``--out``); ``--report`` then prints the

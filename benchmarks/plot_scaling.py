@@ -1,9 +1,9 @@
-"""Scaling curves (issue 11) from the records of ``scripts/bench.py`` / ``scripts/bench_eval.py``:
+"""Scaling curves from the records of ``benchmarks/vs_torchvision.py`` / ``benchmarks/eval_speed.py``:
 training step and inference time vs image size, inference time vs proposals, evaluation time
 vs images; one PNG with four panels, and the same numbers as markdown tables on stdout.
 
-    python scripts/plot_scaling.py --json outputs/bench/scaling.json --tag scaling \\
-        --out docs/img/scaling.png
+    python benchmarks/plot_scaling.py --json outputs/bench/scaling.json --tag scaling \\
+        --out docs/images/scaling.png
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default="outputs/bench/scaling.json")
     ap.add_argument("--tag", default="scaling")
-    ap.add_argument("--out", default="docs/img/scaling.png")
+    ap.add_argument("--out", default="docs/images/scaling.png")
     args = ap.parse_args()
     records = [r for r in json.loads(Path(args.json).read_text()) if r.get("tag") == args.tag]
     panels = [

@@ -1,8 +1,8 @@
-"""Issue 6 benchmark: proposal recall (AR@N) of cached selective search on a shapes split.
+"""Proposal recall (AR@N) of cached selective search on a shapes split.
 
 Reads (or computes once) the proposal cache exactly as training does, so no model is needed:
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/issue6_ss_recall.py \
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/selective_search_recall.py \
         proposals.cache_dir=outputs/proposal_cache dataset.train_size=1000 dataset.val_size=200
 
 Arguments are rcnn-train overrides (proposals=selective_search is implied). Prints the

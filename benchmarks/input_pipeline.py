@@ -1,4 +1,4 @@
-"""Issue 4 benchmark: the input pipeline is never the bottleneck, and workers do not grow.
+"""The input pipeline is never the bottleneck, and workers do not grow.
 
 ``step``: train the given recipe (default: plain ``rcnn-train``) for ``--iters`` iterations.
 The trainer records per iteration ``data_time`` (waiting for the batch) and ``step_time``
@@ -15,9 +15,9 @@ Every 1/20 of the epoch it samples each worker's RSS and USS (private pages, fro
 /proc/<pid>/smaps_rollup). ``--baseline naive`` runs the same loop over a dataset that keeps
 the parsed JSON (a dict per image) instead of the compact arrays, for comparison.
 
-    python scripts/bench_loader.py step
-    python scripts/bench_loader.py step --iters 12 dataset=voc dataset.root=../shared/data/BCCD
-    python scripts/bench_loader.py rss --images 100000 --workers 4
+    python benchmarks/input_pipeline.py step
+    python benchmarks/input_pipeline.py step --iters 12 dataset=voc dataset.root=data/BCCD
+    python benchmarks/input_pipeline.py rss --images 100000 --workers 4
 """
 
 from __future__ import annotations
