@@ -162,3 +162,17 @@ def test_finetune_presets_load_torchvision_coco_weights_with_its_layout():
         assert cfg.backbone.norm.value == "frozen_bn" and cfg.backbone.trainable_layers == 3
         assert cfg.model.box_head.representation_size == 1024
     assert compose_cfg("train", ["experiment=finetune_faster_r50_fpn"]).backbone.norm_eps == 0.0
+
+
+@pytest.mark.parametrize("cpus,expected", [(2, 2), (1, 1), (16, 4)])
+def test_loader_workers_default_to_what_the_machine_has(monkeypatch, caplog, cpus, expected):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    cfg = compose_cfg("train", ["dataset=voc", "dataset.root=VOC"])
+    with caplog.at_level("INFO", logger="rcnn_cli"):
+        assert cfg.dataset.num_workers == expected
+    chosen = [r.getMessage() for r in caplog.records if "num_workers" in r.getMessage()]
+    assert chosen == ([] if expected == 4 else
+                      [f"dataset.num_workers: {expected} (the dataset's default 4; {cpus} CPUs "
+                       "available)"])
+    explicit = compose_cfg("train", ["dataset=voc", "dataset.root=VOC", "dataset.num_workers=3"])
+    assert explicit.dataset.num_workers == 3  # a command-line choice is taken as given

@@ -16,9 +16,11 @@ from rcnn_cli.config import validate
 from rcnn_cli.config.recipe import recipe_in_force
 from rcnn_cli.engine import distributed, faults
 from rcnn_cli.engine.runtime import hydra_run_dir
+from rcnn_cli.engine.stages import alternating, region
+from rcnn_cli.engine.stages.graph import train_graph
 from rcnn_cli.engine.trainer import Trainer
 from rcnn_cli.errors import ConfigError
-from rcnn_cli.modeling.weights import check_weights_config
+from rcnn_cli.modeling.build import check_weights_config
 
 log = logging.getLogger("rcnn_cli")
 
@@ -36,19 +38,14 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     check_weights_config(cfg)  # before any dataset work: a wrong backbone fails in seconds
     try:
         if cfg.schedule.name == "alternating":
-            from rcnn_cli.engine.alternating import train_alternating
-
             if env.enabled:
                 raise ConfigError("schedule=alternating (4-step training) runs in one process; "
                                   "start it without torchrun/srun, or use schedule=joint")
-
-            metrics = train_alternating(cfg, run_dir)
+            metrics = train_graph(cfg, run_dir, alternating.stages, alternating.finish)
         elif cfg.model.name in ("rcnn", "sppnet"):
-            from rcnn_cli.engine.region_stages import train_region_model
-
-            metrics = train_region_model(cfg, run_dir)
+            metrics = train_graph(cfg, run_dir, region.stages, region.finish, region.prepare)
         else:
-            metrics = Trainer(cfg, run_dir).run()
+            metrics = Trainer.from_config(cfg, run_dir).run()
     except faults.Interrupted:
         raise  # every rank stopped at the same step (``distributed.any_rank_stopping``)
     except Exception:

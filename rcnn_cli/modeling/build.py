@@ -12,9 +12,10 @@ from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from rcnn_cli.config.enums import enum_value
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.modeling.anchors import build_anchor_generator
-from rcnn_cli.modeling.backbones import BackboneSpec, build_backbone
+from rcnn_cli.modeling.backbones import BackboneSpec, build_backbone, fetched_weights
 from rcnn_cli.modeling.cascade import CascadeRoIHeads, build_cascade_stages
 from rcnn_cli.modeling.fast_rcnn import FastRCNN, FastRCNNHead, build_fast_rcnn_roi_heads
 from rcnn_cli.modeling.masks import build_mask_branch
@@ -23,7 +24,12 @@ from rcnn_cli.modeling.proposals import check_source
 from rcnn_cli.modeling.roi_heads import build_box_head, build_box_roi_heads
 from rcnn_cli.modeling.rpn import build_rpn
 from rcnn_cli.modeling.svd import shape_box_head
-from rcnn_cli.modeling.weights import load_pretrained
+from rcnn_cli.modeling.weights import (
+    check_architecture,
+    load_pretrained,
+    read_cached,
+    without_pretrained,
+)
 
 MODELS = ("faster", "mask", "cascade", "cascade_mask", "fast", "rcnn", "sppnet")
 EXTERNAL_PROPOSALS = ("fast", "rcnn", "sppnet")  # models that classify given proposals
@@ -32,10 +38,6 @@ EXTERNAL_PROPOSALS = ("fast", "rcnn", "sppnet")  # models that classify given pr
 def uses_masks(model_name: str) -> bool:
     """Whether ``model=<name>`` has a mask branch (its data needs instance masks)."""
     return model_name in ("mask", "cascade_mask")
-
-
-def _value(x):
-    return getattr(x, "value", x)
 
 
 def build_detector(cfg, num_classes: int, classes: list[str] | None = None,
@@ -56,11 +58,11 @@ def build_architecture(cfg, num_classes: int) -> GeneralizedRCNN:
         raise ConfigError(f"model={m.name} is not supported; available: {', '.join(MODELS)}")
     check_proposal_source(m.name, cfg.get("proposals"))
     if m.name in ("rcnn", "sppnet"):
-        from rcnn_cli.modeling.region_build import build_region_detector
+        from rcnn_cli.modeling.region.build import build_region_detector
 
         return build_region_detector(cfg, num_classes)
-    backbone = build_backbone(b.name, b.weights, b.trainable_layers, _value(b.norm), b.fpn_channels,
-                              b.norm_eps)
+    backbone = build_backbone(b.name, b.weights, b.trainable_layers, enum_value(b.norm),
+                              b.fpn_channels, b.norm_eps)
     if m.name == "fast":
         model = build_fast_rcnn(cfg, backbone, num_classes)
         shape_box_head(model, m.box_head.fc6_rank, m.box_head.fc7_rank)
@@ -88,6 +90,18 @@ def build_architecture(cfg, num_classes: int) -> GeneralizedRCNN:
     return model
 
 
+def check_weights_config(cfg) -> None:
+    """Before any dataset work: fetch ``backbone.weights`` by name (or fail offline), build the
+    model without pretrained weights and check ``model.weights`` fits it, so a wrong backbone
+    or a missing file fails in seconds."""
+    if cfg.backbone.get("weights"):
+        fetched_weights(cfg.backbone.weights)
+    if not cfg.model.get("weights"):
+        return
+    source = read_cached(cfg)
+    check_architecture(build_architecture(without_pretrained(cfg), 1), source, cfg)
+
+
 def check_proposal_source(model: str, proposals) -> None:
     """model=fast takes external proposals; the RPN models make their own."""
     name = proposals.name if proposals is not None else "rpn"
@@ -106,7 +120,7 @@ def build_fast_rcnn(cfg, backbone: BackboneSpec, num_classes: int) -> FastRCNN:
     the res5 head of a C4 backbone; no RPN. ``sampler=fast_rcnn`` is the paper's minibatch."""
     m, s, p, d, f = cfg.model, cfg.sampler, cfg.pooler, cfg.dataset, cfg.model.fast_rcnn
     pooler = build_pooler(p.name, backbone.pooled_names, p.output_size, p.sampling_ratio,
-                          p.canonical_scale, p.canonical_level, p.aligned, _value(p.kernel))
+                          p.canonical_scale, p.canonical_level, p.aligned, enum_value(p.kernel))
     if backbone.res5 is not None:
         head, dim = build_box_head(backbone.out_channels, p.output_size,
                                    m.box_head.representation_size, backbone.res5,
@@ -114,7 +128,7 @@ def build_fast_rcnn(cfg, backbone: BackboneSpec, num_classes: int) -> FastRCNN:
     else:
         dim = m.box_head.representation_size
         head = FastRCNNHead(backbone.out_channels * p.output_size**2, dim, f.dropout)
-        if _value(f.fc_init) == "backbone":
+        if enum_value(f.fc_init) == "backbone":
             init_fc_from_classifier(head, backbone, cfg.backbone.name)
     roi_heads = build_fast_rcnn_roi_heads(
         pooler, head, dim, num_classes + 1,
@@ -151,7 +165,7 @@ def build_roi_heads(cfg, backbone: BackboneSpec, num_classes: int) -> nn.Module:
     """Box head (standard or cascade) + optional mask branch; ``num_classes`` counts background."""
     m, s, p = cfg.model, cfg.sampler, cfg.pooler
     pooler = build_pooler(p.name, backbone.pooled_names, p.output_size, p.sampling_ratio,
-                          p.canonical_scale, p.canonical_level, p.aligned, _value(p.kernel))
+                          p.canonical_scale, p.canonical_level, p.aligned, enum_value(p.kernel))
 
     built = []
 
@@ -171,7 +185,7 @@ def build_roi_heads(cfg, backbone: BackboneSpec, num_classes: int) -> nn.Module:
             output_size=mh.output_size, sampling_ratio=mh.sampling_ratio, layers=list(mh.layers),
             dilation=mh.dilation, dim_reduced=mh.dim_reduced,
             canonical_scale=p.canonical_scale, canonical_level=p.canonical_level,
-            kernel=_value(p.kernel))
+            kernel=enum_value(p.kernel))
     bh = m.box_head
     if m.name.startswith("cascade"):
         c = m.cascade

@@ -23,8 +23,7 @@ from torchvision.models._meta import _COCO_CATEGORIES
 
 from rcnn_cli.data.voc import VOC_CLASSES
 from rcnn_cli.errors import ConfigError
-from rcnn_cli.io import FORMAT, load_file, sha256
-from rcnn_cli.modeling.backbones import fetched_weights
+from rcnn_cli.io import FORMAT, is_export, load_export, load_file, sha256
 from rcnn_cli.modeling.download import fetch_weights
 from rcnn_cli.modeling.load_report import LoadReport
 
@@ -81,10 +80,7 @@ def read_source(spec: str, model_name: str, backbone_name: str, class_names=None
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "checkpoints" / "last.pt").is_file():
         path = path / "checkpoints" / "last.pt"  # a run directory
-    if path.suffix == ".safetensors" or (path.is_dir() and (path / "model.json").is_file()):
-        # an export; its reader lives with its writer (engine.export)
-        from rcnn_cli.engine.export import load_export
-
+    if is_export(path):
         ckpt = load_export(path)
         return rcnn_cli_source(spec, "rcnn-cli export", ckpt,
                                path / "model.safetensors" if path.is_dir() else path)
@@ -377,20 +373,6 @@ def warn_eps(source: Source, cfg) -> None:
         log.warning("model.weights=%s was trained with BatchNorm eps 0.0 (torchvision sets it "
                     "so); backbone.norm_eps=%g changes its outputs: set backbone.norm_eps=0.0",
                     source.spec, cfg.backbone.norm_eps)
-
-
-def check_weights_config(cfg) -> None:
-    """Before any dataset work: fetch ``backbone.weights`` by name (or fail offline), build the
-    model without pretrained weights and check ``model.weights`` fits it, so a wrong backbone
-    or a missing file fails in seconds."""
-    if cfg.backbone.get("weights"):
-        fetched_weights(cfg.backbone.weights)
-    if not cfg.model.get("weights"):
-        return
-    from rcnn_cli.modeling.build import build_architecture
-
-    source = read_cached(cfg)
-    check_architecture(build_architecture(without_pretrained(cfg), 1), source, cfg)
 
 
 def without_pretrained(cfg, trunk: bool = True):
