@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
+from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
 from torchvision.ops import boxes as box_ops
 
 from rcnn_cli.errors import ConfigError
-from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
-
 from rcnn_cli.modeling.masks import (
     MaskStage,
     check_mask_targets,
