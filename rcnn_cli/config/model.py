@@ -149,6 +149,8 @@ class HTCConf:
     semantic_loss_weight: float = 0.2  # beta in eq. 6
     semantic_fusion_level: int = 1  # the FPN level (index) the semantic head fuses at (P3)
     semantic_convs: int = 4
+    # classes of the semantic maps (COCO-stuff: 183); null = thing classes + background
+    semantic_classes: int | None = None
 
 
 @dataclass

@@ -239,7 +239,10 @@ def semantic_parts(cfg, backbone: BackboneSpec, num_classes: int) -> dict:
     h, p = cfg.model.htc, cfg.pooler
     if not h.semantic:
         return {}
-    head = FusedSemanticHead(backbone.feature_names, backbone.out_channels, num_classes,
+    if h.semantic_classes is not None and h.semantic_classes < 2:
+        raise ConfigError("model.htc.semantic_classes: at least 2 (or null)")
+    head = FusedSemanticHead(backbone.feature_names, backbone.out_channels,
+                             h.semantic_classes or num_classes,
                              fusion_level=h.semantic_fusion_level, num_convs=h.semantic_convs)
     pools = tuple(build_pooler("roi_align", [SEMANTIC], size, p.sampling_ratio,
                                p.canonical_scale, p.canonical_level, kernel=_value(p.kernel))

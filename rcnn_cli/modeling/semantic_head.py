@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rcnn_cli.data.semantic import IGNORE, semantic_targets
+from rcnn_cli.data.semantic import IGNORE, check_classes, semantic_targets
 from rcnn_cli.errors import ConfigError
 
 
@@ -52,6 +52,7 @@ def semantic_loss(logits: Tensor, targets: list[dict], image_shapes: list[tuple[
     masks), padded as the batch and sampled down to the logits' grid."""
     labels = semantic_targets(targets, image_shapes, (logits.shape[-2] * stride,
                                                       logits.shape[-1] * stride))
+    check_classes(labels, logits.shape[1])
     labels = labels[:, None].float()
     labels = F.interpolate(labels, size=logits.shape[-2:], mode="nearest")[:, 0].long()
     return F.cross_entropy(logits, labels.to(logits.device), ignore_index=IGNORE)
