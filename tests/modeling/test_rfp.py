@@ -3,10 +3,12 @@ DetectoRS backbones."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torchvision.models import resnet18, resnet50
 
+from rcnn_cli.errors import ConfigError
 from rcnn_cli.modeling.backbones import build_backbone
 
 X = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -77,3 +79,25 @@ def test_imagenet_resnet50_weights_load_into_the_detectors_backbone(tmp_path):
                             sac_deformable=True, rfp_steps=2)
     with torch.no_grad():
         close(detectors(X), plain(X), tol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["faster", "cascade"])
+def test_the_switches_work_under_faster_and_cascade_rcnn(model):
+    from rcnn_cli.modeling.build import build_detector
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg("train", [f"model={model}", "backbone.sac=true", "backbone.rfp_steps=2",
+                                "backbone.fpn_channels=32", "dataset.image_size=64"])
+    detector = build_detector(cfg, num_classes=3).train()
+    target = {"boxes": torch.tensor([[4.0, 4.0, 30.0, 34.0]]), "labels": torch.tensor([1])}
+    losses = detector([X[0]], [target])
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert detector.backbone.rfp_bodies[0].layer3[0].conv2.weight_diff.grad is not None
+
+
+def test_the_switches_need_a_resnet_fpn_backbone():
+    with pytest.raises(ConfigError, match="need a ResNet-FPN backbone"):
+        build_backbone("r50_c4", None, 5, "bn", 64, sac=True)
+    with pytest.raises(ConfigError, match="backbone.rfp_steps=0"):
+        build_backbone("r18_fpn", None, 5, "bn", 64, rfp_steps=0)
