@@ -101,3 +101,17 @@ def test_the_switches_need_a_resnet_fpn_backbone():
         build_backbone("r50_c4", None, 5, "bn", 64, sac=True)
     with pytest.raises(ConfigError, match="backbone.rfp_steps=0"):
         build_backbone("r18_fpn", None, 5, "bn", 64, rfp_steps=0)
+
+
+def test_rcnn_predict_speed_switches_keep_the_detectors_backbone_exact(tmp_path):
+    from rcnn_cli.engine.fast_inference import prepare
+
+    _, detectors = pair(seeded_weights(tmp_path), sac=True, sac_deformable=True, rfp_steps=2)
+    with torch.no_grad():
+        for m in detectors.modules():  # the SAC paths and the feedback away from their start
+            if isinstance(m, nn.Conv2d) and m.bias is not None and m.out_channels == 1:
+                nn.init.constant_(m.bias, 0.3)
+        want = detectors(X)
+        prepare(nn.ModuleDict({"backbone": detectors}), fold_bn=True, channels_last=True,
+                compile=False)
+        close(detectors(X), want, tol=1e-4)
