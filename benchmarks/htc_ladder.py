@@ -4,6 +4,7 @@ Five rungs, one recipe and budget (``experiment=shapes_masks_ladder``), each at 
 
     python benchmarks/htc_ladder.py --seeds 0 1 --out outputs/htc_ladder
     python benchmarks/htc_ladder.py --smoke  # a few iterations per rung: the program runs
+    python benchmarks/htc_ladder.py --rungs htc detectors --seeds 0  # some rungs only
 
 s/iter is the mean training step time (data wait included) after the first logging window.
 Writes ``<out>/ladder.json`` (one record per run) and prints a markdown table of the means.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 from pathlib import Path
 
@@ -21,14 +21,15 @@ from hydra import compose, initialize_config_module
 
 from rcnn_cli.io import atomic_write_json
 
-RUNGS = {
-    "Cascade Mask R-CNN (last-stage mask)": ["model=cascade_mask"],
-    "Cascade Mask R-CNN (per-stage masks)": ["model=cascade_mask",
-                                             "model.cascade.stage_masks=true"],
-    "HTC without semantic": ["model=htc", "model.htc.semantic=false"],
-    "HTC": ["model=htc"],
-    "DetectoRS (HTC + RFP + SAC)": ["model=detectors", "backbone.sac=true",
-                                    "backbone.sac_deformable=true", "backbone.rfp_steps=2"],
+RUNGS = {  # id: (row name, overrides)
+    "cascade_mask_last": ("Cascade Mask R-CNN (last-stage mask)", ["model=cascade_mask"]),
+    "cascade_mask_stages": ("Cascade Mask R-CNN (per-stage masks)",
+                            ["model=cascade_mask", "model.cascade.stage_masks=true"]),
+    "htc_no_semantic": ("HTC without semantic", ["model=htc", "model.htc.semantic=false"]),
+    "htc": ("HTC", ["model=htc"]),
+    "detectors": ("DetectoRS (HTC + RFP + SAC)",
+                  ["model=detectors", "backbone.sac=true", "backbone.sac_deformable=true",
+                   "backbone.rfp_steps=2"]),
 }
 SMOKE = ["schedule.max_iter=4", "schedule.checkpoint_period=4", "schedule.warmup_iters=2",
          "dataset.train_size=8", "dataset.val_size=4", "dataset.image_size=64", "log.period=2"]
@@ -41,16 +42,16 @@ def step_time(run_dir: Path) -> float | None:
     return statistics.mean(times) if times else None
 
 
-def run(name: str, overrides: list[str], seed: int, out: Path) -> dict:
+def run(rung: str, overrides: list[str], seed: int, out: Path) -> dict:
     import rcnn_cli.config  # noqa: F401  (registers the schemas)
     from rcnn_cli.engine.trainer import train
 
     with initialize_config_module(version_base="1.3", config_module="rcnn_cli.conf"):
         cfg = compose("train", overrides=["experiment=shapes_masks_ladder", *overrides,
                                           f"seed={seed}", "log.tensorboard=false"])
-    run_dir = out / f"{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}_seed{seed}"
+    run_dir = out / f"{rung}_seed{seed}"
     metrics = train(cfg, run_dir)
-    return {"rung": name, "overrides": overrides, "seed": seed, "run_dir": str(run_dir),
+    return {"rung": rung, "overrides": overrides, "seed": seed, "run_dir": str(run_dir),
             "box_AP": metrics.get("bbox/AP"), "mask_AP": metrics.get("segm/AP"),
             "s_per_iter": step_time(run_dir)}
 
@@ -62,8 +63,8 @@ def mean(records: list[dict], key: str) -> str:
 
 def table(records: list[dict]) -> str:
     rows = ["| rung | box AP | mask AP | s/iter | seeds |", "|---|---|---|---|---|"]
-    for name in RUNGS:
-        rs = [r for r in records if r["rung"] == name]
+    for rung, (name, _) in RUNGS.items():
+        rs = [r for r in records if r["rung"] == rung]
         if rs:
             rows.append(f"| {name} | {mean(rs, 'box_AP')} | {mean(rs, 'mask_AP')} | "
                         f"{mean(rs, 's_per_iter')} | {len(rs)} |")
@@ -74,12 +75,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=Path("outputs/htc_ladder"))
+    parser.add_argument("--rungs", nargs="+", choices=list(RUNGS), default=list(RUNGS))
     parser.add_argument("--smoke", action="store_true", help="a few iterations per rung")
     args = parser.parse_args()
     records = []
     for seed in args.seeds:
-        for name, overrides in RUNGS.items():
-            records.append(run(name, overrides + (SMOKE if args.smoke else []), seed, args.out))
+        for rung in args.rungs:
+            overrides = RUNGS[rung][1] + (SMOKE if args.smoke else [])
+            records.append(run(rung, overrides, seed, args.out))
             atomic_write_json(args.out / "ladder.json", records)
     print(table(records))
 
