@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
-
-from hydra import compose, initialize_config_module
 
 from rcnn_cli.io import atomic_write_json
 
@@ -43,14 +43,12 @@ def step_time(run_dir: Path) -> float | None:
 
 
 def run(rung: str, overrides: list[str], seed: int, out: Path) -> dict:
-    import rcnn_cli.config  # noqa: F401  (registers the schemas)
-    from rcnn_cli.engine.trainer import train
-
-    with initialize_config_module(version_base="1.3", config_module="rcnn_cli.conf"):
-        cfg = compose("train", overrides=["experiment=shapes_masks_ladder", *overrides,
-                                          f"seed={seed}", "log.tensorboard=false"])
+    """One rung at one seed through rcnn-train (``python -m rcnn_cli.train``)."""
     run_dir = out / f"{rung}_seed{seed}"
-    metrics = train(cfg, run_dir)
+    subprocess.run([sys.executable, "-m", "rcnn_cli.train", "experiment=shapes_masks_ladder",
+                    *overrides, f"seed={seed}", "log.tensorboard=false",
+                    f"hydra.run.dir={run_dir}"], check=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"rung": rung, "overrides": overrides, "seed": seed, "run_dir": str(run_dir),
             "box_AP": metrics.get("bbox/AP"), "mask_AP": metrics.get("segm/AP"),
             "s_per_iter": step_time(run_dir)}
