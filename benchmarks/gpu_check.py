@@ -117,7 +117,7 @@ def train_rows(p: dict, tmp: Path) -> list[dict]:
 
 def train_row(cfg, model: str, batch: int, precision: str, p: dict, tmp: Path) -> dict:
     run_dir = Path(tempfile.mkdtemp(dir=tmp))
-    ours = Trainer(cfg, run_dir)
+    ours = Trainer.from_config(cfg, run_dir)
     device = ours.device
     n = p["steps"] + p["warmup"]
     batches = [to_device(b, device) for b in
