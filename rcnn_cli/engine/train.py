@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from rcnn_cli.config import validate
 from rcnn_cli.config.recipe import recipe_in_force
-from rcnn_cli.engine import distributed, faults
+from rcnn_cli.engine import distributed, faults, runtime
 from rcnn_cli.engine.runtime import hydra_run_dir
 from rcnn_cli.engine.stages import alternating, region
 from rcnn_cli.engine.stages.graph import train_graph
@@ -36,6 +36,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     log.info("run directory: %s", run_dir)
     log.info("recipe: %s", recipe_in_force())
     check_weights_config(cfg)  # before any dataset work: a wrong backbone fails in seconds
+    resolve_auto_amp(cfg)
     try:
         if cfg.schedule.name == "alternating":
             if env.enabled:
@@ -54,3 +55,14 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     log.info("run directory: %s", run_dir)
     distributed.shutdown()
     return metrics
+
+
+def resolve_auto_amp(cfg: DictConfig) -> None:
+    """``schedule.amp=auto`` becomes the concrete choice in ``cfg``, so that the checkpoints'
+    and the export's stored config (and so ``rcnn-eval``) say what ran; the choice is logged."""
+    if getattr(cfg.schedule.amp, "value", cfg.schedule.amp) != "auto":
+        return
+    device = distributed.local_device(runtime.select_device(cfg.device))
+    choice, reason = runtime.choose_amp(device)
+    cfg.schedule.amp = choice
+    log.info("schedule.amp=auto -> %s (%s)", choice, reason)
