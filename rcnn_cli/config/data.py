@@ -22,6 +22,9 @@ class DatasetConf:
     train_min_sizes: list[int] = field(default_factory=list)
     color_jitter: float = 0.0
     aspect_grouping: bool = True
+    # repeat-factor sampling (LVIS §4): t, the image frequency below which a class's images
+    # repeat sqrt(t / f) times per epoch; 0 = off (rcnn_cli.data.repeat_factor)
+    repeat_factor_threshold: float = 0.0
 
 
 @dataclass

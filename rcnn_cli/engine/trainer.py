@@ -112,7 +112,7 @@ class Trainer:
                         "(schedule.batch_size x accum_steps x processes) changes",
                         ckpt.get("world_size", 1), world)
         global_batch = self.sched.batch_size * self.sched.accum_steps * world
-        epoch, pos = divmod(self.iteration, len(self.train_set) // global_batch)
+        epoch, pos = divmod(self.iteration, max(1, len(self.train_set) // global_batch))
         log.info("resumed from %s at iteration %d (epoch %d, batch %d of the epoch): model, "
                  "optimizer, scheduler, scaler, RNG states, best AP %s", path, self.iteration,
                  epoch, pos, self.best_ap)
