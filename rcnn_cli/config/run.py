@@ -22,6 +22,24 @@ from rcnn_cli.config.model import (
 
 
 @dataclass
+class EmaConf:
+    """Weight EMA (``rcnn_cli.engine.ema``): ``decay`` 0 = off; the decay ramps up over about
+    ``warmup`` optimizer steps."""
+
+    decay: float = 0.0
+    warmup: float = 2000.0
+
+
+@dataclass
+class EarlyStopConf:
+    """Early stopping on ``optimized_metric`` (``rcnn_cli.engine.early_stop``): stop after
+    ``patience`` evaluations without an improvement larger than ``min_delta``; 0 = off."""
+
+    patience: int = 0
+    min_delta: float = 0.0
+
+
+@dataclass
 class ScheduleConf:
     """Optimisation: SGD (momentum) or AdamW (``momentum`` is its beta1), warm-up, step/cosine
     decay; ``decay_steps`` are fractions of max_iter."""
@@ -48,6 +66,8 @@ class ScheduleConf:
     accum_steps: int = 1
     scale_lr: bool = False  # lr *= accum_steps * world_size (linear scaling rule), logged
     keep_checkpoints: int = 3
+    ema: EmaConf = field(default_factory=EmaConf)
+    early_stop: EarlyStopConf = field(default_factory=EarlyStopConf)
 
 
 class HeadInit(Enum):

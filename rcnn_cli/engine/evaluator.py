@@ -13,6 +13,7 @@ from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import runtime
 from rcnn_cli.engine.compress import compress_and_compare, save_compressed
+from rcnn_cli.engine.ema import inference_weights
 from rcnn_cli.engine.export import is_export, load_export
 from rcnn_cli.engine.runtime import hydra_run_dir, make_progress
 from rcnn_cli.errors import CheckpointError
@@ -34,7 +35,7 @@ def load_trained(path: str, trust: bool = False) -> tuple[dict, DictConfig]:
 
 def build_trained_model(ckpt: dict, train_cfg: DictConfig, device):
     model = build_detector(train_cfg, len(ckpt["classes"]))
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(inference_weights(ckpt))
     return model.to(device).eval()
 
 

@@ -20,6 +20,7 @@ from rcnn_cli.data.loader import eval_loader, sample_seed
 from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import distributed, faults, runtime
 from rcnn_cli.engine.checkpoint import CheckpointStore, resolve_resume, rng_state, set_rng_state
+from rcnn_cli.engine.ema import build_ema, restore_ema
 from rcnn_cli.engine.events import EventLogger
 from rcnn_cli.engine.export import export_model
 from rcnn_cli.engine.faults import NonFiniteLossError  # noqa: F401  (re-exported)
@@ -51,6 +52,12 @@ class Trainer:
     @train_model.setter
     def train_model(self, module) -> None:
         self._train_model = module
+
+    @property
+    def eval_model(self):
+        """What is evaluated, kept as best and exported: the weight average when on."""
+        ema = getattr(self, "ema", None)
+        return self.model if ema is None else ema.module
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
@@ -93,6 +100,7 @@ class Trainer:
         self.store = CheckpointStore(store_dir, self.sched.keep_checkpoints)
         self.grad_guard = faults.GradGuard(self.cfg.faults.max_nonfinite_steps)
         self.saved_iteration, self.iteration, self.best_ap = -1, 0, None
+        self.ema = build_ema(self.model, self.sched)
 
     def resume(self, target: str) -> None:
         found = resolve_resume(target, self.run_dir, self.cfg.ckpt_trust)
@@ -101,6 +109,7 @@ class Trainer:
         path, ckpt = found
         check_resume_config(ckpt["config"], config_dict(self.cfg), path)
         self.model.load_state_dict(ckpt["model"])
+        restore_ema(self.ema, ckpt, path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -122,7 +131,8 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iteration, "rng": rng_state(), "best_ap": self.best_ap,
                 "classes": self.classes, "category_ids": self.category_ids,
-                "config": config_dict(self.cfg), "world_size": distributed.current().world_size}
+                "config": config_dict(self.cfg), "world_size": distributed.current().world_size,
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
     def step(self, batches: list) -> dict[str, float]:
         """One optimizer step over ``accum_steps`` micro-batches (losses averaged over them)."""
@@ -151,6 +161,8 @@ class Trainer:
             for name, v in values.items():
                 sums[name] += v / len(batches)
         self.apply_gradients()
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.scheduler.step()
         return distributed.mean_over_ranks(dict(sums))
 
@@ -200,7 +212,7 @@ class Trainer:
     def evaluate(self, progress: Progress | None = None) -> dict:
         shard = distributed.eval_shard(self.val_set)
         loader = eval_loader(shard, self.cfg.eval.batch_size, self.cfg.dataset.num_workers)
-        dets = predict(self.model, loader, self.device, self.category_ids, progress)
+        dets = predict(self.eval_model, loader, self.device, self.category_ids, progress)
         dets = distributed.gather_detections(dets, list(self.val_set.raw.image_ids))
         metrics = distributed.on_main(lambda: self.evaluator.evaluate(dets))
         self.events.scalars(self.iteration, {k: v for k, v in metrics.items() if v is not None})
@@ -261,7 +273,7 @@ class Trainer:
 
     def log_images(self) -> None:
         if self.val_images is not None and self.is_main:
-            self.val_images.log(self.model, self.device, self.events.tensorboard, self.iteration)
+            self.val_images.log(self.eval_model, self.device, self.events.tensorboard, self.iteration)
 
     def keep_best(self, metrics: dict) -> None:
         ap = headline(metrics)
@@ -294,7 +306,7 @@ class Trainer:
             return
         save_evaluation(self.run_dir, self.evaluator, metrics, dets,
                         f"final evaluation (iteration {self.iteration})")
-        export_model(self.run_dir / "export", self.model.state_dict(), self.classes,
+        export_model(self.run_dir / "export", self.eval_model.state_dict(), self.classes,
                      self.category_ids, config_dict(self.cfg), self.iteration)
         self.events.close()
 
