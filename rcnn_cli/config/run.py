@@ -140,6 +140,8 @@ class EvalConf:
     backend: str = "faster-coco-eval"
     proposals: bool = False
     proposal_counts: list[int] = field(default_factory=lambda: [100, 300, 1000])
+    # rcnn-train: the training losses on the validation set at every evaluation (val/*)
+    val_loss: bool = True
 
 
 @dataclass

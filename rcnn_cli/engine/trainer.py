@@ -20,6 +20,7 @@ from rcnn_cli.data.loader import eval_loader, sample_seed
 from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import distributed, faults, runtime
 from rcnn_cli.engine.checkpoint import CheckpointStore, resolve_resume, rng_state, set_rng_state
+from rcnn_cli.engine.early_stop import build_early_stop, improves, snapshot
 from rcnn_cli.engine.ema import build_ema, restore_ema
 from rcnn_cli.engine.events import EventLogger
 from rcnn_cli.engine.export import export_model
@@ -27,6 +28,7 @@ from rcnn_cli.engine.faults import NonFiniteLossError  # noqa: F401  (re-exporte
 from rcnn_cli.engine.optim import build_optimizer, build_scheduler
 from rcnn_cli.engine.resume import check_resume_config
 from rcnn_cli.engine.runtime import config_dict, make_progress
+from rcnn_cli.engine.val_loss import validation_loss
 from rcnn_cli.engine.visuals import ValImages
 from rcnn_cli.evaluation.build import build_evaluator, headline, iou_types_for
 from rcnn_cli.evaluation.inference import predict
@@ -101,6 +103,8 @@ class Trainer:
         self.grad_guard = faults.GradGuard(self.cfg.faults.max_nonfinite_steps)
         self.saved_iteration, self.iteration, self.best_ap = -1, 0, None
         self.ema = build_ema(self.model, self.sched)
+        self.early_stop, self.best_weights = build_early_stop(self.cfg), None
+        self.stop_reason: str | None = None
 
     def resume(self, target: str) -> None:
         found = resolve_resume(target, self.run_dir, self.cfg.ckpt_trust)
@@ -110,6 +114,9 @@ class Trainer:
         check_resume_config(ckpt["config"], config_dict(self.cfg), path)
         self.model.load_state_dict(ckpt["model"])
         restore_ema(self.ema, ckpt, path)
+        if self.early_stop is not None and "early_stop" in ckpt:
+            self.early_stop.load_state_dict(ckpt["early_stop"])
+            self.best_weights = best_beside(path, self.cfg.ckpt_trust)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -132,7 +139,8 @@ class Trainer:
                 "iteration": self.iteration, "rng": rng_state(), "best_ap": self.best_ap,
                 "classes": self.classes, "category_ids": self.category_ids,
                 "config": config_dict(self.cfg), "world_size": distributed.current().world_size,
-                **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+                **({"early_stop": self.early_stop.state_dict()} if self.early_stop else {})}
 
     def step(self, batches: list) -> dict[str, float]:
         """One optimizer step over ``accum_steps`` micro-batches (losses averaged over them)."""
@@ -215,6 +223,12 @@ class Trainer:
         dets = predict(self.eval_model, loader, self.device, self.category_ids, progress)
         dets = distributed.gather_detections(dets, list(self.val_set.raw.image_ids))
         metrics = distributed.on_main(lambda: self.evaluator.evaluate(dets))
+        if self.cfg.eval.val_loss:
+            val = distributed.mean_over_ranks(
+                validation_loss(self.eval_model, loader, self.device, self.cfg.seed))
+            metrics = {**metrics, **val}
+            if val:
+                log.info("iter %d: validation loss %.4f", self.iteration, val["val/total_loss"])
         self.events.scalars(self.iteration, {k: v for k, v in metrics.items() if v is not None})
         if self.is_main:
             log_curves(self.events.tensorboard, self.evaluator, self.iteration)
@@ -242,11 +256,15 @@ class Trainer:
                 progress.update(task, advance=1, speed=f"{1 / (t1 - t_data):.2f} it/s",
                                 losses=f"loss {values['total_loss']:.3f}")
                 self.after_step(window, progress)
+                if self.stop_reason:
+                    break
                 if distributed.any_rank_stopping(stop.requested is not None):
                     self.stop_for(stop.requested or "a stop signal on another rank")
                 t_data = time.perf_counter()
             if self.saved_iteration != self.iteration:
                 self.save_checkpoint()
+            if self.stop_reason:
+                self.restore_best()
             metrics, dets = self.evaluate(progress)
             self.log_images()
         self.finish(metrics, dets)
@@ -269,17 +287,42 @@ class Trainer:
             metrics, _ = self.evaluate(progress)
             log.info("iter %d: AP=%.4f (%s)", it, headline(metrics),
                      getattr(self.cfg.eval.metric, "value", self.cfg.eval.metric))
-            self.keep_best(metrics)
+            value = self.keep_best(metrics)
+            if self.early_stop is not None and value is not None and \
+                    self.early_stop.update(value, it):
+                self.stop_reason = self.early_stop.reason(
+                    self.best_metric_name(metrics) or "the headline AP", it)
+                log.info("%s", self.stop_reason)
 
     def log_images(self) -> None:
         if self.val_images is not None and self.is_main:
             self.val_images.log(self.eval_model, self.device, self.events.tensorboard, self.iteration)
 
-    def keep_best(self, metrics: dict) -> None:
-        ap = headline(metrics)
-        if self.best_ap is None or ap > self.best_ap:
-            self.best_ap = ap
+    def best_metric_name(self, metrics: dict) -> str | None:
+        """``optimized_metric`` when these metrics have it, else None (the headline AP)."""
+        name = self.cfg.get("optimized_metric")
+        return name if name and name in metrics else None
+
+    def keep_best(self, metrics: dict) -> float | None:
+        """``best`` by ``optimized_metric`` / ``optimized_mode`` (default: the headline AP,
+        higher is better); returns the value it compared."""
+        name = self.best_metric_name(metrics)
+        value = metrics[name] if name else headline(metrics)
+        mode = getattr(self.cfg.optimized_mode, "value", "max") if name else "max"
+        if value is not None and improves(float(value), self.best_ap, mode):
+            self.best_ap = float(value)
             self.save_named("best", {**self.state(), "metrics": metrics})
+            if self.early_stop is not None:
+                self.best_weights = snapshot(self.eval_model)
+        return None if value is None else float(value)
+
+    def restore_best(self) -> None:
+        """After an early stop: the best evaluated weights into the evaluated model."""
+        if self.best_weights is None:
+            log.warning("early stop: the best weights are not known (resumed without best.pt); "
+                        "evaluating the current weights")
+            return
+        self.eval_model.load_state_dict(self.best_weights)
 
     def save_checkpoint(self) -> Path:
         """Rank 0 writes; every rank records the iteration as saved."""
@@ -319,3 +362,12 @@ def resume_command(run_dir: Path) -> str:
     if HydraConfig.initialized():
         args = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
     return " ".join(["rcnn-train", *args, f"resume={run_dir}"])
+
+
+def best_beside(path: Path, trust: bool) -> dict | None:
+    """The evaluated weights of the ``best.pt`` next to a resumed checkpoint, if any."""
+    from rcnn_cli.engine.ema import inference_weights
+    from rcnn_cli.io import load_checkpoint
+
+    best = Path(path).parent / "best.pt"
+    return inference_weights(load_checkpoint(best, trust)) if best.exists() else None
