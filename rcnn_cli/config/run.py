@@ -142,6 +142,7 @@ class EvalConf:
     proposal_counts: list[int] = field(default_factory=lambda: [100, 300, 1000])
     # rcnn-train: the training losses on the validation set at every evaluation (val/*)
     val_loss: bool = True
+    confusion_score: float = 0.5  # detections counted in confusion.{md,png}
 
 
 @dataclass

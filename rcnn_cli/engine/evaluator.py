@@ -81,6 +81,6 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
             save_compressed(ckpt, small, cfg.compress.fc6, cfg.compress.fc7, run_dir)
     OmegaConf.save(train_cfg, run_dir / "model_config.yaml")
     save_evaluation(run_dir, evaluator, metrics, dets,
-                    f"{cfg.ckpt} (iteration {metrics['iteration']})")
+                    f"{cfg.ckpt} (iteration {metrics['iteration']})", cfg.eval.confusion_score)
     log.info("run directory: %s", run_dir)
     return metrics

@@ -30,6 +30,7 @@ from rcnn_cli.engine.resume import check_resume_config
 from rcnn_cli.engine.runtime import config_dict, make_progress
 from rcnn_cli.engine.val_loss import validation_loss
 from rcnn_cli.engine.visuals import ValImages
+from rcnn_cli.evaluation import confusion
 from rcnn_cli.evaluation.build import build_evaluator, headline, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
@@ -347,8 +348,10 @@ class Trainer:
         self.keep_best(metrics)
         if not self.is_main:
             return
-        save_evaluation(self.run_dir, self.evaluator, metrics, dets,
-                        f"final evaluation (iteration {self.iteration})")
+        matrix = save_evaluation(self.run_dir, self.evaluator, metrics, dets,
+                                 f"final evaluation (iteration {self.iteration})",
+                                 self.cfg.eval.confusion_score)
+        confusion.add_to_tensorboard(self.events.tensorboard, matrix, self.iteration)
         export_model(self.run_dir / "export", self.eval_model.state_dict(), self.classes,
                      self.category_ids, config_dict(self.cfg), self.iteration)
         self.events.close()
