@@ -59,3 +59,13 @@ def test_a_training_set_smaller_than_the_batch_trains(tmp_path):
                                 "schedule.max_iter=2"])
     metrics = train(cfg, tmp_path)
     assert metrics["iteration"] == 2
+
+
+def test_iou_crop_with_external_proposals_is_refused(tmp_path):
+    from rcnn_cli.config import validate
+    from rcnn_cli.errors import ConfigError
+
+    cfg = compose_cfg("train", [*QUICK, "dataset.iou_crop=true", "model=fast",
+                                "proposals=selective_search"])
+    with pytest.raises(ConfigError, match="dataset.iou_crop"):
+        validate(cfg)

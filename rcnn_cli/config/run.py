@@ -250,6 +250,7 @@ class DataMainConf:
     seed: int = 0
     out: str | None = None
     decode: bool = False
+    augment: bool = False  # browse: training images after the training augmentation
 
 
 GROUP_SCHEMAS: dict[str, type] = {

@@ -63,7 +63,8 @@ INTERVAL_KEYS = [("dataset.flip_prob", 0.0, 1.0, True), ("dataset.color_jitter",
                  ("schedule.warmup_factor", 0.0, 1.0, True),
                  ("dataset.repeat_factor_threshold", 0.0, 1.0, True),
                  ("schedule.ema.decay", 0.0, 1.0, True), ("schedule.ema.warmup", 0.0, None, False),
-                 ("schedule.early_stop.min_delta", 0.0, None, True)]
+                 ("schedule.early_stop.min_delta", 0.0, None, True),
+                 ("dataset.photometric_distort", 0.0, 1.0, True)]
 
 # (key, allowed values): checked when the key is present.
 CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools"))]
@@ -87,6 +88,10 @@ def _check_ranges(cfg) -> None:
     sizes = OmegaConf.select(cfg, "dataset.train_min_sizes", default=None, throw_on_missing=False)
     if sizes and min(sizes) < 1:
         raise ConfigError(f"dataset.train_min_sizes={list(sizes)}: every size must be >= 1")
+    source = OmegaConf.select(cfg, "proposals.name", default=None, throw_on_missing=False)
+    if OmegaConf.select(cfg, "dataset.iou_crop", default=False) and source not in (None, "rpn"):
+        raise ConfigError(f"dataset.iou_crop=true cannot keep external proposals "
+                          f"(proposals={source}) consistent; use scale jitter instead")
     for key, allowed in CHOICE_KEYS:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if value is not None and value not in allowed:

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rcnn_cli.data.repeat_factor import image_categories, repeat_factors, stochastic_counts
-from rcnn_cli.data.transforms import build_transforms, proposal_boxes, to_sample
+from rcnn_cli.data.transforms import Augment, build_transforms, proposal_boxes, sanitize, to_sample
 from rcnn_cli.errors import DataError
 
 log = logging.getLogger("rcnn_cli")
@@ -27,9 +27,12 @@ class DetectionView(Dataset):
 
     def __init__(self, raw, train: bool, flip_prob: float, min_sizes: list[int] | None = None,
                  max_size: int | None = None, color_jitter: float = 0.0,
-                 aspect_grouping: bool = False, repeat_factor_threshold: float = 0.0):
+                 aspect_grouping: bool = False, repeat_factor_threshold: float = 0.0,
+                 augment: Augment | None = None):
         self.raw = raw
-        self.transforms = build_transforms(train, flip_prob, min_sizes, max_size, color_jitter)
+        self.transforms = build_transforms(train, flip_prob, min_sizes, max_size, color_jitter,
+                                           augment)
+        self.crops = train and augment is not None and augment.crops
         # image id -> float32 [K, 4] external proposals (rcnn_cli.data.proposal_cache); they
         # travel in target["proposals"] and are transformed with the image, like the boxes.
         self.proposals: dict | None = None
@@ -64,6 +67,8 @@ class DetectionView(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             image, target = self.transforms(image, target)
+        if self.crops:
+            target = sanitize(target)
         target["boxes"] = target["boxes"].as_subclass(torch.Tensor)
         if "proposals" in target:
             target["proposals"] = target["proposals"].as_subclass(torch.Tensor)
