@@ -17,6 +17,7 @@ from rcnn_cli.engine.ema import inference_weights
 from rcnn_cli.engine.export import is_export, load_export
 from rcnn_cli.engine.runtime import hydra_run_dir, make_progress
 from rcnn_cli.errors import CheckpointError
+from rcnn_cli.evaluation import tta
 from rcnn_cli.evaluation.build import build_evaluator, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.recall import evaluate_proposal_recall, recall_metrics, write_recall_report
@@ -63,9 +64,11 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
     attach_proposals(train_cfg, "val", dataset)
     evaluator = build_evaluator(dataset.raw.coco_gt(), cfg.eval, iou_types_for(train_cfg))
     model = build_trained_model(ckpt, train_cfg, device)
+    e = cfg.eval
+    detector = tta.wrap(model, e.tta, list(e.tta_scales), e.tta_merge, e.tta_iou, masks)
     loader = eval_loader(dataset, cfg.eval.batch_size, train_cfg.dataset.num_workers)
     with make_progress() as progress:
-        dets = predict(model, loader, device, dataset.raw.category_ids, progress)
+        dets = predict(detector, loader, device, dataset.raw.category_ids, progress)
     metrics = evaluator.evaluate(dets)
     metrics["iteration"] = int(ckpt["iteration"])
     if cfg.eval.proposals:
