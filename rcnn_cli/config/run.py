@@ -256,6 +256,8 @@ class DataMainConf:
     out: str | None = None
     decode: bool = False
     augment: bool = False  # browse: training images after the training augmentation
+    anchors: Any = None  # check: anchor coverage of the training boxes (anchors=auto: fitted)
+    rpn_iou: float = 0.7  # check: the RPN's positive IoU (sampler.rpn.fg_iou_thresh)
 
 
 GROUP_SCHEMAS: dict[str, type] = {

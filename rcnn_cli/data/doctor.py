@@ -86,7 +86,35 @@ def check(cfg, console: Console | None = None) -> dict:
         result[split] = stats
     result["total"] = total(result)
     print_check(result, cfg.dataset.name, console)
+    if cfg.get("anchors") is not None and "train" in cfg.splits:
+        result["anchors"] = anchor_coverage(cfg, split_store(cfg.dataset, "train"))
+        a = result["anchors"]
+        console.print(f"anchors={a['name']} (sizes {a['sizes']}, ratios h/w {a['ratios']}): "
+                      f"{100 * a['uncovered']:.1f}% of {a['boxes']} training boxes have no "
+                      f"anchor with IoU >= {a['iou']:g} (the RPN's positive IoU, rpn_iou)")
     return result
+
+
+def anchor_coverage(cfg, store: AnnotationStore) -> dict:
+    """Share of training boxes (at the model's input scale) that no anchor shape covers with
+    IoU >= ``rpn_iou``; ``anchors=auto`` reports the anchors it would fit."""
+    from rcnn_cli.modeling.anchors import (
+        anchor_shapes,
+        fit_anchors,
+        input_box_shapes,
+        uncovered_share,
+    )
+
+    a, d = cfg.anchors, cfg.dataset
+    wh = input_box_shapes(coco_ground_truth(store), d.min_size, d.max_size)
+    if a.name == "auto":
+        sizes, ratios = fit_anchors(wh, int(a.levels), len(a.aspect_ratios), int(cfg.seed))
+    else:
+        sizes = [list(s) for s in a.sizes]
+        ratios = [list(r) for r in (a.get("level_aspect_ratios") or [a.aspect_ratios] * len(sizes))]
+    shapes = torch.cat([anchor_shapes(s, r) for s, r in zip(sizes, ratios)])
+    return {"name": a.name, "sizes": sizes, "ratios": ratios, "iou": float(cfg.rpn_iou),
+            "boxes": len(wh), "uncovered": uncovered_share(wh, shapes, float(cfg.rpn_iou))}
 
 
 def total(result: dict) -> dict:

@@ -35,6 +35,7 @@ from rcnn_cli.evaluation.build import build_evaluator, headline, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
 from rcnn_cli.modeling import seeded_sampler
+from rcnn_cli.modeling.anchors import resolve_auto_anchors
 from rcnn_cli.modeling.backbones import eval_frozen_norms
 from rcnn_cli.modeling.build import build_detector, uses_masks
 
@@ -78,6 +79,7 @@ class Trainer:
         attach_proposals(cfg, "val", self.val_set)
         self.classes = list(self.train_set.raw.classes)
         self.category_ids = list(self.train_set.raw.category_ids)
+        resolve_auto_anchors(cfg, self.train_set.raw)
         self.model = build_detector(cfg, len(self.classes)).to(self.device)
         seeded_sampler.install(self.model)
         self.train_model = distributed.wrap_model(self.model, self.device, cfg.dist)

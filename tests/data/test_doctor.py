@@ -125,3 +125,11 @@ def test_browse_augment_draws_the_augmented_training_images(tmp_path):
     assert not np.array_equal(a, np.asarray(Image.open(plain).convert("RGB")))
     data_run(compose_cfg("data", [*args, f"out={tmp_path / 'again.png'}"]))
     assert (tmp_path / "again.png").read_bytes() == aug.read_bytes()  # seeded
+
+
+def test_check_reports_anchor_coverage():
+    fixed = data_run(compose_cfg("data", ["command=check", *SHAPES]))["anchors"]
+    auto = data_run(compose_cfg("data", ["command=check", *SHAPES, "anchors=auto"]))["anchors"]
+    assert fixed["name"] == "fpn_small" and 0.0 <= fixed["uncovered"] <= 1.0
+    assert auto["boxes"] == fixed["boxes"] > 0 and len(auto["sizes"]) == 5
+    assert auto["uncovered"] <= fixed["uncovered"]
