@@ -241,6 +241,11 @@ class PredictMainConf:
     threads: int = 0
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
     speed: InferenceSpeedConf = field(default_factory=InferenceSpeedConf)
+    # test-time augmentation, as eval.tta* of rcnn-eval (rcnn_cli.evaluation.tta)
+    tta: str = "none"
+    tta_scales: list[int] = field(default_factory=list)
+    tta_merge: str = "nms"
+    tta_iou: float = 0.5
 
 
 @dataclass

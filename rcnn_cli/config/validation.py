@@ -68,7 +68,8 @@ INTERVAL_KEYS = [("dataset.flip_prob", 0.0, 1.0, True), ("dataset.color_jitter",
 
 # (key, allowed values): checked when the key is present.
 CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools")),
-               ("eval.tta", ("none", "flip", "scales")), ("eval.tta_merge", ("nms", "wbf"))]
+               ("eval.tta", ("none", "flip", "scales")), ("eval.tta_merge", ("nms", "wbf")),
+               ("tta", ("none", "flip", "scales")), ("tta_merge", ("nms", "wbf"))]
 
 
 def _check_ranges(cfg) -> None:

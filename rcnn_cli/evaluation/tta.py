@@ -116,6 +116,9 @@ def wrap(model: nn.Module, mode: str, scales: list[int], merge: str, iou: float,
         raise ConfigError(f"eval.tta_merge={merge}: must be one of {', '.join(MERGES)}")
     if mode == "none":
         return model
+    if not (hasattr(model, "transform") and hasattr(model, "roi_heads")):
+        raise ConfigError(f"tta={mode}: test-time augmentation needs a torchvision-style "
+                          "detector (not model=rcnn|sppnet)")
     if masks and merge == "wbf":
         raise ConfigError("eval.tta_merge=wbf fuses boxes only; use eval.tta_merge=nms for masks")
     if mode == "scales" and not scales:
