@@ -1,5 +1,5 @@
 """Inference speed work for rcnn-predict / rcnn-eval, each switch kept only where
-``scripts/bench.py infer`` measured a gain (docs/benchmarks.md, issue 11).
+``benchmarks/vs_torchvision.py infer`` measured a gain (docs/benchmarks.md, issue 11).
 
 * ``fold_bn``: a frozen or eval-mode BatchNorm after a convolution is an affine map per output
   channel, so it is folded into the convolution's weight and bias (one pass over the feature

@@ -2,7 +2,7 @@
 
 - ``vgg16``: conv5_3, stride 16, one map (Faster R-CNN §4, the paper's VGG-16 setting).
 - ``alexnet``: conv5 + ReLU, stride 16, 256 channels (Krizhevsky et al. 2012; the trunk SPPNet
-  pools from). R-CNN uses the whole classifier instead (``rcnn_cli.modeling.region_cnn``).
+  pools from). R-CNN uses the whole classifier instead (``rcnn_cli.modeling.region.cnn``).
 - ``r50_c4`` / ``r101_c4``: ResNet res2-res4 trunk (stride 16, one map); res5 becomes the RoI
   head (He et al. 2016, appendix A "Object Detection Baselines"; Detectron's C4 design).
 - ``r18_fpn`` / ``r50_fpn`` / ``r101_fpn``: ResNet C2-C5 -> FPN P2-P5 + P6 (Lin et al. 2017).

@@ -14,6 +14,7 @@ from torchvision.models import get_weight
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from rcnn_cli.config.enums import enum_value
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.modeling.anchors import build_anchor_generator
 from rcnn_cli.modeling.backbones import BackboneSpec, build_backbone
@@ -35,10 +36,6 @@ def uses_masks(model_name: str) -> bool:
     return model_name in ("mask", "cascade_mask")
 
 
-def _value(x):
-    return getattr(x, "value", x)
-
-
 def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
     """Build ``cfg.model`` for ``num_classes`` foreground classes (+1 background)."""
     m, b, a, s, d = cfg.model, cfg.backbone, cfg.anchors, cfg.sampler, cfg.dataset
@@ -46,13 +43,13 @@ def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
         raise ConfigError(f"model={m.name} is not supported; available: {', '.join(MODELS)}")
     check_proposal_source(m.name, cfg.get("proposals"))
     if m.name in ("rcnn", "sppnet"):
-        from rcnn_cli.modeling.region_build import build_region_detector
+        from rcnn_cli.modeling.region.build import build_region_detector
 
         model = build_region_detector(cfg, num_classes)
         if m.weights:
             load_detector_weights(model, m.weights)
         return model
-    backbone = build_backbone(b.name, b.weights, b.trainable_layers, _value(b.norm), b.fpn_channels)
+    backbone = build_backbone(b.name, b.weights, b.trainable_layers, enum_value(b.norm), b.fpn_channels)
     if m.name == "fast":
         model = build_fast_rcnn(cfg, backbone, num_classes)
         shape_box_head(model, m.box_head.fc6_rank, m.box_head.fc7_rank)
@@ -102,7 +99,7 @@ def build_fast_rcnn(cfg, backbone: BackboneSpec, num_classes: int) -> FastRCNN:
     the res5 head of a C4 backbone; no RPN. ``sampler=fast_rcnn`` is the paper's minibatch."""
     m, s, p, d, f = cfg.model, cfg.sampler, cfg.pooler, cfg.dataset, cfg.model.fast_rcnn
     pooler = build_pooler(p.name, backbone.pooled_names, p.output_size, p.sampling_ratio,
-                          p.canonical_scale, p.canonical_level, p.aligned, _value(p.kernel))
+                          p.canonical_scale, p.canonical_level, p.aligned, enum_value(p.kernel))
     if backbone.res5 is not None:
         head, dim = build_box_head(backbone.out_channels, p.output_size,
                                    m.box_head.representation_size, backbone.res5,
@@ -110,7 +107,7 @@ def build_fast_rcnn(cfg, backbone: BackboneSpec, num_classes: int) -> FastRCNN:
     else:
         dim = m.box_head.representation_size
         head = FastRCNNHead(backbone.out_channels * p.output_size**2, dim, f.dropout)
-        if _value(f.fc_init) == "backbone":
+        if enum_value(f.fc_init) == "backbone":
             init_fc_from_classifier(head, backbone, cfg.backbone.name)
     roi_heads = build_fast_rcnn_roi_heads(
         pooler, head, dim, num_classes + 1,
@@ -147,7 +144,7 @@ def build_roi_heads(cfg, backbone: BackboneSpec, num_classes: int) -> nn.Module:
     """Box head (standard or cascade) + optional mask branch; ``num_classes`` counts background."""
     m, s, p = cfg.model, cfg.sampler, cfg.pooler
     pooler = build_pooler(p.name, backbone.pooled_names, p.output_size, p.sampling_ratio,
-                          p.canonical_scale, p.canonical_level, p.aligned, _value(p.kernel))
+                          p.canonical_scale, p.canonical_level, p.aligned, enum_value(p.kernel))
 
     built = []
 
@@ -167,7 +164,7 @@ def build_roi_heads(cfg, backbone: BackboneSpec, num_classes: int) -> nn.Module:
             output_size=mh.output_size, sampling_ratio=mh.sampling_ratio, layers=list(mh.layers),
             dilation=mh.dilation, dim_reduced=mh.dim_reduced,
             canonical_scale=p.canonical_scale, canonical_level=p.canonical_level,
-            kernel=_value(p.kernel))
+            kernel=enum_value(p.kernel))
     bh = m.box_head
     if m.name.startswith("cascade"):
         c = m.cascade
