@@ -69,3 +69,15 @@ def test_iou_crop_with_external_proposals_is_refused(tmp_path):
                                 "proposals=selective_search"])
     with pytest.raises(ConfigError, match="dataset.iou_crop"):
         validate(cfg)
+
+
+@pytest.mark.parametrize("extra", [["schedule=alternating"], ["model=rcnn", "backbone=alexnet",
+                                                               "proposals=selective_search"]])
+def test_ema_and_early_stop_are_refused_in_stage_graphs(extra):
+    from rcnn_cli.config import validate
+    from rcnn_cli.errors import ConfigError
+
+    for key in ("schedule.ema.decay=0.9", "schedule.early_stop.patience=2"):
+        cfg = compose_cfg("train", [*QUICK, *extra, key])
+        with pytest.raises(ConfigError, match=key.split("=")[0]):
+            validate(cfg)

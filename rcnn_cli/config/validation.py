@@ -90,6 +90,7 @@ def _check_ranges(cfg) -> None:
     sizes = OmegaConf.select(cfg, "dataset.train_min_sizes", default=None, throw_on_missing=False)
     if sizes and min(sizes) < 1:
         raise ConfigError(f"dataset.train_min_sizes={list(sizes)}: every size must be >= 1")
+    _check_stage_graph_keys(cfg)
     source = OmegaConf.select(cfg, "proposals.name", default=None, throw_on_missing=False)
     if OmegaConf.select(cfg, "dataset.iou_crop", default=False) and source not in (None, "rpn"):
         raise ConfigError(f"dataset.iou_crop=true cannot keep external proposals "
@@ -101,6 +102,22 @@ def _check_ranges(cfg) -> None:
     lr = OmegaConf.select(cfg, "schedule.lr", default=None, throw_on_missing=False)
     if isinstance(lr, float) and lr <= 0:
         raise ConfigError(f"schedule.lr={lr}: must be > 0")
+
+
+def _check_stage_graph_keys(cfg) -> None:
+    """EMA and early stopping act on the joint loop's evaluations; a stage graph has none."""
+    from omegaconf import OmegaConf
+
+    from rcnn_cli.errors import ConfigError
+
+    graph = (OmegaConf.select(cfg, "schedule.name", default=None, throw_on_missing=False)
+             in ("alternating", "four_step")
+             or OmegaConf.select(cfg, "model.name", default=None, throw_on_missing=False)
+             in ("rcnn", "sppnet"))
+    for key in ("schedule.ema.decay", "schedule.early_stop.patience"):
+        if graph and OmegaConf.select(cfg, key, default=0, throw_on_missing=False):
+            raise ConfigError(f"{key} works with the joint loop (schedule=joint, a torchvision-"
+                              "style model); this run is a stage graph: set it to 0")
 
 
 DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf, "coco": CocoConf, "voc": VocConf}
