@@ -60,6 +60,9 @@ class CocoConf(FileDatasetConf):
     test_json: str | None = None
     test_images: str | None = None
     with_masks: bool = False
+    # HTC's semantic branch: a COCO-stuff style folder of class-id PNGs, one per training image
+    # (<image file stem>.png, 255 = unlabelled); null = maps made from the instance masks
+    semantic_dir: str | None = None
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from rcnn_cli.config import validate
-from rcnn_cli.engine import distributed, faults
+from rcnn_cli.engine import distributed, faults, runtime
 from rcnn_cli.engine.runtime import hydra_run_dir
 from rcnn_cli.engine.stages import alternating, region
 from rcnn_cli.engine.stages.graph import train_graph
@@ -32,6 +32,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     run_dir = distributed.shared_run_dir(Path(run_dir) if run_dir is not None
                                          else hydra_run_dir())
     log.info("run directory: %s", run_dir)
+    resolve_auto_amp(cfg)
     try:
         if cfg.schedule.name == "alternating":
             if env.enabled:
@@ -50,3 +51,14 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     log.info("run directory: %s", run_dir)
     distributed.shutdown()
     return metrics
+
+
+def resolve_auto_amp(cfg: DictConfig) -> None:
+    """``schedule.amp=auto`` becomes the concrete choice in ``cfg``, so that the checkpoints'
+    and the export's stored config (and so ``rcnn-eval``) say what ran; the choice is logged."""
+    if getattr(cfg.schedule.amp, "value", cfg.schedule.amp) != "auto":
+        return
+    device = distributed.local_device(runtime.select_device(cfg.device))
+    choice, reason = runtime.choose_amp(device)
+    cfg.schedule.amp = choice
+    log.info("schedule.amp=auto -> %s (%s)", choice, reason)

@@ -25,16 +25,18 @@ import logging
 import sys
 from dataclasses import fields
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.transform import resize_boxes
 
 from rcnn_cli.config import ScheduleConf
 from rcnn_cli.config.enums import enum_value
+from rcnn_cli.data import proposal_cache
 from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import eval_loader
+from rcnn_cli.data.proposal_cache import ProposalSet, check_ids, read_proposal_file, save_npz
 from rcnn_cli.data.with_proposals import WithProposals
 from rcnn_cli.engine import runtime
 from rcnn_cli.engine.runtime import config_dict, make_progress
@@ -48,19 +50,19 @@ from rcnn_cli.engine.stages.graph import (
     stage_trainer,
 )
 from rcnn_cli.engine.stages.store import StageDir
-from rcnn_cli.errors import CheckpointError, ConfigError
+from rcnn_cli.errors import ConfigError
 from rcnn_cli.evaluation.recall import proposal_recall, recall_metrics
-from rcnn_cli.io import atomic_torch_save, load_file
+from rcnn_cli.io import atomic_torch_save
 from rcnn_cli.modeling.backbones import eval_frozen_norms
 from rcnn_cli.modeling.fixed_proposals import FixedProposals
+from rcnn_cli.modeling.proposals import configure_for_proposals, rpn_proposals
 
 log = logging.getLogger("rcnn_cli")
 
 STAGES = ("init", "rpn1", "proposals1", "fast1", "rpn2", "proposals2", "fast2")
 TRAINING = ("rpn1", "fast1", "rpn2", "fast2")
 PAPER_ITERS = {"rpn1": 80_000, "fast1": 40_000, "rpn2": 80_000, "fast2": 40_000}
-PROPOSAL_FORMAT = "rcnn-cli-proposals/1"
-TRAIN_PROPOSALS = "proposals_train.pt"
+TRAIN_PROPOSALS = "proposals_train.npz"  # data.proposal_cache's file (the one proposal format)
 SHARED = ("backbone.",)
 RPN = ("rpn.",)
 FAST = ("roi_heads.",)
@@ -167,7 +169,8 @@ def key_config(cfg: DictConfig, stage: str) -> dict:
     elif stage.startswith("proposals"):
         out["proposals"] = full["schedule"]["proposals"]
         out["proposals"].pop("batch_size")
-        out["proposal_format"] = PROPOSAL_FORMAT
+        # the file format: a run directory of the older .pt files re-runs from proposals1
+        out["proposal_file"] = f"{TRAIN_PROPOSALS} {proposal_cache.FORMAT}"
     out["rpn2_head_init"] = full["schedule"]["rpn2_head_init"] if stage == "rpn2" else None
     out["fast2_predictor_init"] = (full["schedule"]["fast2_predictor_init"]
                                    if stage == "fast2" else None)
@@ -225,7 +228,7 @@ def rpn1_stage(run: Run, stage: StageDir):
 
 def fast1_stage(run: Run, stage: StageDir):
     detector = run.detector("init")
-    data = WithProposals(run.train_set, load_proposals(run.stage("proposals1"), "train"))
+    data = WithProposals(run.train_set, load_proposals(run, "proposals1", "train"))
     return train_stage(run, stage, detector, fast_network(detector), data)
 
 
@@ -245,7 +248,7 @@ def fast2_stage(run: Run, stage: StageDir):
         detector.load_state_dict(fresh, strict=False)
     freeze(detector.backbone)
     freeze(detector.rpn)
-    data = WithProposals(run.train_set, load_proposals(run.stage("proposals2"), "train"))
+    data = WithProposals(run.train_set, load_proposals(run, "proposals2", "train"))
     return train_stage(run, stage, detector, fast_network(detector), data)
 
 
@@ -265,64 +268,59 @@ def train_stage(run: Run, stage: StageDir, detector: GeneralizedRCNN, network: S
 
 
 def proposals_stage(run: Run, stage: StageDir):
-    """The previous RPN in test mode with the paper's settings on the train and val images."""
+    """The previous RPN in test mode with the paper's settings on the train and val images;
+    written as rcnn-cli proposal files (``data.proposal_cache``), which ``model=fast
+    proposals=precomputed`` also reads."""
     rpn_stage = "rpn1" if stage.stage == "proposals1" else "rpn2"
     detector = run.detector(rpn_stage).to(run.device)
-    configure_for_proposals(detector, run.cfg)
+    p = run.cfg.schedule.proposals
+    configure_for_proposals(detector, p.nms_thresh,
+                            max(1e-3, p.min_size * run.cfg.dataset.min_size / 600))
     metrics = {}
     for split in ("train", "val"):
         view = build_dataset(run.cfg.dataset, split, train=False)
-        boxes, gt = compute_proposals(detector, view, run)
-        atomic_torch_save(stage.path(f"proposals_{split}.pt"),
-                          {"format": PROPOSAL_FORMAT, "split": split, "image_ids": list(boxes),
-                           "boxes": list(boxes.values())})
-        recall = recall_metrics(proposal_recall(list(boxes.values()), gt, [100, 300, 1000]),
-                                prefix="")
+        pset, gt = compute_proposals(detector, view, run)
+        pset.meta = {"source": "rpn", "stage": stage.stage, "split": split}
+        save_npz(stage.path(proposal_file(split)), pset)
+        boxes = [torch.from_numpy(b) for b in pset.boxes]
+        recall = recall_metrics(proposal_recall(boxes, gt, [100, 300, 1000]), prefix="")
         recall = {k: v for k, v in recall.items() if v is not None}
         metrics.update({f"{split}/{k}": v for k, v in recall.items()})
         log.info("%s %s proposal recall: %s", stage.stage, split,
                  "  ".join(f"{k}={v:.4f}" for k, v in recall.items()))
     run.events.scalars(0, metrics, prefix=f"{stage.stage}/")
-    return [TRAIN_PROPOSALS, "proposals_val.pt"], metrics
+    return [proposal_file("train"), proposal_file("val")], metrics
 
 
-def configure_for_proposals(detector: GeneralizedRCNN, cfg: DictConfig) -> None:
-    """Test-mode RPN settings of the proposal stages (``schedule.proposals``)."""
-    p, rpn = cfg.schedule.proposals, detector.rpn
-    rpn._pre_nms_top_n = dict(rpn._pre_nms_top_n, testing=p.pre_nms_top_n or sys.maxsize)
-    rpn._post_nms_top_n = dict(rpn._post_nms_top_n, testing=p.post_nms_top_n)
-    rpn.nms_thresh = p.nms_thresh
-    rpn.min_size = max(1e-3, p.min_size * cfg.dataset.min_size / 600)
+def proposal_file(split: str) -> str:
+    return f"proposals_{split}.npz"
 
 
-@torch.inference_mode()
-def compute_proposals(detector: GeneralizedRCNN, view, run: Run):
-    """Image id -> proposals (best first, original image coordinates); and the gt boxes."""
-    detector.eval()
-    loader = eval_loader(view, run.cfg.schedule.proposals.batch_size,
-                         run.cfg.dataset.num_workers)
-    boxes, gt = {}, []
+def compute_proposals(detector: GeneralizedRCNN, view, run: Run) -> tuple[ProposalSet, list]:
+    """Every image's proposals (best first, original image coordinates; scores = rank, as
+    the RPN returns no objectness); and the ground-truth boxes."""
+    p = run.cfg.schedule.proposals
+    loader = eval_loader(view, p.batch_size, run.cfg.dataset.num_workers)
+    ids, boxes, gt = [], [], []
     with make_progress() as progress:
         task = progress.add_task("proposals", total=len(loader), speed="", losses="")
         for images, targets in loader:
-            images = [im.to(run.device) for im in images]
-            sizes = [tuple(im.shape[-2:]) for im in images]
-            batch, _ = detector.transform(images)
-            features = detector.backbone(batch.tensors)
-            props, _ = detector.rpn(batch, features)
-            for p, s, o, t in zip(props, batch.image_sizes, sizes, targets):
-                boxes[int(t["image_id"])] = resize_boxes(p, s, o).cpu()
+            props = rpn_proposals(detector, [im.to(run.device) for im in images],
+                                  p.post_nms_top_n, p.pre_nms_top_n or sys.maxsize)
+            for b, t in zip(props, targets):
+                ids.append(int(t["image_id"]))
+                boxes.append(b.cpu().numpy())
                 gt.append(t["boxes"])
             progress.advance(task)
-    return boxes, gt
+    scores = [1.0 / (1.0 + np.arange(len(b), dtype=np.float32)) for b in boxes]
+    return ProposalSet(ids, boxes, scores, {}), gt
 
 
-def load_proposals(stage: StageDir, split: str) -> dict[int, torch.Tensor]:
-    path = stage.path(f"proposals_{split}.pt")
-    obj = load_file(path)
-    if obj.get("format") != PROPOSAL_FORMAT:
-        raise CheckpointError(f"{path} is not an rcnn-cli proposal file ({PROPOSAL_FORMAT})")
-    return {int(i): b for i, b in zip(obj["image_ids"], obj["boxes"])}
+def load_proposals(run: Run, stage: str, split: str) -> dict[int, np.ndarray]:
+    """A proposal stage's boxes for ``split``, by image id."""
+    path = run.stage(stage).path(proposal_file(split))
+    ids = list(run.train_set.raw.image_ids if split == "train" else run.val_set.raw.image_ids)
+    return check_ids(path, read_proposal_file(path, ids), ids, exact=False).by_id()
 
 
 STAGE_FUNCTIONS = {"init": init_stage, "rpn1": rpn1_stage, "proposals1": proposals_stage,

@@ -15,13 +15,14 @@ import time
 import pytest
 import torch
 
+from rcnn_cli.data.proposal_cache import read_proposal_file
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
 from rcnn_cli.engine.stages import alternating
 from rcnn_cli.engine.stages.graph import train_graph
 from rcnn_cli.engine.train import train
 from rcnn_cli.engine.trainer import Trainer
 from rcnn_cli.modeling.build import build_detector
-from tests.conftest import BIN, compose_cfg, run_cli
+from tests.conftest import BIN, TINY, compose_cfg, run_cli
 from tests.engine.stages.conftest import ALT
 
 
@@ -101,10 +102,10 @@ def test_stage_artifacts_recall_and_scalars(full_run):
     run_dir, metrics = full_run
     for stage in alternating.STAGES:
         assert manifest(run_dir, stage)["status"] == "done"
-    props = torch.load(run_dir / "stages" / "proposals1" / "proposals_val.pt", weights_only=True)
-    assert props["image_ids"] == [1, 2, 3, 4]
-    assert all(b.shape[1] == 4 and 0 < len(b) <= 300 for b in props["boxes"])
-    assert all((b >= 0).all() and (b <= 64).all() for b in props["boxes"])
+    props = read_proposal_file(run_dir / "stages" / "proposals1" / "proposals_val.npz", [])
+    assert props.image_ids == [1, 2, 3, 4]
+    assert all(b.shape[1] == 4 and 0 < len(b) <= 300 for b in props.boxes)
+    assert all((b >= 0).all() and (b <= 64).all() for b in props.boxes)
     recall = manifest(run_dir, "proposals2")["metrics"]
     for n in (100, 300, 1000):
         assert 0 <= recall[f"val/AR@{n}"] <= recall[f"val/R@{n}/IoU0.5"] <= 1
@@ -113,6 +114,26 @@ def test_stage_artifacts_recall_and_scalars(full_run):
     assert {"rpn1/loss_objectness", "fast1/loss_classifier", "rpn2/loss_rpn_box_reg",
             "fast2/loss_box_reg", "proposals1/val/AR@100", "bbox/AP50"} <= keys
     assert metrics["time/total"] > 0 and all(f"time/{s}" in metrics for s in alternating.STAGES)
+
+
+def test_a_proposal_stage_feeds_fast_rcnn_on_precomputed_proposals(full_run, tmp_path):
+    """One proposal format: the stage's folder (a file per split) is a ``proposals.file``."""
+    run_dir, _ = full_run
+    folder = run_dir / "stages" / "proposals2"
+    cfg = compose_cfg("train", TINY + ["model=fast", "proposals=precomputed",
+                                       f"proposals.file={folder}", "sampler=fast_rcnn",
+                                       "log.images_every=0", "schedule.max_iter=2"])
+    metrics = train(cfg, tmp_path / "fast")
+    assert metrics["iteration"] == 2 and metrics["bbox/AP"] is not None
+    boxes = read_proposal_file(folder / "proposals_val.npz", []).by_id()
+    from rcnn_cli.data.build import build_dataset
+    from rcnn_cli.data.proposal_cache import attach_proposals
+
+    view = build_dataset(cfg.dataset, "val", train=False)
+    attach_proposals(cfg, "val", view)  # the val split reads the val file, not the train one
+    for image_id, props in view.proposals.items():  # filtered (min_box_size), never invented
+        assert 0 < len(props) <= len(boxes[image_id])
+        assert (props[:, None, :] == boxes[image_id][None]).all(-1).any(1).all()
 
 
 def test_crash_in_fast1_then_resume_skips_done_stages_and_matches(full_run, tmp_path,
