@@ -182,8 +182,9 @@ def train_loader(view, batch_size: int, accum_steps: int, seed: int, start_iter:
                  max_iter: int, num_workers: int) -> DataLoader:
     env = current()
     groups = view.group_ids() if hasattr(view, "group_ids") else None  # aspect-ratio groups
+    factors = view.repeat_factors() if hasattr(view, "repeat_factors") else None
     base = IterationBatchSampler(len(view), batch_size * accum_steps * env.world_size, seed,
-                                 start_iter, max_iter, groups)
+                                 start_iter, max_iter, groups, factors)
     sampler = ShardedBatchSampler(base, batch_size, accum_steps, env.rank)
     return DataLoader(view, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from rcnn_cli.engine.ema import inference_weights
 from rcnn_cli.errors import CheckpointError
 from rcnn_cli.io import atomic_write_bytes, atomic_write_json
 
@@ -39,7 +40,7 @@ def export_model(out_dir: str | Path, state: dict[str, torch.Tensor], classes: l
 
 
 def export_checkpoint(ckpt: dict, out_dir: str | Path) -> Path:
-    return export_model(out_dir, ckpt["model"], ckpt["classes"], ckpt["category_ids"],
+    return export_model(out_dir, inference_weights(ckpt), ckpt["classes"], ckpt["category_ids"],
                         ckpt["config"], ckpt["iteration"])
 
 

@@ -67,7 +67,7 @@ def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
             load_detector_weights(model, m.weights)
         return model
     anchors = build_anchor_generator(a.name, a.sizes, a.aspect_ratios, backbone.feature_names,
-                                     b.name)
+                                     b.name, a.get("level_aspect_ratios"))
     rpn = build_rpn(
         anchors, backbone.out_channels,
         fg_iou_thresh=s.rpn.fg_iou_thresh, bg_iou_thresh=s.rpn.bg_iou_thresh,
