@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from rcnn_cli.data.transforms import build_transforms, proposal_boxes, to_sample
+from rcnn_cli.data.workers import Loader
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -114,14 +115,14 @@ def collate(batch):
 
 
 def train_loader(view: DetectionView, batch_size: int, seed: int, start_iter: int, max_iter: int,
-                 num_workers: int) -> DataLoader:
+                 num_workers: int) -> Loader:
     groups = view.group_ids() if hasattr(view, "group_ids") else None
     sampler = IterationBatchSampler(len(view), batch_size, seed, start_iter, max_iter, groups)
     # Its own generator: creating the iterator must not draw from the global RNG.
-    return DataLoader(view, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed))
+    return Loader(view, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                  generator=torch.Generator().manual_seed(seed))
 
 
-def eval_loader(view: DetectionView, batch_size: int, num_workers: int) -> DataLoader:
-    return DataLoader(view, batch_size=batch_size, shuffle=False, collate_fn=collate,
-                      num_workers=num_workers, generator=torch.Generator().manual_seed(0))
+def eval_loader(view: DetectionView, batch_size: int, num_workers: int) -> Loader:
+    return Loader(view, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                  num_workers=num_workers, generator=torch.Generator().manual_seed(0))

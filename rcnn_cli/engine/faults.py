@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import re
 import signal
 from pathlib import Path
 
@@ -118,34 +120,81 @@ def grads_finite(params) -> bool:
     return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
 
-class StopSignal:
-    """Within ``with``: SIGTERM/SIGINT set ``requested`` instead of killing the process.
+def advance_warning_signals() -> tuple[signal.Signals, ...]:
+    """SIGUSR1 (``sbatch --signal=USR1@<seconds>``) and submitit's timeout/preemption signal
+    (``$SUBMITIT_PREEMPT_SIGNAL``, SIGUSR2 by default in submitit >= 1.5)."""
+    name = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
+    return tuple(dict.fromkeys((signal.SIGUSR1, getattr(signal, name, signal.SIGUSR2))))
 
-    The loop checks it at each step boundary; a second SIGINT interrupts at once.
+
+class StopSignal:
+    """Within ``with``: SIGTERM, SIGINT and the advance-warning signals set ``requested``
+    instead of killing the process.
+
+    The loop checks it at each step boundary (``stop_requested()`` reads it anywhere, e.g. in
+    the evaluation loop); a second SIGINT interrupts at once. Leaving the block with
+    ``Interrupted`` after an advance-warning signal hands that signal on to the handler it
+    replaced (submitit's checkpoint-and-requeue), now that the checkpoint is written.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    active: StopSignal | None = None  # signal handlers are per process, so is the stop
 
     def __init__(self):
         self.requested: str | None = None
+        self._signum: int | None = None
         self._previous: dict = {}
+        self._outer: StopSignal | None = None
 
     def _handle(self, signum, frame) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        if self.requested is None:
+            self.requested, self._signum = signal.Signals(signum).name, signum
         log.warning("%s received: stopping after the current step with a checkpoint",
-                    self.requested)
+                    signal.Signals(signum).name)
 
     def __enter__(self) -> StopSignal:
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            for s in self.SIGNALS:
+            for s in (signal.SIGTERM, signal.SIGINT, *advance_warning_signals()):
                 self._previous[s] = signal.signal(s, self._handle)
+            self._outer, StopSignal.active = StopSignal.active, self
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._previous:
+            return
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        StopSignal.active = self._outer
+        if self._outer is not None and self.requested and not self._outer.requested:
+            self._outer.requested, self._outer._signum = self.requested, self._signum
+        previous = self._previous.get(self._signum)
+        if (exc_type is not None and issubclass(exc_type, Interrupted) and self._outer is None
+                and self._signum in advance_warning_signals() and callable(previous)):
+            log.info("handing %s on to %s", self.requested, getattr(previous, "__qualname__",
+                                                                     previous))
+            previous(self._signum, None)
+
+
+def stop_requested() -> str | None:
+    """The stop signal received inside the current ``StopSignal`` block, if any."""
+    return StopSignal.active.requested if StopSignal.active is not None else None
+
+
+class UntilStop:
+    """Iterate ``loader`` until a stop signal arrives (the evaluation loop's step boundary)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if stop_requested():
+                return
+            yield batch
 
 
 @contextlib.contextmanager
@@ -163,6 +212,38 @@ def oom_guard(images, targets, iteration: int):
 
 
 WORKER_FAILURES = ("DataLoader worker", "DataLoader timed out")
+KILLED_WORKER = re.compile(r"DataLoader worker \(pid (\d+)\) is killed by signal: (.+?)\.?\s*$",
+                           re.MULTILINE)
+
+
+def worker_failure(e: RuntimeError) -> TrainingFault | None:
+    """The one-line fault for torch's DataLoader errors (None for any other error)."""
+    text = str(e).strip()
+    if not any(s in text for s in WORKER_FAILURES):
+        return None
+    killed = KILLED_WORKER.search(text)
+    if killed:
+        return TrainingFault(
+            f"data loading failed: DataLoader worker (pid {killed[1]}) was killed by signal "
+            f"{killed[2]}, most likely by the out-of-memory killer: lower dataset.num_workers "
+            "or schedule.batch_size; the checkpoints written so far are intact")
+    return TrainingFault(
+        f"data loading failed: {text.splitlines()[0]}. Hint: a worker killed by the OS usually "
+        "ran out of memory (or /dev/shm is small); try dataset.num_workers=0 to see the "
+        "underlying error, or raise faults.dataloader_timeout if loading is slow")
+
+
+@contextlib.contextmanager
+def worker_deaths():
+    """A dead DataLoader worker becomes a ``TrainingFault``. torch reports it from its SIGCHLD
+    handler, i.e. wherever the main process is at that moment (often inside ``backward``)."""
+    try:
+        yield
+    except RuntimeError as e:
+        fault = worker_failure(e)
+        if fault is None:
+            raise
+        raise fault from None
 
 
 def guarded_batches(loader, timeout: float):
@@ -171,16 +252,9 @@ def guarded_batches(loader, timeout: float):
         loader.timeout = timeout
     it = iter(loader)
     while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except RuntimeError as e:
-            if not any(s in str(e) for s in WORKER_FAILURES):
-                raise
-            raise TrainingFault(
-                f"data loading failed: {str(e).strip().splitlines()[0]}. Hint: a worker killed "
-                "by the OS usually ran out of memory (or /dev/shm is small); try "
-                "dataset.num_workers=0 to see the underlying error, or raise "
-                "faults.dataloader_timeout if loading is slow") from None
+        with worker_deaths():
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
         yield batch
