@@ -212,8 +212,8 @@ def oom_guard(images, targets, iteration: int):
 
 
 WORKER_FAILURES = ("DataLoader worker", "DataLoader timed out")
-KILLED_WORKER = re.compile(r"DataLoader worker \(pid (\d+)\) is killed by signal: (.+?)\.?\s*$",
-                           re.MULTILINE)
+DEAD_WORKER = re.compile(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) (is killed by signal: "
+                         r"[^.]+|exited unexpectedly(?: with exit code -?\d+)?)")
 
 
 def worker_failure(e: RuntimeError) -> TrainingFault | None:
@@ -221,12 +221,13 @@ def worker_failure(e: RuntimeError) -> TrainingFault | None:
     text = str(e).strip()
     if not any(s in text for s in WORKER_FAILURES):
         return None
-    killed = KILLED_WORKER.search(text)
-    if killed:
+    dead = DEAD_WORKER.search(text)
+    if dead:
         return TrainingFault(
-            f"data loading failed: DataLoader worker (pid {killed[1]}) was killed by signal "
-            f"{killed[2]}, most likely by the out-of-memory killer: lower dataset.num_workers "
-            "or schedule.batch_size; the checkpoints written so far are intact")
+            f"data loading failed: DataLoader worker (pid {dead[1]}) {dead[2]}, most likely "
+            "ended by the out-of-memory killer: lower dataset.num_workers or "
+            "schedule.batch_size (dataset.num_workers=0 shows an error raised while loading); "
+            "the checkpoints written so far are intact")
     return TrainingFault(
         f"data loading failed: {text.splitlines()[0]}. Hint: a worker killed by the OS usually "
         "ran out of memory (or /dev/shm is small); try dataset.num_workers=0 to see the "
