@@ -5,10 +5,15 @@
 - non-finite gradients: the step is skipped (GradScaler does this under fp16); more than
   ``faults.max_nonfinite_steps`` in a row is an error (a collapsing loss scale never errors
   by itself);
-- SIGTERM / SIGINT: finish the current step, checkpoint, exit with ``EXIT_INTERRUPTED`` and
-  a resume hint (cluster preemption);
+- SIGTERM / SIGINT, and the advance-warning signals SIGUSR1 (``sbatch --signal=USR1@<s>``)
+  and submitit's preemption signal (SIGUSR2): finish the current step (or evaluation batch),
+  checkpoint, exit with ``EXIT_INTERRUPTED`` and a resume hint. Sent to the whole process
+  group, they reach the DataLoader workers too, which leave them to the main process
+  (``rcnn_cli.data.workers``);
 - out-of-memory: error naming the batch's image sizes and box counts;
-- DataLoader worker killed or hung: error with a hint, instead of a bare RuntimeError;
+- DataLoader worker killed (the out-of-memory killer's SIGKILL) or hung: one line naming the
+  worker and the settings to lower, instead of torch's RuntimeError from wherever the main
+  process happened to be;
 - bad boxes reaching the model (non-finite, w or h <= 0): error naming image and box, since
   an ``inf`` coordinate crashes ``roi_align`` outright.
 """
