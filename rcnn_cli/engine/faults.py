@@ -26,6 +26,7 @@ import math
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -132,12 +133,17 @@ def advance_warning_signals() -> tuple[signal.Signals, ...]:
     return tuple(dict.fromkeys((signal.SIGUSR1, getattr(signal, name, signal.SIGUSR2))))
 
 
+# A SIGINT this soon after the first stop signal is the same stop delivered twice (to the
+# group by the terminal and forwarded by torchrun or srun), not a person pressing Ctrl-C again.
+REPEAT_S = 1.0
+
+
 class StopSignal:
     """Within ``with``: SIGTERM, SIGINT and the advance-warning signals set ``requested``
     instead of killing the process.
 
     The loop checks it at each step boundary (``stop_requested()`` reads it anywhere, e.g. in
-    the evaluation loop); a second SIGINT interrupts at once. Leaving the block with
+    the evaluation loop); a second SIGINT (more than ``REPEAT_S`` later) interrupts at once. Leaving the block with
     ``Interrupted`` after an advance-warning signal hands that signal on to the handler it
     replaced (submitit's checkpoint-and-requeue), now that the checkpoint is written.
     """
@@ -147,14 +153,16 @@ class StopSignal:
     def __init__(self):
         self.requested: str | None = None
         self._signum: int | None = None
+        self._since = 0.0
         self._previous: dict = {}
         self._outer: StopSignal | None = None
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
+        now = time.monotonic()
+        if self.requested and signum == signal.SIGINT and now - self._since > REPEAT_S:
             raise KeyboardInterrupt
         if self.requested is None:
-            self.requested, self._signum = signal.Signals(signum).name, signum
+            self.requested, self._signum, self._since = signal.Signals(signum).name, signum, now
         log.warning("%s received: stopping after the current step with a checkpoint",
                     signal.Signals(signum).name)
 
@@ -186,18 +194,37 @@ def stop_requested() -> str | None:
     return StopSignal.active.requested if StopSignal.active is not None else None
 
 
-class UntilStop:
-    """Iterate ``loader`` until a stop signal arrives (the evaluation loop's step boundary)."""
+class StopRequested(RcnnError):
+    """A stop signal, raised at a batch boundary of work that keeps no checkpoint (a stage that
+    writes its outputs at its end re-runs on resume); ``signal`` names it."""
 
-    def __init__(self, loader):
-        self.loader = loader
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal = signal_name
+
+
+def stop_point() -> None:
+    """``StopRequested`` if a stop signal arrived."""
+    requested = stop_requested()
+    if requested:
+        raise StopRequested(requested)
+
+
+class UntilStop:
+    """Iterate ``loader`` until a stop signal arrives: then end (the evaluation loop, whose
+    caller checkpoints) or, with ``raising``, raise ``StopRequested``."""
+
+    def __init__(self, loader, raising: bool = False):
+        self.loader, self.raising = loader, raising
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
         for batch in self.loader:
-            if stop_requested():
+            if self.raising:
+                stop_point()
+            elif stop_requested():
                 return
             yield batch
 

@@ -122,6 +122,20 @@ def test_stop_signal_defers_sigterm_to_the_step_boundary():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_repeated_sigint_interrupts_unless_it_is_the_same_stop_delivered_twice(monkeypatch):
+    """Ctrl-C under torchrun reaches a rank twice at once (terminal + torchrun's forward)."""
+    monkeypatch.setattr(faults, "REPEAT_S", 0.5)
+    with faults.StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert stop.requested == "SIGINT"
+        time.sleep(0.5)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+
+
 @pytest.mark.parametrize("sig", ["SIGUSR1", "SIGUSR2"])
 def test_advance_warning_signals_stop_like_sigterm(sig):
     assert faults.stop_requested() is None

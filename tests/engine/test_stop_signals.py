@@ -168,13 +168,15 @@ def test_a_worker_killed_alone_is_one_line_and_the_checkpoint_stays(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"] == 2
 
 
-def test_torchrun_group_sigterm_stops_every_rank_at_one_step(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_torchrun_group_stop_stops_every_rank_at_one_step(tmp_path, sig):
+    """torchrun forwards the signal to the ranks as well: each gets it twice."""
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                 f"--master_port={free_port()}", "--shutdown_timeout=600")
     overrides = [*RUN, "backbone.norm=frozen_bn", "dist.timeout_s=600"]
     proc, gate = start(tmp_path, overrides, "train:3", launcher=launcher)
     wait_for(lambda: len(reached(gate)) >= 2, proc, tmp_path, "both ranks' workers")
-    signal_group(proc, gate, signal.SIGTERM)
+    signal_group(proc, gate, getattr(signal, sig))
     finish(proc, tmp_path)
     out = output(tmp_path)
     codes = [(tmp_path / f"rank{r}").read_text() for r in (0, 1)]
@@ -182,4 +184,4 @@ def test_torchrun_group_sigterm_stops_every_rank_at_one_step(tmp_path):
     ckpts = sorted((tmp_path / "run" / "checkpoints").glob("model_*.pt"))
     assert len(ckpts) == 1, out[-3000:]
     stopped = load_checkpoint(ckpts[0])["iteration"]
-    assert f"SIGTERM at iteration {stopped}" in (tmp_path / "run" / "train.log").read_text()
+    assert f"{sig} at iteration {stopped}" in (tmp_path / "run" / "train.log").read_text()
