@@ -171,6 +171,8 @@ class StopSignal:
             for s in (signal.SIGTERM, signal.SIGINT, *advance_warning_signals()):
                 self._previous[s] = signal.signal(s, self._handle)
             self._outer, StopSignal.active = StopSignal.active, self
+            if self._outer is not None:  # a stop that came before this block still counts
+                self.requested, self._signum = self._outer.requested, self._outer._signum
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -146,6 +146,24 @@ def test_advance_warning_signals_stop_like_sigterm(sig):
     assert faults.stop_requested() is None
 
 
+def test_nested_stop_blocks_share_the_stop():
+    """The stage graph's block holds each stage's training loop: a stop met in either counts
+    in both."""
+    with faults.StopSignal() as outer:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        with faults.StopSignal() as inner:
+            assert inner.requested == "SIGTERM"
+    assert outer.requested == "SIGTERM"
+    with faults.StopSignal() as outer:
+        with faults.StopSignal():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.1)
+        assert outer.requested == "SIGUSR1" and faults.stop_requested() == "SIGUSR1"
+        with pytest.raises(faults.StopRequested):
+            faults.stop_point()
+
+
 def test_submitit_preemption_signal_is_handed_on_after_the_checkpoint(monkeypatch):
     """submitit's handler (checkpoint-and-requeue) runs once our checkpoint is written."""
     monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR2")
