@@ -108,8 +108,9 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def resume_and_compare(tmp_path: Path, reference: dict) -> int:
-    """Run the printed resume command; its final weights equal the uninterrupted run's."""
+def resume_and_compare(tmp_path: Path, reference: dict, staged: bool = False) -> int:
+    """Run the printed resume command; its final weights equal the uninterrupted run's.
+    Returns the iteration of the checkpoint it resumed from (joint training)."""
     lines = (tmp_path / "run" / "train.log").read_text().splitlines()
     command = [ln.split("Resume with: ", 1)[1] for ln in lines if "Resume with: " in ln]
     assert len(command) == 1, lines[-5:]
@@ -118,11 +119,13 @@ def resume_and_compare(tmp_path: Path, reference: dict) -> int:
     r = subprocess.run([str(BIN / args[0]), *args[1:], f"hydra.run.dir={tmp_path / 'resumed'}"],
                        capture_output=True, text=True, timeout=TIMEOUT, env=env())
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    stopped = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"]
-    assert f"at iteration {stopped}" in (tmp_path / "resumed" / "train.log").read_text()
     weights = final_weights(tmp_path / "resumed")
     assert weights.keys() == reference.keys()
     assert all(torch.equal(weights[k], reference[k]) for k in reference)
+    if staged:
+        return -1
+    stopped = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"]
+    assert f"at iteration {stopped}" in (tmp_path / "resumed" / "train.log").read_text()
     return stopped
 
 
@@ -185,3 +188,33 @@ def test_torchrun_group_stop_stops_every_rank_at_one_step(tmp_path, sig):
     assert len(ckpts) == 1, out[-3000:]
     stopped = load_checkpoint(ckpts[0])["iteration"]
     assert f"{sig} at iteration {stopped}" in (tmp_path / "run" / "train.log").read_text()
+
+
+STAGE_ITERS = ["schedule.stages.rpn1.max_iter=2", "schedule.stages.fast1.max_iter=4",
+               "schedule.stages.rpn2.max_iter=2", "schedule.stages.fast2.max_iter=2"]
+ALT = [*RUN, "schedule=alternating", "schedule.proposals.post_nms_top_n=300", *STAGE_ITERS]
+
+
+@pytest.fixture(scope="module")
+def alternating_reference(tmp_path_factory) -> dict:
+    """Final weights of an uninterrupted 4-step run."""
+    run = tmp_path_factory.mktemp("alternating") / "run"
+    train(compose_cfg("train", ALT), run)
+    return final_weights(run)
+
+
+# gate train:3 holds fast1's third batch (rpn1 has two); eval:1 holds proposals1's first image
+@pytest.mark.parametrize("sig,gate,where,checkpoint", [
+    ("SIGTERM", "train:3", "at iteration", "fast1"),
+    ("SIGINT", "eval:1", "during stage proposals1", "rpn1")])
+def test_group_stop_inside_a_4_step_stage_resumes_to_the_same_weights(
+        tmp_path, alternating_reference, sig, gate, where, checkpoint):
+    proc, gate_dir = start(tmp_path, ALT, gate)
+    wait_for(lambda: reached(gate_dir), proc, tmp_path, f"the stage held at {gate}")
+    signal_group(proc, gate_dir, getattr(signal, sig))
+    assert finish(proc, tmp_path) == EXIT_INTERRUPTED, output(tmp_path)[-3000:]
+    out = output(tmp_path)
+    assert "Traceback" not in out and f"{sig} {where}" in out, out[-3000:]
+    stage_ckpt = tmp_path / "run" / "stages" / checkpoint / "checkpoints" / "last.pt"
+    assert load_checkpoint(stage_ckpt)["iteration"] >= 1
+    resume_and_compare(tmp_path, alternating_reference, staged=True)
