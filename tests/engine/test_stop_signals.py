@@ -206,7 +206,7 @@ def alternating_reference(tmp_path_factory) -> dict:
 # gate train:3 holds fast1's third batch (rpn1 has two); eval:1 holds proposals1's first image
 @pytest.mark.parametrize("sig,gate,where,checkpoint", [
     ("SIGTERM", "train:3", "at iteration", "fast1"),
-    ("SIGINT", "eval:1", "during stage proposals1", "rpn1")])
+    ("SIGINT", "eval:1", "during stage proposals1", "rpn1")], ids=["fast1", "proposals1"])
 def test_group_stop_inside_a_4_step_stage_resumes_to_the_same_weights(
         tmp_path, alternating_reference, sig, gate, where, checkpoint):
     proc, gate_dir = start(tmp_path, ALT, gate)
