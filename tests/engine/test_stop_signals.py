@@ -218,3 +218,27 @@ def test_group_stop_inside_a_4_step_stage_resumes_to_the_same_weights(
     stage_ckpt = tmp_path / "run" / "stages" / checkpoint / "checkpoints" / "last.pt"
     assert load_checkpoint(stage_ckpt)["iteration"] >= 1
     resume_and_compare(tmp_path, alternating_reference, staged=True)
+
+
+def rcnn_overrides(root: Path) -> list[str]:
+    """A tiny R-CNN run (selective-search proposals cached under ``root``)."""
+    return [*RUN, "model=rcnn", "backbone=alexnet", "proposals=selective_search",
+            "sampler=rcnn", f"proposals.cache_dir={root / 'cache'}", "proposals.workers=0",
+            "model.warp_size=64", "model.context=5", "model.box_head.representation_size=64",
+            "model.svm.initial_negatives=50", "log.images_every=0"]
+
+
+def test_group_stop_inside_an_rcnn_features_stage_resumes_to_the_same_weights(
+        tmp_path, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("rcnn_cache")
+    reference = tmp_path_factory.mktemp("rcnn") / "run"
+    train(compose_cfg("train", rcnn_overrides(cache)), reference)
+    proc, gate_dir = start(tmp_path, rcnn_overrides(cache), "eval:1")  # features: first image
+    wait_for(lambda: reached(gate_dir), proc, tmp_path, "the features stage")
+    signal_group(proc, gate_dir, signal.SIGTERM)
+    assert finish(proc, tmp_path) == EXIT_INTERRUPTED, output(tmp_path)[-3000:]
+    out = output(tmp_path)
+    assert "Traceback" not in out and "SIGTERM during stage features" in out, out[-3000:]
+    assert load_checkpoint(tmp_path / "run" / "stages" / "finetune" / "checkpoints" /
+                           "last.pt")["iteration"] == 4
+    resume_and_compare(tmp_path, final_weights(reference), staged=True)
