@@ -71,3 +71,9 @@ class MetricMode(Enum):
     min = "min"
 
 
+
+
+def enum_value(x):
+    """A choice's string: an enum member's ``value``, or ``x`` itself (a plain string from an
+    untyped config)."""
+    return getattr(x, "value", x)

@@ -40,7 +40,6 @@ FORMAT = "rcnn-cli-proposals/1"
 # Dataset keys that change which images/pixels a split holds (not how they are loaded).
 LOADING_KEYS = {"flip_prob", "num_workers", "min_size", "max_size", "train_min_sizes",
                 "color_jitter", "aspect_grouping", "with_masks"}
-COMPUTE_CALLS = {"count": 0}  # incremented per computed proposal set (timing-free cache evidence)
 
 
 @dataclass
@@ -274,7 +273,6 @@ def cached_proposals(cache_dir: str | Path, identity: dict, source: str, params:
         log.info("proposals: reusing cache %s", path)
         return check_ids(path, pset, image_ids, exact=True)
     pset = compute()
-    COMPUTE_CALLS["count"] += 1
     pset.meta = {k: v for k, v in expected.items() if k != "format"}
     check_ids(path, pset, image_ids, exact=True)
     save_npz(path, pset)

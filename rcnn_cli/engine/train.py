@@ -15,6 +15,8 @@ from omegaconf import DictConfig
 from rcnn_cli.config import validate
 from rcnn_cli.engine import distributed, faults
 from rcnn_cli.engine.runtime import hydra_run_dir
+from rcnn_cli.engine.stages import alternating, region
+from rcnn_cli.engine.stages.graph import train_graph
 from rcnn_cli.engine.trainer import Trainer
 from rcnn_cli.errors import ConfigError
 
@@ -32,19 +34,14 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     log.info("run directory: %s", run_dir)
     try:
         if cfg.schedule.name == "alternating":
-            from rcnn_cli.engine.alternating import train_alternating
-
             if env.enabled:
                 raise ConfigError("schedule=alternating (4-step training) runs in one process; "
                                   "start it without torchrun/srun, or use schedule=joint")
-
-            metrics = train_alternating(cfg, run_dir)
+            metrics = train_graph(cfg, run_dir, alternating.stages, alternating.finish)
         elif cfg.model.name in ("rcnn", "sppnet"):
-            from rcnn_cli.engine.region_stages import train_region_model
-
-            metrics = train_region_model(cfg, run_dir)
+            metrics = train_graph(cfg, run_dir, region.stages, region.finish, region.prepare)
         else:
-            metrics = Trainer(cfg, run_dir).run()
+            metrics = Trainer.from_config(cfg, run_dir).run()
     except faults.Interrupted:
         raise  # every rank stopped at the same step (``distributed.any_rank_stopping``)
     except Exception as e:
