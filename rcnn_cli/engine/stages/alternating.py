@@ -36,7 +36,7 @@ from rcnn_cli.config.enums import enum_value
 from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.with_proposals import WithProposals
-from rcnn_cli.engine import runtime
+from rcnn_cli.engine import faults, runtime
 from rcnn_cli.engine.runtime import config_dict, make_progress
 from rcnn_cli.engine.stages.graph import (
     MODEL,
@@ -304,7 +304,7 @@ def compute_proposals(detector: GeneralizedRCNN, view, run: Run):
     boxes, gt = {}, []
     with make_progress() as progress:
         task = progress.add_task("proposals", total=len(loader), speed="", losses="")
-        for images, targets in loader:
+        for images, targets in faults.UntilStop(loader, raising=True):
             images = [im.to(run.device) for im in images]
             sizes = [tuple(im.shape[-2:]) for im in images]
             batch, _ = detector.transform(images)
