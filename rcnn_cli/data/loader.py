@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from rcnn_cli.data.repeat_factor import image_categories, repeat_factors, stochastic_counts
 from rcnn_cli.data.transforms import Augment, build_transforms, proposal_boxes, sanitize, to_sample
+from rcnn_cli.data.workers import Loader
 from rcnn_cli.errors import DataError
 
 log = logging.getLogger("rcnn_cli")
@@ -182,16 +183,16 @@ def collate(batch):
 
 
 def train_loader(view: DetectionView, batch_size: int, seed: int, start_iter: int, max_iter: int,
-                 num_workers: int) -> DataLoader:
+                 num_workers: int) -> Loader:
     groups = view.group_ids() if hasattr(view, "group_ids") else None
     factors = view.repeat_factors() if hasattr(view, "repeat_factors") else None
     sampler = IterationBatchSampler(len(view), batch_size, seed, start_iter, max_iter, groups,
                                     factors)
     # Its own generator: creating the iterator must not draw from the global RNG.
-    return DataLoader(view, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed))
+    return Loader(view, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                  generator=torch.Generator().manual_seed(seed))
 
 
-def eval_loader(view: DetectionView, batch_size: int, num_workers: int) -> DataLoader:
-    return DataLoader(view, batch_size=batch_size, shuffle=False, collate_fn=collate,
-                      num_workers=num_workers, generator=torch.Generator().manual_seed(0))
+def eval_loader(view: DetectionView, batch_size: int, num_workers: int) -> Loader:
+    return Loader(view, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                  num_workers=num_workers, generator=torch.Generator().manual_seed(0))

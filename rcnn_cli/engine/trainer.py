@@ -233,12 +233,15 @@ class Trainer:
             return {"iteration": self.iteration}, []
         shard = distributed.eval_shard(self.val_set)
         loader = eval_loader(shard, self.cfg.eval.batch_size, self.cfg.dataset.num_workers)
-        dets = predict(self.eval_model, loader, self.device, self.category_ids, progress)
+        dets = predict(self.eval_model, faults.UntilStop(loader), self.device, self.category_ids,
+                       progress)
+        self.stop_if_requested("during evaluation ")
         dets = distributed.gather_detections(dets, list(self.val_set.raw.image_ids))
         metrics = distributed.on_main(lambda: self.evaluator.evaluate(dets))
         if self.cfg.eval.val_loss:
-            val = distributed.mean_over_ranks(
-                validation_loss(self.eval_model, loader, self.device, self.cfg.seed))
+            val = distributed.mean_over_ranks(validation_loss(
+                self.eval_model, faults.UntilStop(loader), self.device, self.cfg.seed))
+            self.stop_if_requested("during the validation loss ")
             metrics = {**metrics, **val}
             if val:
                 log.info("iter %d: validation loss %.4f", self.iteration, val["val/total_loss"])
@@ -253,7 +256,7 @@ class Trainer:
                                           self.sched.accum_steps, self.cfg.seed, self.iteration,
                                           max_iter, self.cfg.dataset.num_workers)
         window: dict[str, list[float]] = defaultdict(list)
-        with make_progress(disable=not self.is_main) as progress, faults.StopSignal() as stop:
+        with make_progress(disable=not self.is_main) as progress, faults.StopSignal():
             task = progress.add_task(self.label, total=max_iter, completed=self.iteration,
                                      speed="", losses="")
             t_data = time.perf_counter()
@@ -271,8 +274,7 @@ class Trainer:
                 self.after_step(window, progress)
                 if self.stop_reason:
                     break
-                if distributed.any_rank_stopping(stop.requested is not None):
-                    self.stop_for(stop.requested or "a stop signal on another rank")
+                self.stop_if_requested()
                 t_data = time.perf_counter()
             if self.saved_iteration != self.iteration:
                 self.save_checkpoint()
@@ -347,13 +349,19 @@ class Trainer:
         if self.is_main:
             self.store.save_named(name, state)
 
-    def stop_for(self, signal_name: str) -> None:
+    def stop_if_requested(self, where: str = "") -> None:
+        """At a step boundary (every rank calls it): stop if a signal reached any rank."""
+        requested = faults.stop_requested()
+        if distributed.any_rank_stopping(requested is not None):
+            self.stop_for(requested or "a stop signal on another rank", where)
+
+    def stop_for(self, signal_name: str, where: str = "") -> None:
         """Signal received: checkpoint at this step boundary, then ``faults.Interrupted``."""
         if self.saved_iteration != self.iteration:
             self.save_checkpoint()
         self.events.close()
         raise faults.Interrupted(
-            f"{signal_name} at iteration {self.iteration}: checkpoint {self.store.path('last')} "
+            f"{signal_name} {where}at iteration {self.iteration}: checkpoint {self.store.path('last')} "
             f"written. Resume with: {resume_command(self.run_dir)}")
 
     def finish(self, metrics: dict, dets: list[dict]) -> None:
