@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from rcnn_cli.config import typed_train_config, validate
 from rcnn_cli.errors import ConfigError
-from tests.conftest import REPO, compose_cfg, run_cli
+from tests.conftest import REPO, TINY, compose_cfg, run_cli
 
 CONF = REPO / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
@@ -176,3 +177,21 @@ def test_loader_workers_default_to_what_the_machine_has(monkeypatch, caplog, cpu
                        "available)"])
     explicit = compose_cfg("train", ["dataset=voc", "dataset.root=VOC", "dataset.num_workers=3"])
     assert explicit.dataset.num_workers == 3  # a command-line choice is taken as given
+
+
+def test_small_data_preset_trains_end_to_end(tmp_path):
+    """experiment=small_data on top of shapes_cpu: EMA, augmentation, early stop, val loss."""
+    import json
+
+    from rcnn_cli.engine.train import train
+
+    cfg = compose_cfg("train", ["experiment=small_data", *TINY, "schedule.eval_period=2",
+                                "log.images_every=0"])
+    assert cfg.schedule.optimizer.value == "adamw"  # shapes_cpu underneath
+    assert cfg.schedule.ema.decay == 0.999 and cfg.schedule.early_stop.patience == 4
+    metrics = train(cfg, tmp_path)
+    assert "val/total_loss" in metrics and metrics["iteration"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/total_loss" in r and "bbox/AP" in r for r in rows)
+    assert (tmp_path / "confusion.md").exists() and (tmp_path / "confusion.png").exists()
+    assert "ema" in torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)

@@ -84,3 +84,19 @@ def test_local_parallel_sweep_runs_and_summarises(tmp_path):
     for job in ("0", "1"):
         assert json.loads((sweep_dir / job / "result.json").read_text())["status"] == "completed"
     assert len((sweep_dir / "summary.csv").read_text().splitlines()) == 3
+
+
+def test_slurm_jobs_get_an_advance_warning_that_rcnn_train_stops_on(tmp_path):
+    """The sbatch script asks for submitit's preemption signal ``signal_delay_s`` before the
+    limit; ``faults.StopSignal`` checkpoints on it and hands it on to submitit's requeue."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from rcnn_cli.engine.faults import advance_warning_signals
+
+    launcher = compose_hydra(["hydra/launcher=slurm"]).hydra.launcher
+    script = _make_sbatch_string(command="rcnn-train", folder=tmp_path,
+                                 signal_delay_s=launcher.signal_delay_s)
+    signal_line = [ln for ln in script.splitlines() if ln.startswith("#SBATCH --signal=")]
+    assert signal_line == [f"#SBATCH --signal=USR2@{launcher.signal_delay_s}"]
+    assert {s.name for s in advance_warning_signals()} == {"SIGUSR1", "SIGUSR2"}

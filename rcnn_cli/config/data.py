@@ -24,6 +24,16 @@ class DatasetConf:
     train_min_sizes: list[int] = field(default_factory=list)
     color_jitter: float = 0.0
     aspect_grouping: bool = True
+    # repeat-factor sampling (LVIS §4): t, the image frequency below which a class's images
+    # repeat sqrt(t / f) times per epoch; 0 = off (rcnn_cli.data.repeat_factor)
+    repeat_factor_threshold: float = 0.0
+    # augmentation (rcnn_cli.data.transforms.Augment): SSD photometric distortion probability,
+    # scale jitter [lo, hi] of the min_size x max_size target (+ crop/pad: large-scale
+    # jitter), SSD min-IoU random crop
+    photometric_distort: float = 0.0
+    scale_jitter: list[float] = field(default_factory=list)
+    scale_jitter_crop: bool = False
+    iou_crop: bool = False
 
 
 @dataclass

@@ -38,6 +38,10 @@ class AnchorsConf:
     name: str = MISSING
     sizes: list[list[int]] = MISSING
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    # anchors=auto (rcnn_cli.modeling.anchors.fit_anchors): feature maps to fit; the fitted
+    # sizes and per-level ratios are written into sizes / level_aspect_ratios of the run config
+    levels: int = 5
+    level_aspect_ratios: list[list[float]] | None = None
 
 
 @dataclass

@@ -22,6 +22,24 @@ from rcnn_cli.config.model import (
 
 
 @dataclass
+class EmaConf:
+    """Weight EMA (``rcnn_cli.engine.ema``): ``decay`` 0 = off; the decay ramps up over about
+    ``warmup`` optimizer steps."""
+
+    decay: float = 0.0
+    warmup: float = 2000.0
+
+
+@dataclass
+class EarlyStopConf:
+    """Early stopping on ``optimized_metric`` (``rcnn_cli.engine.early_stop``): stop after
+    ``patience`` evaluations without an improvement larger than ``min_delta``; 0 = off."""
+
+    patience: int = 0
+    min_delta: float = 0.0
+
+
+@dataclass
 class ScheduleConf:
     """Optimisation: SGD (momentum) or AdamW (``momentum`` is its beta1), warm-up, step/cosine
     decay; ``decay_steps`` are fractions of max_iter."""
@@ -48,6 +66,8 @@ class ScheduleConf:
     accum_steps: int = 1
     scale_lr: bool = False  # lr *= accum_steps * world_size (linear scaling rule), logged
     keep_checkpoints: int = 3
+    ema: EmaConf = field(default_factory=EmaConf)
+    early_stop: EarlyStopConf = field(default_factory=EarlyStopConf)
 
 
 class HeadInit(Enum):
@@ -120,6 +140,14 @@ class EvalConf:
     backend: str = "faster-coco-eval"
     proposals: bool = False
     proposal_counts: list[int] = field(default_factory=lambda: [100, 300, 1000])
+    # rcnn-train: the training losses on the validation set at every evaluation (val/*)
+    val_loss: bool = True
+    confusion_score: float = 0.5  # detections counted in confusion.{md,png}
+    # rcnn-eval test-time augmentation (rcnn_cli.evaluation.tta): none | flip | scales
+    tta: str = "none"
+    tta_scales: list[int] = field(default_factory=list)  # shorter sides for tta=scales
+    tta_merge: str = "nms"  # nms | wbf (weighted box fusion)
+    tta_iou: float = 0.5
 
 
 @dataclass
@@ -213,6 +241,11 @@ class PredictMainConf:
     threads: int = 0
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
     speed: InferenceSpeedConf = field(default_factory=InferenceSpeedConf)
+    # test-time augmentation, as eval.tta* of rcnn-eval (rcnn_cli.evaluation.tta)
+    tta: str = "none"
+    tta_scales: list[int] = field(default_factory=list)
+    tta_merge: str = "nms"
+    tta_iou: float = 0.5
 
 
 @dataclass
@@ -227,6 +260,9 @@ class DataMainConf:
     seed: int = 0
     out: str | None = None
     decode: bool = False
+    augment: bool = False  # browse: training images after the training augmentation
+    anchors: Any = None  # check: anchor coverage of the training boxes (anchors=auto: fitted)
+    rpn_iou: float = 0.7  # check: the RPN's positive IoU (sampler.rpn.fg_iou_thresh)
 
 
 GROUP_SCHEMAS: dict[str, type] = {

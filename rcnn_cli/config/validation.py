@@ -52,10 +52,24 @@ POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("faults.max_nonfinite_steps", 1), ("log.images_every", 0),
                  ("log.images_count", 1), ("limit", 0), ("batch_size", 1),
                  ("dataset.max_pixels", 0), ("n", 1), ("schedule.accum_steps", 1),
-                 ("dist.timeout_s", 1)]
+                 ("dist.timeout_s", 1), ("dataset.image_size", 1), ("dataset.min_size", 1),
+                 ("dataset.max_size", 1), ("dataset.train_size", 1),
+                 ("schedule.early_stop.patience", 0)]
+
+# (key, low, high, low inclusive): float keys checked when present and set.
+INTERVAL_KEYS = [("dataset.flip_prob", 0.0, 1.0, True), ("dataset.color_jitter", 0.0, None, True),
+                 ("schedule.momentum", 0.0, 1.0, True), ("schedule.weight_decay", 0.0, None, True),
+                 ("schedule.gamma", 0.0, None, False), ("schedule.clip_grad_norm", 0.0, None, False),
+                 ("schedule.warmup_factor", 0.0, 1.0, True),
+                 ("dataset.repeat_factor_threshold", 0.0, 1.0, True),
+                 ("schedule.ema.decay", 0.0, 1.0, True), ("schedule.ema.warmup", 0.0, None, False),
+                 ("schedule.early_stop.min_delta", 0.0, None, True),
+                 ("dataset.photometric_distort", 0.0, 1.0, True)]
 
 # (key, allowed values): checked when the key is present.
-CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools"))]
+CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools")),
+               ("eval.tta", ("none", "flip", "scales")), ("eval.tta_merge", ("nms", "wbf")),
+               ("tta", ("none", "flip", "scales")), ("tta_merge", ("nms", "wbf"))]
 
 
 def _check_ranges(cfg) -> None:
@@ -67,6 +81,20 @@ def _check_ranges(cfg) -> None:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if isinstance(value, int) and value < low:
             raise ConfigError(f"{key}={value}: must be >= {low}")
+    for key, low, high, closed in INTERVAL_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if isinstance(value, (int, float)) and not (
+                (value >= low if closed else value > low) and (high is None or value <= high)):
+            bound = f"{'[' if closed else '('}{low}, {high if high is not None else 'inf'}"
+            raise ConfigError(f"{key}={value}: must be in {bound}{']' if high else ')'}")
+    sizes = OmegaConf.select(cfg, "dataset.train_min_sizes", default=None, throw_on_missing=False)
+    if sizes and min(sizes) < 1:
+        raise ConfigError(f"dataset.train_min_sizes={list(sizes)}: every size must be >= 1")
+    _check_stage_graph_keys(cfg)
+    source = OmegaConf.select(cfg, "proposals.name", default=None, throw_on_missing=False)
+    if OmegaConf.select(cfg, "dataset.iou_crop", default=False) and source not in (None, "rpn"):
+        raise ConfigError(f"dataset.iou_crop=true cannot keep external proposals "
+                          f"(proposals={source}) consistent; use scale jitter instead")
     for key, allowed in CHOICE_KEYS:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if value is not None and value not in allowed:
@@ -74,6 +102,22 @@ def _check_ranges(cfg) -> None:
     lr = OmegaConf.select(cfg, "schedule.lr", default=None, throw_on_missing=False)
     if isinstance(lr, float) and lr <= 0:
         raise ConfigError(f"schedule.lr={lr}: must be > 0")
+
+
+def _check_stage_graph_keys(cfg) -> None:
+    """EMA and early stopping act on the joint loop's evaluations; a stage graph has none."""
+    from omegaconf import OmegaConf
+
+    from rcnn_cli.errors import ConfigError
+
+    graph = (OmegaConf.select(cfg, "schedule.name", default=None, throw_on_missing=False)
+             in ("alternating", "four_step")
+             or OmegaConf.select(cfg, "model.name", default=None, throw_on_missing=False)
+             in ("rcnn", "sppnet"))
+    for key in ("schedule.ema.decay", "schedule.early_stop.patience"):
+        if graph and OmegaConf.select(cfg, key, default=0, throw_on_missing=False):
+            raise ConfigError(f"{key} works with the joint loop (schedule=joint, a torchvision-"
+                              "style model); this run is a stage graph: set it to 0")
 
 
 DATASET_SCHEMAS: dict[str, type] = {"shapes": ShapesConf, "coco": CocoConf, "voc": VocConf}

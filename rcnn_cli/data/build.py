@@ -6,6 +6,7 @@ import logging
 
 from rcnn_cli.data.loader import DetectionView
 from rcnn_cli.data.shapes import ShapesDataset
+from rcnn_cli.data.transforms import augment_from_config
 from rcnn_cli.errors import ConfigError
 
 log = logging.getLogger("rcnn_cli")
@@ -86,4 +87,6 @@ def build_dataset(cfg, split: str, train: bool, with_masks: bool = False) -> Det
     sizes = list(cfg.get("train_min_sizes") or []) or [cfg.min_size]
     return DetectionView(raw, train=True, flip_prob=cfg.flip_prob, min_sizes=sizes,
                          max_size=cfg.max_size, color_jitter=cfg.get("color_jitter", 0.0),
-                         aspect_grouping=cfg.get("aspect_grouping", False))
+                         aspect_grouping=cfg.get("aspect_grouping", False),
+                         repeat_factor_threshold=cfg.get("repeat_factor_threshold", 0.0),
+                         augment=augment_from_config(cfg))

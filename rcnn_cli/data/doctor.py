@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rcnn_cli.data.annotations import AnnotationStore, coco_ground_truth
+from rcnn_cli.data.loader import sample_seed
 from rcnn_cli.errors import ConfigError, DataError
 
 # box side sqrt(w*h) buckets: COCO small / medium / large, then very large
@@ -85,7 +86,35 @@ def check(cfg, console: Console | None = None) -> dict:
         result[split] = stats
     result["total"] = total(result)
     print_check(result, cfg.dataset.name, console)
+    if cfg.get("anchors") is not None and "train" in cfg.splits:
+        result["anchors"] = anchor_coverage(cfg, split_store(cfg.dataset, "train"))
+        a = result["anchors"]
+        console.print(f"anchors={a['name']} (sizes {a['sizes']}, ratios h/w {a['ratios']}): "
+                      f"{100 * a['uncovered']:.1f}% of {a['boxes']} training boxes have no "
+                      f"anchor with IoU >= {a['iou']:g} (the RPN's positive IoU, rpn_iou)")
     return result
+
+
+def anchor_coverage(cfg, store: AnnotationStore) -> dict:
+    """Share of training boxes (at the model's input scale) that no anchor shape covers with
+    IoU >= ``rpn_iou``; ``anchors=auto`` reports the anchors it would fit."""
+    from rcnn_cli.modeling.anchors import (
+        anchor_shapes,
+        fit_anchors,
+        input_box_shapes,
+        uncovered_share,
+    )
+
+    a, d = cfg.anchors, cfg.dataset
+    wh = input_box_shapes(coco_ground_truth(store), d.min_size, d.max_size)
+    if a.name == "auto":
+        sizes, ratios = fit_anchors(wh, int(a.levels), len(a.aspect_ratios), int(cfg.seed))
+    else:
+        sizes = [list(s) for s in a.sizes]
+        ratios = [list(r) for r in (a.get("level_aspect_ratios") or [a.aspect_ratios] * len(sizes))]
+    shapes = torch.cat([anchor_shapes(s, r) for s, r in zip(sizes, ratios)])
+    return {"name": a.name, "sizes": sizes, "ratios": ratios, "iou": float(cfg.rpn_iou),
+            "boxes": len(wh), "uncovered": uncovered_share(wh, shapes, float(cfg.rpn_iou))}
 
 
 def total(result: dict) -> dict:
@@ -146,12 +175,12 @@ def print_check(result: dict, name: str, console: Console) -> None:
 
 
 def browse(cfg, out: Path, tile: int = 320) -> Path:
-    """A PNG grid of ``cfg.n`` images of ``cfg.split`` with ground-truth boxes, masks, names."""
+    """A PNG grid of ``cfg.n`` images of ``cfg.split`` with ground-truth boxes, masks, names;
+    with ``augment=true`` the training images as the training augmentation makes them."""
     from torchvision.io import encode_png
-    from torchvision.transforms.v2 import functional as F
-    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
+    from torchvision.utils import make_grid
 
-    from rcnn_cli.data.build import build_raw_dataset
+    from rcnn_cli.data.build import build_dataset, build_raw_dataset
     from rcnn_cli.io import atomic_write_bytes
 
     raw = build_raw_dataset(cfg.dataset, cfg.split)
@@ -160,25 +189,42 @@ def browse(cfg, out: Path, tile: int = 320) -> Path:
         raw.with_masks = True
     rng = np.random.default_rng(cfg.seed)
     picks = sorted(rng.choice(len(raw), size=min(cfg.n, len(raw)), replace=False).tolist())
+    augmented = None
+    if cfg.get("augment", False):
+        augmented = build_dataset(cfg.dataset, "train", train=True, with_masks=has_masks)
+        picks = sorted(rng.choice(len(augmented), size=min(cfg.n, len(augmented)),
+                                  replace=False).tolist())
     tiles = []
     for i in picks:
-        image, target = raw.raw(i)
-        image = torch.as_tensor(image)
-        if image.shape[-1] == 3:
-            image = image.permute(2, 0, 1)
-        image = image.contiguous()
-        if "masks" in target and len(target["masks"]):
-            image = draw_segmentation_masks(image, torch.as_tensor(target["masks"]).bool(), 0.4)
-        names = [raw.classes[int(lab) - 1] for lab in target["labels"]]
-        image = draw_bounding_boxes(image, torch.as_tensor(target["boxes"]), names, width=2,
-                                    colors="yellow")
-        h, w = image.shape[-2:]
-        scale = tile / max(h, w)
-        image = F.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))])
-        pad = [0, 0, tile - image.shape[-1], tile - image.shape[-2]]
-        tiles.append(F.pad(image, pad))
+        if augmented is not None:
+            image, target = augmented[(i, sample_seed(cfg.seed, 0, i))]
+            image = (image * 255).round().to(torch.uint8)
+            classes = augmented.raw.classes
+        else:
+            image, target = raw.raw(i)
+            image = torch.as_tensor(image)
+            if image.shape[-1] == 3:
+                image = image.permute(2, 0, 1)
+            classes = raw.classes
+        tiles.append(_tile(image.contiguous(), target, classes, tile))
     grid = make_grid(tiles, nrow=int(np.ceil(np.sqrt(len(tiles)))), padding=4)
     return atomic_write_bytes(out, encode_png(grid).numpy().tobytes())
+
+
+def _tile(image: torch.Tensor, target: dict, classes: list[str], tile: int) -> torch.Tensor:
+    """uint8 image with its masks and named boxes drawn, fitted into a ``tile`` square."""
+    from torchvision.transforms.v2 import functional as F
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    if "masks" in target and len(target["masks"]):
+        image = draw_segmentation_masks(image, torch.as_tensor(target["masks"]).bool(), 0.4)
+    names = [classes[int(lab) - 1] for lab in target["labels"]]
+    image = draw_bounding_boxes(image, torch.as_tensor(target["boxes"]), names, width=2,
+                                colors="yellow")
+    h, w = image.shape[-2:]
+    scale = tile / max(h, w)
+    image = F.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))])
+    return F.pad(image, [0, 0, tile - image.shape[-1], tile - image.shape[-2]])
 
 
 def convert(cfg, out: Path) -> list[Path]:

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from rcnn_cli.errors import ConfigError
+
 CLASSES = ("rectangle", "ellipse", "triangle")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 MAX_IOU_BETWEEN_OBJECTS = 0.4
@@ -126,13 +128,15 @@ class ShapesDataset:
                  max_objects: int = 6, min_scale: float = 0.1, max_scale: float = 0.5,
                  seed: int = 0, with_masks: bool = False, max_aspect: float = 2.0):
         if split not in SPLITS:
-            raise ValueError(f"shapes: unknown split {split!r}; expected one of {list(SPLITS)}")
+            raise ConfigError(f"shapes: unknown split {split!r}; expected one of {list(SPLITS)}")
         if not 1 <= min_objects <= max_objects:
-            raise ValueError("shapes: need 1 <= min_objects <= max_objects")
+            raise ConfigError(f"dataset.min_objects={min_objects}, dataset.max_objects="
+                              f"{max_objects}: need 1 <= min_objects <= max_objects")
         if not 0 < min_scale <= max_scale <= 1:
-            raise ValueError("shapes: need 0 < min_scale <= max_scale <= 1")
+            raise ConfigError(f"dataset.min_scale={min_scale}, dataset.max_scale={max_scale}: "
+                              "need 0 < min_scale <= max_scale <= 1")
         if max_aspect < 1:
-            raise ValueError("shapes: need max_aspect >= 1")
+            raise ConfigError(f"dataset.max_aspect={max_aspect}: must be >= 1")
         self.split, self.size, self.seed = split, image_size, seed
         self.params = (min_objects, max_objects, min_scale, max_scale, max_aspect)
         self.with_masks = with_masks

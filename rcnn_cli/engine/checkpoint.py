@@ -191,11 +191,13 @@ def latest_run(search_dir: Path, exclude: Path | None = None) -> Path | None:
 def resolve_resume(target: str | Path, run_dir: Path | None = None,
                    trust: bool = False) -> tuple[Path, dict] | None:
     """``resume=``: a file is loaded as is; a run directory walks back to its newest good
-    checkpoint; ``auto`` does that for the latest run next to ``run_dir`` (None: none found)."""
+    checkpoint; ``auto`` does that for ``run_dir`` itself when it has checkpoints (a requeued
+    job writing into the same directory), else for the latest run next to it (None: none)."""
     if str(target) == "auto":
         if run_dir is None:
             raise CheckpointError("resume=auto needs the run directory to search beside")
-        found = latest_run(run_dir.parent, exclude=run_dir)
+        own = (run_dir / "checkpoints" / INDEX).is_file()
+        found = run_dir if own else latest_run(run_dir.parent, exclude=run_dir)
         if found is None:
             log.warning("resume=auto: no checkpointed run under %s; STARTING FRESH from "
                         "iteration 0", run_dir.parent)

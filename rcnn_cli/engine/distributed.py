@@ -29,10 +29,11 @@ import torch
 import torch.distributed as dist
 from hydra.experimental.callback import Callback
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from rcnn_cli.config.enums import enum_value
 from rcnn_cli.data.loader import IterationBatchSampler, collate
+from rcnn_cli.data.workers import Loader
 from rcnn_cli.errors import ConfigError, RcnnError
 
 log = logging.getLogger("rcnn_cli")
@@ -179,14 +180,15 @@ class ShardedBatchSampler:
 
 
 def train_loader(view, batch_size: int, accum_steps: int, seed: int, start_iter: int,
-                 max_iter: int, num_workers: int) -> DataLoader:
+                 max_iter: int, num_workers: int) -> Loader:
     env = current()
     groups = view.group_ids() if hasattr(view, "group_ids") else None  # aspect-ratio groups
+    factors = view.repeat_factors() if hasattr(view, "repeat_factors") else None
     base = IterationBatchSampler(len(view), batch_size * accum_steps * env.world_size, seed,
-                                 start_iter, max_iter, groups)
+                                 start_iter, max_iter, groups, factors)
     sampler = ShardedBatchSampler(base, batch_size, accum_steps, env.rank)
-    return DataLoader(view, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed))
+    return Loader(view, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                  generator=torch.Generator().manual_seed(seed))
 
 
 def iteration_batches(loader, accum_steps: int):

@@ -13,9 +13,11 @@ from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import runtime
 from rcnn_cli.engine.compress import compress_and_compare, save_compressed
+from rcnn_cli.engine.ema import inference_weights
 from rcnn_cli.engine.export import is_export, load_export
 from rcnn_cli.engine.runtime import hydra_run_dir, make_progress
 from rcnn_cli.errors import CheckpointError
+from rcnn_cli.evaluation import tta
 from rcnn_cli.evaluation.build import build_evaluator, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.recall import evaluate_proposal_recall, recall_metrics, write_recall_report
@@ -37,7 +39,7 @@ def build_trained_model(ckpt: dict, train_cfg: DictConfig, device):
     """The checkpoint holds every tensor: build without reading pretrained weights (works
     offline and after those files are gone), then load it."""
     model = build_architecture(without_pretrained(train_cfg), len(ckpt["classes"]))
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(inference_weights(ckpt))
     return model.to(device).eval()
 
 
@@ -65,9 +67,11 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
     attach_proposals(train_cfg, "val", dataset)
     evaluator = build_evaluator(dataset.raw.coco_gt(), cfg.eval, iou_types_for(train_cfg))
     model = build_trained_model(ckpt, train_cfg, device)
+    e = cfg.eval
+    detector = tta.wrap(model, e.tta, list(e.tta_scales), e.tta_merge, e.tta_iou, masks)
     loader = eval_loader(dataset, cfg.eval.batch_size, train_cfg.dataset.num_workers)
     with make_progress() as progress:
-        dets = predict(model, loader, device, dataset.raw.category_ids, progress)
+        dets = predict(detector, loader, device, dataset.raw.category_ids, progress)
     metrics = evaluator.evaluate(dets)
     metrics["iteration"] = int(ckpt["iteration"])
     if cfg.eval.proposals:
@@ -83,6 +87,6 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
             save_compressed(ckpt, small, cfg.compress.fc6, cfg.compress.fc7, run_dir)
     OmegaConf.save(train_cfg, run_dir / "model_config.yaml")
     save_evaluation(run_dir, evaluator, metrics, dets,
-                    f"{cfg.ckpt} (iteration {metrics['iteration']})")
+                    f"{cfg.ckpt} (iteration {metrics['iteration']})", cfg.eval.confusion_score)
     log.info("run directory: %s", run_dir)
     return metrics

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from rcnn_cli.engine.ema import inference_weights
+
 # Reading an export is a weights read: it lives at the trust boundary (rcnn_cli.io).
 from rcnn_cli.io import (  # noqa: F401  (is_export, load_export re-exported)
     EXPORT_FORMAT,
@@ -43,5 +45,5 @@ def export_model(out_dir: str | Path, state: dict[str, torch.Tensor], classes: l
 
 
 def export_checkpoint(ckpt: dict, out_dir: str | Path) -> Path:
-    return export_model(out_dir, ckpt["model"], ckpt["classes"], ckpt["category_ids"],
+    return export_model(out_dir, inference_weights(ckpt), ckpt["classes"], ckpt["category_ids"],
                         ckpt["config"], ckpt["iteration"])

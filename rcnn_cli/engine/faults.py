@@ -5,10 +5,15 @@
 - non-finite gradients: the step is skipped (GradScaler does this under fp16); more than
   ``faults.max_nonfinite_steps`` in a row is an error (a collapsing loss scale never errors
   by itself);
-- SIGTERM / SIGINT: finish the current step, checkpoint, exit with ``EXIT_INTERRUPTED`` and
-  a resume hint (cluster preemption);
+- SIGTERM / SIGINT, and the advance-warning signals SIGUSR1 (``sbatch --signal=USR1@<s>``)
+  and submitit's preemption signal (SIGUSR2): finish the current step (or evaluation batch),
+  checkpoint, exit with ``EXIT_INTERRUPTED`` and a resume hint. Sent to the whole process
+  group, they reach the DataLoader workers too, which leave them to the main process
+  (``rcnn_cli.data.workers``);
 - out-of-memory: error naming the batch's image sizes and box counts;
-- DataLoader worker killed or hung: error with a hint, instead of a bare RuntimeError;
+- DataLoader worker killed (the out-of-memory killer's SIGKILL) or hung: one line naming the
+  worker and the settings to lower, instead of torch's RuntimeError from wherever the main
+  process happened to be;
 - bad boxes reaching the model (non-finite, w or h <= 0): error naming image and box, since
   an ``inf`` coordinate crashes ``roi_align`` outright.
 """
@@ -18,7 +23,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import re
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -118,34 +126,109 @@ def grads_finite(params) -> bool:
     return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
 
-class StopSignal:
-    """Within ``with``: SIGTERM/SIGINT set ``requested`` instead of killing the process.
+def advance_warning_signals() -> tuple[signal.Signals, ...]:
+    """SIGUSR1 (``sbatch --signal=USR1@<seconds>``) and submitit's timeout/preemption signal
+    (``$SUBMITIT_PREEMPT_SIGNAL``, SIGUSR2 by default in submitit >= 1.5)."""
+    name = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
+    return tuple(dict.fromkeys((signal.SIGUSR1, getattr(signal, name, signal.SIGUSR2))))
 
-    The loop checks it at each step boundary; a second SIGINT interrupts at once.
+
+# A SIGINT this soon after the first stop signal is the same stop delivered twice (to the
+# group by the terminal and forwarded by torchrun or srun), not a person pressing Ctrl-C again.
+REPEAT_S = 1.0
+
+
+class StopSignal:
+    """Within ``with``: SIGTERM, SIGINT and the advance-warning signals set ``requested``
+    instead of killing the process.
+
+    The loop checks it at each step boundary (``stop_requested()`` reads it anywhere, e.g. in
+    the evaluation loop); a second SIGINT (more than ``REPEAT_S`` later) interrupts at once. Leaving the block with
+    ``Interrupted`` after an advance-warning signal hands that signal on to the handler it
+    replaced (submitit's checkpoint-and-requeue), now that the checkpoint is written.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    active: StopSignal | None = None  # signal handlers are per process, so is the stop
 
     def __init__(self):
         self.requested: str | None = None
+        self._signum: int | None = None
+        self._since = 0.0
         self._previous: dict = {}
+        self._outer: StopSignal | None = None
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
+        now = time.monotonic()
+        if self.requested and signum == signal.SIGINT and now - self._since > REPEAT_S:
             raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        if self.requested is None:
+            self.requested, self._signum, self._since = signal.Signals(signum).name, signum, now
         log.warning("%s received: stopping after the current step with a checkpoint",
-                    self.requested)
+                    signal.Signals(signum).name)
 
     def __enter__(self) -> StopSignal:
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            for s in self.SIGNALS:
+            for s in (signal.SIGTERM, signal.SIGINT, *advance_warning_signals()):
                 self._previous[s] = signal.signal(s, self._handle)
+            self._outer, StopSignal.active = StopSignal.active, self
+            if self._outer is not None:  # a stop that came before this block still counts
+                self.requested, self._signum = self._outer.requested, self._outer._signum
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._previous:
+            return
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        StopSignal.active = self._outer
+        if self._outer is not None and self.requested and not self._outer.requested:
+            self._outer.requested, self._outer._signum = self.requested, self._signum
+        previous = self._previous.get(self._signum)
+        if (exc_type is not None and issubclass(exc_type, Interrupted) and self._outer is None
+                and self._signum in advance_warning_signals() and callable(previous)):
+            log.info("handing %s on to %s", self.requested, getattr(previous, "__qualname__",
+                                                                     previous))
+            previous(self._signum, None)
+
+
+def stop_requested() -> str | None:
+    """The stop signal received inside the current ``StopSignal`` block, if any."""
+    return StopSignal.active.requested if StopSignal.active is not None else None
+
+
+class StopRequested(RcnnError):
+    """A stop signal, raised at a batch boundary of work that keeps no checkpoint (a stage that
+    writes its outputs at its end re-runs on resume); ``signal`` names it."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal = signal_name
+
+
+def stop_point() -> None:
+    """``StopRequested`` if a stop signal arrived."""
+    requested = stop_requested()
+    if requested:
+        raise StopRequested(requested)
+
+
+class UntilStop:
+    """Iterate ``loader`` until a stop signal arrives: then end (the evaluation loop, whose
+    caller checkpoints) or, with ``raising``, raise ``StopRequested``."""
+
+    def __init__(self, loader, raising: bool = False):
+        self.loader, self.raising = loader, raising
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.raising:
+                stop_point()
+            elif stop_requested():
+                return
+            yield batch
 
 
 @contextlib.contextmanager
@@ -163,6 +246,39 @@ def oom_guard(images, targets, iteration: int):
 
 
 WORKER_FAILURES = ("DataLoader worker", "DataLoader timed out")
+DEAD_WORKER = re.compile(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) (is killed by signal: "
+                         r"[^.]+|exited unexpectedly(?: with exit code -?\d+)?)")
+
+
+def worker_failure(e: RuntimeError) -> TrainingFault | None:
+    """The one-line fault for torch's DataLoader errors (None for any other error)."""
+    text = str(e).strip()
+    if not any(s in text for s in WORKER_FAILURES):
+        return None
+    dead = DEAD_WORKER.search(text)
+    if dead:
+        return TrainingFault(
+            f"data loading failed: DataLoader worker (pid {dead[1]}) {dead[2]}, most likely "
+            "ended by the out-of-memory killer: lower dataset.num_workers or "
+            "schedule.batch_size (dataset.num_workers=0 shows an error raised while loading); "
+            "the checkpoints written so far are intact")
+    return TrainingFault(
+        f"data loading failed: {text.splitlines()[0]}. Hint: a worker killed by the OS usually "
+        "ran out of memory (or /dev/shm is small); try dataset.num_workers=0 to see the "
+        "underlying error, or raise faults.dataloader_timeout if loading is slow")
+
+
+@contextlib.contextmanager
+def worker_deaths():
+    """A dead DataLoader worker becomes a ``TrainingFault``. torch reports it from its SIGCHLD
+    handler, i.e. wherever the main process is at that moment (often inside ``backward``)."""
+    try:
+        yield
+    except RuntimeError as e:
+        fault = worker_failure(e)
+        if fault is None:
+            raise
+        raise fault from None
 
 
 def guarded_batches(loader, timeout: float):
@@ -171,16 +287,9 @@ def guarded_batches(loader, timeout: float):
         loader.timeout = timeout
     it = iter(loader)
     while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except RuntimeError as e:
-            if not any(s in str(e) for s in WORKER_FAILURES):
-                raise
-            raise TrainingFault(
-                f"data loading failed: {str(e).strip().splitlines()[0]}. Hint: a worker killed "
-                "by the OS usually ran out of memory (or /dev/shm is small); try "
-                "dataset.num_workers=0 to see the underlying error, or raise "
-                "faults.dataloader_timeout if loading is slow") from None
+        with worker_deaths():
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
         yield batch

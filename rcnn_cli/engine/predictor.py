@@ -34,9 +34,11 @@ from rcnn_cli.engine import fast_inference, runtime
 from rcnn_cli.engine.evaluator import build_trained_model, check_classes, load_trained
 from rcnn_cli.engine.runtime import hydra_run_dir, make_progress
 from rcnn_cli.errors import ConfigError, DataError
+from rcnn_cli.evaluation import tta
 from rcnn_cli.evaluation.draw import draw_output, read_image, write_image
 from rcnn_cli.evaluation.inference import to_coco_results
 from rcnn_cli.io import atomic_write_json
+from rcnn_cli.modeling.build import uses_masks
 
 log = logging.getLogger("rcnn_cli")
 
@@ -136,6 +138,8 @@ def predict_images(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         items = items[:cfg.limit]
     model = fast_inference.prepare(build_trained_model(ckpt, train_cfg, device),
                                    cfg.speed.fold_bn, cfg.speed.channels_last, cfg.speed.compile)
+    model = tta.wrap(model, cfg.tta, list(cfg.tta_scales), cfg.tta_merge, cfg.tta_iou,
+                     uses_masks(train_cfg.model.name))
     log.info("predicting %d image(s) with %s -> %s", len(items), cfg.ckpt, out_dir)
     proposer = image_proposer(train_cfg.get("proposals"), [it.image_id for it in items])
     # a dataset split keeps its own category ids (names were checked to match the checkpoint's)

@@ -49,8 +49,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
             metrics = Trainer.from_config(cfg, run_dir).run()
     except faults.Interrupted:
         raise  # every rank stopped at the same step (``distributed.any_rank_stopping``)
-    except Exception:
+    except Exception as e:
         distributed.announce_failure()
+        if isinstance(e, RuntimeError) and faults.worker_failure(e):  # from torch's SIGCHLD handler
+            raise faults.worker_failure(e) from None
         raise
     log.info("run directory: %s", run_dir)
     distributed.shutdown()

@@ -20,17 +20,22 @@ from rcnn_cli.data.loader import eval_loader, sample_seed
 from rcnn_cli.data.proposal_cache import attach_proposals
 from rcnn_cli.engine import distributed, faults, runtime
 from rcnn_cli.engine.checkpoint import CheckpointStore, resolve_resume, rng_state, set_rng_state
+from rcnn_cli.engine.early_stop import build_early_stop, improves, snapshot
+from rcnn_cli.engine.ema import build_ema, restore_ema
 from rcnn_cli.engine.events import EventLogger
 from rcnn_cli.engine.export import export_model
 from rcnn_cli.engine.faults import NonFiniteLossError  # noqa: F401  (re-exported)
 from rcnn_cli.engine.optim import build_optimizer, build_scheduler
 from rcnn_cli.engine.resume import check_resume_config
 from rcnn_cli.engine.runtime import config_dict, make_progress
+from rcnn_cli.engine.val_loss import validation_loss
 from rcnn_cli.engine.visuals import ValImages
+from rcnn_cli.evaluation import confusion
 from rcnn_cli.evaluation.build import build_evaluator, headline, iou_types_for
 from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.results import log_curves, save_evaluation
 from rcnn_cli.modeling import seeded_sampler
+from rcnn_cli.modeling.anchors import resolve_auto_anchors
 from rcnn_cli.modeling.backbones import eval_frozen_norms
 from rcnn_cli.modeling.build import build_detector, uses_masks
 from rcnn_cli.modeling.weights import load_pretrained, without_pretrained
@@ -46,6 +51,12 @@ class Trainer:
     run's parts; a stage of a stage graph passes its network, data, checkpoint folder and
     event stream, and no evaluator (the graph evaluates its final network once).
     """
+
+    @property
+    def eval_model(self):
+        """What is evaluated, kept as best and exported: the weight average when on."""
+        ema = getattr(self, "ema", None)
+        return self.model if ema is None else ema.module
 
     def __init__(self, cfg: DictConfig, run_dir: Path, *, model, train_set, store_dir: Path,
                  events, lr: float, train_model=None, val_set=None, evaluator=None,
@@ -68,6 +79,11 @@ class Trainer:
         self.store = CheckpointStore(store_dir, self.sched.keep_checkpoints)
         self.grad_guard = faults.GradGuard(cfg.faults.max_nonfinite_steps)
         self.saved_iteration, self.iteration, self.best_ap = -1, 0, None
+        self.ema = build_ema(self.model, self.sched)
+        # early stopping needs evaluations: a stage of a stage graph has no evaluator
+        self.early_stop = build_early_stop(cfg) if evaluator is not None else None
+        self.best_weights = None
+        self.stop_reason: str | None = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig, run_dir: Path) -> Trainer:
@@ -84,6 +100,7 @@ class Trainer:
         attach_proposals(cfg, "train", train_set)
         attach_proposals(cfg, "val", val_set)
         classes, category_ids = list(train_set.raw.classes), list(train_set.raw.category_ids)
+        resolve_auto_anchors(cfg, train_set.raw)
         model = build_detector(without_pretrained(cfg, trunk=False), len(classes))
         report = load_pretrained(model, cfg, classes, category_ids) if cfg.model.weights else None
         model.to(device)
@@ -112,6 +129,10 @@ class Trainer:
         path, ckpt = found
         check_resume_config(ckpt["config"], config_dict(self.cfg), path)
         self.model.load_state_dict(ckpt["model"])
+        restore_ema(self.ema, ckpt, path)
+        if self.early_stop is not None and "early_stop" in ckpt:
+            self.early_stop.load_state_dict(ckpt["early_stop"])
+            self.best_weights = best_beside(path, self.cfg.ckpt_trust)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -123,7 +144,7 @@ class Trainer:
                         "(schedule.batch_size x accum_steps x processes) changes",
                         ckpt.get("world_size", 1), world)
         global_batch = self.sched.batch_size * self.sched.accum_steps * world
-        epoch, pos = divmod(self.iteration, len(self.train_set) // global_batch)
+        epoch, pos = divmod(self.iteration, max(1, len(self.train_set) // global_batch))
         log.info("resumed from %s at iteration %d (epoch %d, batch %d of the epoch): model, "
                  "optimizer, scheduler, scaler, RNG states, best AP %s", path, self.iteration,
                  epoch, pos, self.best_ap)
@@ -133,7 +154,9 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iteration, "rng": rng_state(), "best_ap": self.best_ap,
                 "classes": self.classes, "category_ids": self.category_ids,
-                "config": config_dict(self.cfg), "world_size": distributed.current().world_size}
+                "config": config_dict(self.cfg), "world_size": distributed.current().world_size,
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+                **({"early_stop": self.early_stop.state_dict()} if self.early_stop else {})}
 
     def step(self, batches: list) -> dict[str, float]:
         """One optimizer step over ``accum_steps`` micro-batches (losses averaged over them)."""
@@ -162,6 +185,8 @@ class Trainer:
             for name, v in values.items():
                 sums[name] += v / len(batches)
         self.apply_gradients()
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.scheduler.step()
         return distributed.mean_over_ranks(dict(sums))
 
@@ -213,9 +238,18 @@ class Trainer:
             return {"iteration": self.iteration}, []
         shard = distributed.eval_shard(self.val_set)
         loader = eval_loader(shard, self.cfg.eval.batch_size, self.cfg.dataset.num_workers)
-        dets = predict(self.model, loader, self.device, self.category_ids, progress)
+        dets = predict(self.eval_model, faults.UntilStop(loader), self.device, self.category_ids,
+                       progress)
+        self.stop_if_requested("during evaluation ")
         dets = distributed.gather_detections(dets, list(self.val_set.raw.image_ids))
         metrics = distributed.on_main(lambda: self.evaluator.evaluate(dets))
+        if self.cfg.eval.val_loss:
+            val = distributed.mean_over_ranks(validation_loss(
+                self.eval_model, faults.UntilStop(loader), self.device, self.cfg.seed))
+            self.stop_if_requested("during the validation loss ")
+            metrics = {**metrics, **val}
+            if val:
+                log.info("iter %d: validation loss %.4f", self.iteration, val["val/total_loss"])
         self.events.scalars(self.iteration, {k: v for k, v in metrics.items() if v is not None})
         if self.is_main:
             log_curves(self.events.tensorboard, self.evaluator, self.iteration)
@@ -227,7 +261,7 @@ class Trainer:
                                           self.sched.accum_steps, self.cfg.seed, self.iteration,
                                           max_iter, self.cfg.dataset.num_workers)
         window: dict[str, list[float]] = defaultdict(list)
-        with make_progress(disable=not self.is_main) as progress, faults.StopSignal() as stop:
+        with make_progress(disable=not self.is_main) as progress, faults.StopSignal():
             task = progress.add_task(self.label, total=max_iter, completed=self.iteration,
                                      speed="", losses="")
             t_data = time.perf_counter()
@@ -243,11 +277,14 @@ class Trainer:
                 progress.update(task, advance=1, speed=f"{1 / (t1 - t_data):.2f} it/s",
                                 losses=f"loss {values['total_loss']:.3f}")
                 self.after_step(window, progress)
-                if distributed.any_rank_stopping(stop.requested is not None):
-                    self.stop_for(stop.requested or "a stop signal on another rank")
+                if self.stop_reason:
+                    break
+                self.stop_if_requested()
                 t_data = time.perf_counter()
             if self.saved_iteration != self.iteration:
                 self.save_checkpoint()
+            if self.stop_reason:
+                self.restore_best()
             metrics, dets = self.evaluate(progress)
             self.log_images()
         self.finish(metrics, dets)
@@ -270,17 +307,42 @@ class Trainer:
             metrics, _ = self.evaluate(progress)
             log.info("iter %d: AP=%.4f (%s)", it, headline(metrics),
                      getattr(self.cfg.eval.metric, "value", self.cfg.eval.metric))
-            self.keep_best(metrics)
+            value = self.keep_best(metrics)
+            if self.early_stop is not None and value is not None and \
+                    self.early_stop.update(value, it):
+                self.stop_reason = self.early_stop.reason(
+                    self.best_metric_name(metrics) or "the headline AP", it)
+                log.info("%s", self.stop_reason)
 
     def log_images(self) -> None:
         if self.val_images is not None and self.is_main:
-            self.val_images.log(self.model, self.device, self.events.tensorboard, self.iteration)
+            self.val_images.log(self.eval_model, self.device, self.events.tensorboard, self.iteration)
 
-    def keep_best(self, metrics: dict) -> None:
-        ap = headline(metrics)
-        if self.best_ap is None or ap > self.best_ap:
-            self.best_ap = ap
+    def best_metric_name(self, metrics: dict) -> str | None:
+        """``optimized_metric`` when these metrics have it, else None (the headline AP)."""
+        name = self.cfg.get("optimized_metric")
+        return name if name and name in metrics else None
+
+    def keep_best(self, metrics: dict) -> float | None:
+        """``best`` by ``optimized_metric`` / ``optimized_mode`` (default: the headline AP,
+        higher is better); returns the value it compared."""
+        name = self.best_metric_name(metrics)
+        value = metrics[name] if name else headline(metrics)
+        mode = getattr(self.cfg.optimized_mode, "value", "max") if name else "max"
+        if value is not None and improves(float(value), self.best_ap, mode):
+            self.best_ap = float(value)
             self.save_named("best", {**self.state(), "metrics": metrics})
+            if self.early_stop is not None:
+                self.best_weights = snapshot(self.eval_model)
+        return None if value is None else float(value)
+
+    def restore_best(self) -> None:
+        """After an early stop: the best evaluated weights into the evaluated model."""
+        if self.best_weights is None:
+            log.warning("early stop: the best weights are not known (resumed without best.pt); "
+                        "evaluating the current weights")
+            return
+        self.eval_model.load_state_dict(self.best_weights)
 
     def save_checkpoint(self) -> Path:
         """Rank 0 writes; every rank records the iteration as saved."""
@@ -292,13 +354,19 @@ class Trainer:
         if self.is_main:
             self.store.save_named(name, state)
 
-    def stop_for(self, signal_name: str) -> None:
+    def stop_if_requested(self, where: str = "") -> None:
+        """At a step boundary (every rank calls it): stop if a signal reached any rank."""
+        requested = faults.stop_requested()
+        if distributed.any_rank_stopping(requested is not None):
+            self.stop_for(requested or "a stop signal on another rank", where)
+
+    def stop_for(self, signal_name: str, where: str = "") -> None:
         """Signal received: checkpoint at this step boundary, then ``faults.Interrupted``."""
         if self.saved_iteration != self.iteration:
             self.save_checkpoint()
         self.events.close()
         raise faults.Interrupted(
-            f"{signal_name} at iteration {self.iteration}: checkpoint {self.store.path('last')} "
+            f"{signal_name} {where}at iteration {self.iteration}: checkpoint {self.store.path('last')} "
             f"written. Resume with: {resume_command(self.run_dir)}")
 
     def finish(self, metrics: dict, dets: list[dict]) -> None:
@@ -307,9 +375,11 @@ class Trainer:
         self.keep_best(metrics)
         if not self.is_main:
             return
-        save_evaluation(self.run_dir, self.evaluator, metrics, dets,
-                        f"final evaluation (iteration {self.iteration})")
-        export_model(self.run_dir / "export", self.model.state_dict(), self.classes,
+        matrix = save_evaluation(self.run_dir, self.evaluator, metrics, dets,
+                                 f"final evaluation (iteration {self.iteration})",
+                                 self.cfg.eval.confusion_score)
+        confusion.add_to_tensorboard(self.events.tensorboard, matrix, self.iteration)
+        export_model(self.run_dir / "export", self.eval_model.state_dict(), self.classes,
                      self.category_ids, config_dict(self.cfg), self.iteration)
         self.events.close()
 
@@ -322,3 +392,12 @@ def resume_command(run_dir: Path) -> str:
     if HydraConfig.initialized():
         args = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
     return " ".join(["rcnn-train", *args, f"resume={run_dir}"])
+
+
+def best_beside(path: Path, trust: bool) -> dict | None:
+    """The evaluated weights of the ``best.pt`` next to a resumed checkpoint, if any."""
+    from rcnn_cli.engine.ema import inference_weights
+    from rcnn_cli.io import load_checkpoint
+
+    best = Path(path).parent / "best.pt"
+    return inference_weights(load_checkpoint(best, trust)) if best.exists() else None

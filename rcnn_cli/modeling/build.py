@@ -78,7 +78,7 @@ def build_architecture(cfg, num_classes: int) -> GeneralizedRCNN:
         shape_box_head(model, m.box_head.fc6_rank, m.box_head.fc7_rank)
         return model
     anchors = build_anchor_generator(a.name, a.sizes, a.aspect_ratios, backbone.feature_names,
-                                     b.name)
+                                     b.name, a.get("level_aspect_ratios"))
     rpn = build_rpn(
         anchors, backbone.out_channels,
         fg_iou_thresh=s.rpn.fg_iou_thresh, bg_iou_thresh=s.rpn.bg_iou_thresh,

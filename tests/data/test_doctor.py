@@ -109,3 +109,27 @@ def test_console_script_report_and_one_line_error(root, tmp_path):
     assert r.returncode == 1, out
     assert "DataError" in out and "ImageSets/Main/trainval.txt:splitfilenotfound" in out
     assert "Traceback" not in out
+
+
+def test_browse_augment_draws_the_augmented_training_images(tmp_path):
+    base = ["command=browse", *SHAPES, "dataset.with_masks=true", "n=4"]
+    args = [*base, "augment=true", "dataset.scale_jitter=[0.3,0.6]",
+            "dataset.photometric_distort=1.0"]
+    plain, aug = tmp_path / "plain.png", tmp_path / "aug.png"
+    data_run(compose_cfg("data", [*base, f"out={plain}"]))
+    data_run(compose_cfg("data", [*args, f"out={aug}"]))
+    a = np.asarray(Image.open(aug).convert("RGB"))
+    assert a.shape == np.asarray(Image.open(plain).convert("RGB")).shape
+    yellow = (a[..., 0] > 200) & (a[..., 1] > 200) & (a[..., 2] < 80)
+    assert yellow.sum() > 100  # boxes drawn on the augmented images
+    assert not np.array_equal(a, np.asarray(Image.open(plain).convert("RGB")))
+    data_run(compose_cfg("data", [*args, f"out={tmp_path / 'again.png'}"]))
+    assert (tmp_path / "again.png").read_bytes() == aug.read_bytes()  # seeded
+
+
+def test_check_reports_anchor_coverage():
+    fixed = data_run(compose_cfg("data", ["command=check", *SHAPES]))["anchors"]
+    auto = data_run(compose_cfg("data", ["command=check", *SHAPES, "anchors=auto"]))["anchors"]
+    assert fixed["name"] == "fpn_small" and 0.0 <= fixed["uncovered"] <= 1.0
+    assert auto["boxes"] == fixed["boxes"] > 0 and len(auto["sizes"]) == 5
+    assert auto["uncovered"] <= fixed["uncovered"]

@@ -46,3 +46,27 @@ def test_loader_yields_lists_of_images_and_targets():
     images, targets = next(iter(train_loader(view, 2, 0, 0, 1, 0)))
     assert len(images) == 2 and images[0].dtype == torch.float32
     assert images[0].max() <= 1.0 and {"boxes", "labels", "image_id"} <= set(targets[0])
+
+
+def test_a_dataset_smaller_than_the_batch_draws_with_replacement():
+    batches = list(IterationBatchSampler(3, 8, seed=5, start_iter=0, max_iter=4))
+    assert all(len(b) == 8 for b in batches)
+    assert {i for b in batches for i, _ in b} == {0, 1, 2}
+    seeds = [s for _, s in batches[0]]
+    assert len(set(seeds)) == 8  # repeated images are augmented apart
+    assert batches == list(IterationBatchSampler(3, 8, seed=5, start_iter=0, max_iter=4))
+    assert batches[2:] == list(IterationBatchSampler(3, 8, seed=5, start_iter=2, max_iter=4))
+    assert batches != list(IterationBatchSampler(3, 8, seed=6, start_iter=0, max_iter=4))
+
+
+def test_groups_too_small_for_a_batch_mix_instead_of_failing():
+    sampler = IterationBatchSampler(6, 4, seed=0, start_iter=0, max_iter=3,
+                                    group_ids=[0, 0, 0, 1, 1, 1])
+    assert sampler.groups is None and all(len(b) == 4 for b in sampler)
+
+
+def test_sampler_without_repeats_keeps_the_original_seeds():
+    from rcnn_cli.data.loader import sample_seed
+
+    for i, s in next(iter(IterationBatchSampler(9, 3, seed=2, start_iter=0, max_iter=1))):
+        assert s == sample_seed(2, 0, i)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rcnn_cli.data.shapes import CLASSES, ShapesDataset
+from rcnn_cli.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_coco_gt_matches_annotations(ds):
 
 
 def test_bad_parameters_are_refused():
-    with pytest.raises(ValueError, match="split"):
+    with pytest.raises(ConfigError, match="split"):
         ShapesDataset("bogus", 1, 64)
-    with pytest.raises(ValueError, match="min_objects"):
+    with pytest.raises(ConfigError, match="min_objects"):
         ShapesDataset("train", 1, 64, min_objects=3, max_objects=2)

@@ -142,6 +142,8 @@ def test_resolve_resume_errors_and_auto(tmp_path, caplog):
     newer.save(state(6))
     path, ckpt = resolve_resume("auto", tmp_path / "new")
     assert path.parent.parent.name == "newer" and ckpt["iteration"] == 6
+    path, ckpt = resolve_resume("auto", tmp_path / "old")  # requeued into its own directory
+    assert path.parent.parent.name == "old" and ckpt["iteration"] == 2
     path, ckpt = resolve_resume(tmp_path / "old")
     assert ckpt["iteration"] == 2
 

@@ -122,6 +122,68 @@ def test_stop_signal_defers_sigterm_to_the_step_boundary():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_repeated_sigint_interrupts_unless_it_is_the_same_stop_delivered_twice(monkeypatch):
+    """Ctrl-C under torchrun reaches a rank twice at once (terminal + torchrun's forward)."""
+    monkeypatch.setattr(faults, "REPEAT_S", 0.5)
+    with faults.StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert stop.requested == "SIGINT"
+        time.sleep(0.5)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("sig", ["SIGUSR1", "SIGUSR2"])
+def test_advance_warning_signals_stop_like_sigterm(sig):
+    assert faults.stop_requested() is None
+    with faults.StopSignal():
+        os.kill(os.getpid(), getattr(signal, sig))
+        time.sleep(0.1)
+        assert faults.stop_requested() == sig
+    assert faults.stop_requested() is None
+
+
+def test_nested_stop_blocks_share_the_stop():
+    """The stage graph's block holds each stage's training loop: a stop met in either counts
+    in both."""
+    with faults.StopSignal() as outer:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        with faults.StopSignal() as inner:
+            assert inner.requested == "SIGTERM"
+    assert outer.requested == "SIGTERM"
+    with faults.StopSignal() as outer:
+        with faults.StopSignal():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.1)
+        assert outer.requested == "SIGUSR1" and faults.stop_requested() == "SIGUSR1"
+        with pytest.raises(faults.StopRequested):
+            faults.stop_point()
+
+
+def test_submitit_preemption_signal_is_handed_on_after_the_checkpoint(monkeypatch):
+    """submitit's handler (checkpoint-and-requeue) runs once our checkpoint is written."""
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        with pytest.raises(faults.Interrupted):
+            with faults.StopSignal():
+                os.kill(os.getpid(), signal.SIGUSR2)
+                time.sleep(0.1)
+                assert calls == []
+                raise faults.Interrupted("checkpoint written")
+        assert calls == [signal.SIGUSR2]
+        with faults.StopSignal():  # no stop: nothing handed on
+            pass
+        assert calls == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
 def test_sigterm_mid_run_checkpoints_that_step_and_resume_continues(tmp_path, monkeypatch):
     def term(step, losses):
         if step == 3:
@@ -203,11 +265,14 @@ class Sleeper(Dataset):
         time.sleep(60)
 
 
-@pytest.mark.parametrize("dataset,match", [(Killer(), "worker.*(exited unexpectedly|killed by signal)"),
-                                           (Sleeper(), "timed out")])
+@pytest.mark.parametrize("dataset,match", [
+    (Killer(), r"worker \(pid \d+\) (exited unexpectedly|is killed by signal: Killed), most "
+               r"likely ended by the out-of-memory killer: lower dataset.num_workers or "
+               r"schedule.batch_size"),
+    (Sleeper(), "timed out.*Hint")])
 def test_dataloader_worker_failure_is_a_clear_error(dataset, match):
     loader = DataLoader(dataset, batch_size=2, num_workers=1)
-    with pytest.raises(faults.TrainingFault, match=rf"data loading failed.*{match}.*Hint"):
+    with pytest.raises(faults.TrainingFault, match=rf"data loading failed.*{match}"):
         list(faults.guarded_batches(loader, timeout=2.0))
 
 

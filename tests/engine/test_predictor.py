@@ -120,3 +120,15 @@ def test_voc_dataset_split_uses_its_ids_and_reloads_against_its_ground_truth(exp
     res = gt.loadRes(str(tmp_path / "o" / "detections.json"))
     assert res.getAnnIds() and set(res.getImgIds()) <= set(gt.getImgIds())
     assert {a["category_id"] for a in res.dataset["annotations"]} <= set(gt.getCatIds())
+
+
+def test_flip_tta_merges_two_views(export, source, tmp_path):
+    images, ann = source
+    counts = {}
+    for mode in ("none", "flip"):
+        cfg = compose_cfg("predict", [f"ckpt={export}", f"input={images}",
+                                      f"output={tmp_path / mode}", "score_thresh=0.0", f"tta={mode}"])
+        counts[mode] = predict_images(cfg)["detections"]
+    a = json.loads((tmp_path / "none" / "detections.json").read_text())
+    b = json.loads((tmp_path / "flip" / "detections.json").read_text())
+    assert counts["none"] > 0 and counts["flip"] > 0 and a != b

@@ -30,7 +30,7 @@ def recording_builder(seen: list):
         model = real(cfg, num_classes)
 
         def pre(module, args):
-            if module.training:
+            if module.training and torch.is_grad_enabled():  # not the validation loss
                 seen.append([t["image_id"] for t in args[1]])
 
         model.register_forward_pre_hook(pre)

@@ -36,10 +36,11 @@ def csv_rows(sweep_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def failing_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """2 x 2 sweep where exactly one point cannot run: 3 images, batch 4."""
+    """2 x 2 sweep where exactly one point cannot run: early stopping without evaluations."""
     sweep_dir = tmp_path_factory.mktemp("sweep") / "multirun"
-    r = run_cli("rcnn-train", "-m", *BASE, "log.tensorboard=false", "schedule.batch_size=2,4",
-                "dataset.train_size=8,3", f"hydra.sweep.dir={sweep_dir}")
+    base = [o for o in BASE if not o.startswith("schedule.eval_period")]
+    r = run_cli("rcnn-train", "-m", *base, "log.tensorboard=false", "schedule.eval_period=0,2",
+                "schedule.early_stop.patience=0,1", f"hydra.sweep.dir={sweep_dir}")
     return sweep_dir, r
 
 
@@ -53,8 +54,9 @@ def test_a_failing_job_is_listed_and_the_others_finish(failing_sweep):
     failed = [k for k, v in res.items() if v["status"] == "failed"]
     assert len(failed) == 1, res
     bad = res[failed[0]]
-    assert bad["params"]["schedule.batch_size"] == 4 and bad["params"]["dataset.train_size"] == 3
-    assert "fewer than batch_size=4" in bad["error"]
+    assert bad["params"]["schedule.eval_period"] == 0
+    assert bad["params"]["schedule.early_stop.patience"] == 1
+    assert "needs evaluations during training" in bad["error"]
     for k, v in res.items():
         if k != failed[0]:
             assert v["status"] == "completed" and v["metrics"]["iteration"] == 2
@@ -63,9 +65,9 @@ def test_a_failing_job_is_listed_and_the_others_finish(failing_sweep):
     rows = csv_rows(sweep_dir)
     header = list(rows[0])
     assert header[:2] == ["job", "status"] and header[4] == "bbox/AP"
-    assert set(header[2:4]) == {"schedule.batch_size", "dataset.train_size"}  # swept keys only
+    assert set(header[2:4]) == {"schedule.eval_period", "schedule.early_stop.patience"}
     assert [row["status"] for row in rows] == ["completed"] * 3 + ["failed"]
-    assert rows[-1]["job"] == failed[0] and "fewer than batch_size=4" in rows[-1]["error"]
+    assert rows[-1]["job"] == failed[0] and "needs evaluations during training" in rows[-1]["error"]
     assert len(md_rows(sweep_dir)) == 4
     md = (sweep_dir / "summary.md").read_text()
     assert "3 of 4 jobs completed" in md and "## Failed jobs" in md
@@ -88,7 +90,7 @@ def test_summarize_sweep_script_rebuilds_the_summary(failing_sweep, capsys):
     out = capsys.readouterr().out
     assert rc == 1, out  # a job failed
     assert (sweep_dir / "summary.csv").read_text() == before
-    assert "fewer than batch_size=4" in out
+    assert "needs evaluations during training" in out
 
 
 def test_completed_jobs_sort_by_the_metric_and_a_killed_job_is_missing(tmp_path):

@@ -80,3 +80,55 @@ def test_bad_sizes_are_config_errors():
         build_anchor_generator("x", [[0]], [1.0], ["0"], "vgg16")
     with pytest.raises(ConfigError, match="at least one size"):
         build_anchor_generator("x", [[]], [1.0], ["0"], "vgg16")
+
+
+# --- anchor statistics and anchors=auto ---
+
+
+def planted(seed: int = 0) -> torch.Tensor:
+    """Box shapes around 2 sizes x 3 aspect ratios (h / w), 2% jitter."""
+    from rcnn_cli.modeling.anchors import anchor_shapes
+
+    g = torch.Generator().manual_seed(seed)
+    base = torch.cat([anchor_shapes([16], [0.5, 1.0, 2.0]), anchor_shapes([64], [0.5, 1.0, 2.0])])
+    wh = base.repeat(40, 1)
+    return wh * (1 + 0.02 * torch.randn(wh.shape, generator=g, dtype=torch.float64))
+
+
+def test_fitting_recovers_planted_box_shapes():
+    from rcnn_cli.modeling.anchors import fit_anchors
+
+    sizes, ratios = fit_anchors(planted(), levels=2, per_level=3, seed=0)
+    assert sizes == [[16], [64]]
+    for level in ratios:
+        assert sorted(level) == pytest.approx([0.5, 1.0, 2.0], rel=0.05)
+    assert fit_anchors(planted(), 2, 3, seed=0) == (sizes, ratios)  # seeded
+
+
+def test_coverage_of_fitted_and_mismatched_anchors():
+    from rcnn_cli.modeling.anchors import anchor_shapes, fit_anchors, uncovered_share
+
+    wh = planted()
+    sizes, ratios = fit_anchors(wh, 2, 3, seed=1)
+    fitted = torch.cat([anchor_shapes(s, r) for s, r in zip(sizes, ratios)])
+    assert uncovered_share(wh, fitted, 0.7) == 0.0
+    squares = anchor_shapes([16, 64], [1.0])  # no elongated anchors: those boxes are missed
+    assert uncovered_share(wh, squares, 0.7) == pytest.approx(4 / 6, abs=0.02)
+
+
+def test_auto_anchors_are_stored_so_the_model_is_rebuilt(tmp_path):
+    from rcnn_cli.config import typed_train_config
+    from rcnn_cli.engine.evaluator import build_trained_model
+    from rcnn_cli.engine.train import train
+    from tests.conftest import TINY
+
+    cfg = compose_cfg("train", [*TINY, "anchors=auto", "schedule.max_iter=1",
+                                "log.images_every=0", "eval.val_loss=false"])
+    train(cfg, tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    stored = ckpt["config"]["anchors"]
+    assert len(stored["sizes"]) == 5 and len(stored["level_aspect_ratios"]) == 5
+    model = build_trained_model(ckpt, typed_train_config(ckpt["config"]), "cpu")
+    gen = model.rpn.anchor_generator
+    assert gen.sizes == tuple(tuple(s) for s in stored["sizes"])
+    assert gen.aspect_ratios == tuple(tuple(r) for r in stored["level_aspect_ratios"])

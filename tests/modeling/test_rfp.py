@@ -78,7 +78,9 @@ def test_imagenet_resnet50_weights_load_into_the_detectors_backbone(tmp_path):
     plain, detectors = pair(seeded_weights(tmp_path, resnet50), "r50_fpn", sac=True,
                             sac_deformable=True, rfp_steps=2)
     with torch.no_grad():
-        close(detectors(X), plain(X), tol=1e-4)
+        # 50 re-standardised convs: float rounding differs by thread count (1e-4 seen with one
+        # thread); a wrong load differs by the outputs' own size
+        close(detectors(X), plain(X), tol=1e-3)
 
 
 @pytest.mark.parametrize("model", ["faster", "cascade"])

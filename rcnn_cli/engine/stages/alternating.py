@@ -38,7 +38,7 @@ from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.proposal_cache import ProposalSet, check_ids, read_proposal_file, save_npz
 from rcnn_cli.data.with_proposals import WithProposals
-from rcnn_cli.engine import runtime
+from rcnn_cli.engine import faults, runtime
 from rcnn_cli.engine.runtime import config_dict, make_progress
 from rcnn_cli.engine.stages.graph import (
     MODEL,
@@ -304,7 +304,7 @@ def compute_proposals(detector: GeneralizedRCNN, view, run: Run) -> tuple[Propos
     ids, boxes, gt = [], [], []
     with make_progress() as progress:
         task = progress.add_task("proposals", total=len(loader), speed="", losses="")
-        for images, targets in loader:
+        for images, targets in faults.UntilStop(loader, raising=True):
             props = rpn_proposals(detector, [im.to(run.device) for im in images],
                                   p.post_nms_top_n, p.pre_nms_top_n or sys.maxsize)
             for b, t in zip(props, targets):

@@ -10,6 +10,7 @@ functions over one ``train_net`` loop; the keys and manifests are ours.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -25,13 +26,13 @@ from torch import nn
 
 from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader
-from rcnn_cli.engine import distributed, runtime
+from rcnn_cli.engine import distributed, faults, runtime
 from rcnn_cli.engine.checkpoint import CheckpointStore
 from rcnn_cli.engine.events import EventLogger
 from rcnn_cli.engine.export import export_model
 from rcnn_cli.engine.runtime import config_dict, make_progress
 from rcnn_cli.engine.stages.store import StageDir, link_tree, stage_key
-from rcnn_cli.engine.trainer import Trainer
+from rcnn_cli.engine.trainer import Trainer, resume_command
 from rcnn_cli.errors import CheckpointError, ConfigError
 from rcnn_cli.evaluation.build import build_evaluator, iou_types_for
 from rcnn_cli.evaluation.inference import predict
@@ -135,6 +136,7 @@ def run_graph(run: Run, stages: Sequence[Stage], source: Path) -> None:
     run.status = {n: "pending" for n in names}
     invalid_from = None
     for index, stage in enumerate(stages):
+        faults.stop_point()  # a stop that came during the previous stage
         name = stage.name
         inputs = {f"{up}/{f}": run.stage(up).output_hash(f)
                   for up, files in stage.inputs.items() for f in files}
@@ -242,10 +244,29 @@ def train_graph(cfg: DictConfig, run_dir: Path, stages_of: Callable[[DictConfig]
         run.category_ids = list(run.train_set.raw.category_ids)
         if prepare is not None:
             prepare(run)
-        run_graph(run, stages, resume_source(cfg, run_dir))
-        return finish(run)
+        with faults.StopSignal(), stops_between_stages(run):
+            run_graph(run, stages, resume_source(cfg, run_dir))
+            return finish(run)
     finally:
         run.events.close()
+
+
+@contextlib.contextmanager
+def stops_between_stages(run: Run):
+    """A stop signal met where no checkpoint is kept (``faults.StopRequested``: between stages,
+    inside a proposals, features or final-evaluation loop) exits like a training stage's
+    stop: finished stages and training checkpoints stay, the stopped stage re-runs on resume."""
+    try:
+        yield
+    except faults.StopRequested as e:
+        running = [n for n, st in run.status.items() if st == "running"]
+        pending = [n for n, st in run.status.items() if st == "pending"]
+        where = (f"during stage {running[0]}" if running else
+                 f"before stage {pending[0]}" if pending else "during the final evaluation")
+        raise faults.Interrupted(
+            f"{e.signal} {where}: the finished stages and the training checkpoints in "
+            f"{run.run_dir / 'stages'} are kept. Resume with: {resume_command(run.run_dir)}"
+        ) from None
 
 
 def finish_network(run: Run, model: nn.Module, iterations: int, title: str) -> dict:
@@ -257,7 +278,8 @@ def finish_network(run: Run, model: nn.Module, iterations: int, title: str) -> d
     CheckpointStore(run.run_dir / "checkpoints", run.cfg.schedule.keep_checkpoints).save(state)
     loader = eval_loader(run.val_set, run.cfg.eval.batch_size, run.cfg.dataset.num_workers)
     with make_progress() as progress:
-        dets = predict(model, loader, run.device, run.category_ids, progress)
+        dets = predict(model, faults.UntilStop(loader, raising=True), run.device,
+                       run.category_ids, progress)
     evaluator = build_evaluator(run.val_set.raw.coco_gt(), run.cfg.eval, iou_types_for(run.cfg))
     metrics = evaluator.evaluate(dets)
     run.events.scalars(iterations, {k: v for k, v in metrics.items() if v is not None})

@@ -36,6 +36,7 @@ from rcnn_cli.config.enums import enum_value
 from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.proposal_cache import attach_proposals
+from rcnn_cli.engine import faults
 from rcnn_cli.engine.runtime import config_dict, make_progress
 from rcnn_cli.engine.stages.feature_store import FeatureStore
 from rcnn_cli.engine.stages.graph import (
@@ -199,7 +200,7 @@ def features_stage(run: Run, stage: StageDir):
     row, reg_row, done = 0, 0, 0
     with make_progress() as progress:
         task = progress.add_task("features", total=len(view), speed="", losses="")
-        for images, _ in loader:
+        for images, _ in faults.UntilStop(loader, raising=True):
             idx = range(done, done + len(images))
             boxes = [torch.from_numpy(table["boxes"][starts[i]:starts[i + 1]]).to(run.device)
                      for i in idx]
