@@ -13,6 +13,7 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 
 from rcnn_cli.config.data import CocoConf, ShapesConf, VocConf
+from rcnn_cli.config.export import ExportMainConf
 from rcnn_cli.config.model import RegionModelConf
 from rcnn_cli.config.run import (
     GROUP_SCHEMAS,
@@ -35,6 +36,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConf)
     cs.store(name="eval_schema", node=EvalMainConf)
     cs.store(name="predict_schema", node=PredictMainConf)
+    cs.store(name="export_schema", node=ExportMainConf)
     for group, node in GROUP_SCHEMAS.items():
         cs.store(group=group, name=f"{group}_schema", node=node)
     cs.store(group="dataset", name="shapes_schema", node=ShapesConf)
