@@ -1,0 +1,71 @@
+"""Eager vs ONNX Runtime vs TorchScript: same labels, boxes within 1e-3 px, scores within 1e-4,
+on three image sizes other than the export size; an empty image, then a normal one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rcnn_cli.deploy.parity import differences, within_tolerance
+from tests.deploy.graphs import (
+    EXAMPLE_SIZE,
+    FAMILIES,
+    SIZES,
+    deploy_graph,
+    eager,
+    image,
+    onnx_session,
+    run_module,
+    run_session,
+    torchscript_module,
+)
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def graph(request):
+    return deploy_graph(FAMILIES[request.param])
+
+
+def check(graph, run) -> None:
+    for k, size in enumerate(SIZES):
+        x = image(size, seed=10 + k)
+        ref = eager(graph, x)
+        assert len(ref["boxes"]) > 0, "a random-weight model detects something"
+        diff = differences(ref, run(x))
+        assert within_tolerance(diff), (size, diff)
+        if graph.masks:
+            assert ref["masks"].shape[2:] == size and diff["max_masks_diff"] <= 1e-3
+
+
+def test_onnx_runtime_matches_eager_on_three_sizes(graph):
+    session = onnx_session(graph, image(EXAMPLE_SIZE, seed=0))
+    check(graph, lambda x: run_session(session, x))
+
+
+def test_torchscript_matches_eager_on_three_sizes(graph):
+    module = torchscript_module(graph, image(EXAMPLE_SIZE, seed=0))
+    check(graph, lambda x: run_module(module, graph.output_names, x))
+
+
+def split(graph, images: list[torch.Tensor]) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """A score threshold between two images' best scores: (threshold, empty, busy image)."""
+    (low, empty), (high, busy) = sorted(
+        ((float(eager(graph, x)["scores"].max()), x) for x in images), key=lambda t: t[0])
+    assert low < high - 1e-3, f"the two images' best scores are too close: {low}, {high}"
+    return (low + high) / 2, empty, busy
+
+
+@pytest.mark.parametrize("family", ["default", "r50_fpn_mask"])
+def test_an_image_without_detections_then_a_normal_one_in_one_session(family):
+    """vision #2251: Mask R-CNN's exported graph failed on the run after an empty one."""
+    graph = deploy_graph(FAMILIES[family])
+    thresh, empty, busy = split(graph, [torch.zeros(3, 64, 80), image((64, 80), seed=3)])
+    graph.detector.roi_heads.score_thresh = thresh  # a Python float: the trace bakes it in
+    assert len(eager(graph, empty)["boxes"]) == 0 and len(eager(graph, busy)["boxes"]) > 0
+    session = onnx_session(graph, image(EXAMPLE_SIZE, seed=0))
+    for x in (empty, busy, empty, image((48, 96), seed=4)):
+        ref = eager(graph, x)
+        got = run_session(session, x)
+        assert within_tolerance(differences(ref, got)), differences(ref, got)
+        if graph.masks:
+            assert got["masks"].shape == (len(ref["boxes"]), 1, *x.shape[1:])
