@@ -152,3 +152,18 @@ def test_torchscript_file_runs_with_torch_and_torchvision_without_rcnn_cli(expor
 def test_external_proposal_models_are_refused_by_name(overrides, model):
     with pytest.raises(ConfigError, match=f"model={model} cannot be exported"):
         check_exportable(train_config(overrides), "ckpt.pt")
+
+
+def test_ckpt_may_be_a_run_directory(tmp_path):
+    from rcnn_cli.deploy.export import resolve_source
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert resolve_source(str(run)) == run / "checkpoints" / "last.pt"
+    (run / "export").mkdir()
+    (run / "export" / "model.json").write_text("{}")
+    assert resolve_source(str(run)) == run / "export"
+    assert resolve_source(str(run / "export")) == run / "export"
+    with pytest.raises(CheckpointError, match="without model.json"):
+        resolve_source(str(tmp_path))
