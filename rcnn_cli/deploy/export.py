@@ -67,27 +67,31 @@ def check_output_dir(out_dir: Path, file: str) -> None:
                           "choose another output=DIR")
 
 
-def run_exported(fmt: str, path: Path, image: torch.Tensor, names: list[str]) -> dict:
+def run_exported(fmt: str, path: Path, inputs: tuple[torch.Tensor, ...],
+                 graph: DeployGraph) -> dict:
+    names = graph.output_names
     if fmt == "onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return dict(zip(names, session.run(None, {"image": image.numpy()})))
+        feed = {k: v.numpy() for k, v in zip(graph.input_names, inputs)}
+        return dict(zip(names, session.run(None, feed)))
     import torchvision  # noqa: F401  (registers the torchvision ops the file calls)
 
     module = torch.jit.load(str(path))
     with torch.no_grad():
-        return {k: v.numpy() for k, v in zip(names, module(image))}
+        return {k: v.numpy() for k, v in zip(names, module(*inputs))}
 
 
 def check_parity(graph: DeployGraph, fmt: str, path: Path, shorter: int) -> list[dict]:
     """The exported file vs the eager graph on the example size and a smaller portrait one."""
     report = []
     portrait = example_image(shorter, seed=1)[:, :, :shorter * 3 // 4]
-    for image in (example_image(shorter), portrait):
+    for seed, image in enumerate((example_image(shorter), portrait)):
+        inputs = graph.example_inputs(image, seed=seed + 1)
         with torch.no_grad():
-            eager = {n: v.numpy() for n, v in zip(graph.output_names, graph(image))}
-        diff = differences(eager, run_exported(fmt, path, image, graph.output_names))
+            eager = {n: v.numpy() for n, v in zip(graph.output_names, graph(*inputs))}
+        diff = differences(eager, run_exported(fmt, path, inputs, graph))
         diff["image_size"] = list(image.shape[1:])
         report.append(diff)
         if not within_tolerance(diff):
@@ -130,7 +134,7 @@ def export_deployable(cfg: DictConfig, run_dir: str | Path | None = None) -> dic
     src_file = weights_file(source) if is_export(source) else source
     meta = describe(fmt=fmt, file=path.name, file_sha256=sha256(path), exporter=exporter,
                     opset=opset, source=str(source), source_sha256=sha256(src_file), ckpt=ckpt,
-                    train_cfg=train_cfg, masks=graph.masks, example_size=list(example.shape[1:]),
+                    train_cfg=train_cfg, graph=graph, example_size=list(example.shape[1:]),
                     parity=parity)
     atomic_write_json(out_dir / SIDECAR, meta)
     log.info("wrote %s and %s%s", path, out_dir / SIDECAR,

@@ -3,7 +3,8 @@
 ``OnnxDetector`` has the call convention of the torch detectors (a list of ``(3, H, W)``
 images in [0, 1] -> one dict of ``boxes``/``labels``/``scores`` [/``masks``] per image), so the
 prediction and evaluation loops run it unchanged; each image is one ONNX Runtime run (the
-graph's batch is one image). CPU provider by default, CUDA when the device is ``cuda`` and
+graph's batch is one image). A ``model=fast`` file takes the image's external proposals as its
+second input, as the torch model takes ``proposals=``. CPU provider by default, CUDA when the device is ``cuda`` and
 onnxruntime has it.
 """
 
@@ -46,14 +47,20 @@ class OnnxDetector(nn.Module):
             self.session = ort.InferenceSession(str(path), options, providers=providers(device))
         except Exception as e:  # onnxruntime raises its own untyped errors
             raise CheckpointError(f"{path}: onnxruntime cannot load it: {e}") from None
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+    def forward(self, images: list[Tensor],
+                proposals: list[Tensor] | None = None) -> list[dict[str, Tensor]]:
+        if (proposals is not None) != (len(self.input_names) == 2):
+            raise ConfigError(f"ONNX inputs {self.input_names}: proposals are "
+                              f"{'missing' if proposals is None else 'not an input'}")
         results = []
-        for image in images:
+        for k, image in enumerate(images):
+            inputs = [image] + ([proposals[k]] if proposals is not None else [])
             arrays = self.session.run(None, {
-                self.input_name: image.detach().float().cpu().contiguous().numpy()})
+                name: x.detach().float().cpu().contiguous().numpy()
+                for name, x in zip(self.input_names, inputs)})
             results.append({k: torch.from_numpy(v).to(image.device)
                             for k, v in zip(self.output_names, arrays)})
         return results

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from rcnn_cli.deploy.graph import MASK_OUTPUT, OUTPUTS
+from rcnn_cli.deploy.graph import DeployGraph
 from rcnn_cli.engine.runtime import config_dict
 from rcnn_cli.errors import CheckpointError
 from rcnn_cli.io import sha256
@@ -23,12 +23,14 @@ OUTPUT_DOCS = {
     "masks": "(N, 1, H, W) float32 per-pixel probability of the detected class (>= 0.5: in)",
 }
 
+PROPOSALS_DOC = ("x1, y1, x2, y2 in input-image pixels, computed outside the graph (selective "
+                 "search or a proposal file, as in training)")
+
 
 def describe(*, fmt: str, file: str, file_sha256: str, exporter: str, opset: int | None,
-             source: str, source_sha256: str, ckpt: dict, train_cfg: DictConfig, masks: bool,
-             example_size: list[int], parity: list[dict]) -> dict:
+             source: str, source_sha256: str, ckpt: dict, train_cfg: DictConfig,
+             graph: DeployGraph, example_size: list[int], parity: list[dict]) -> dict:
     m, d = train_cfg.model, train_cfg.dataset
-    outputs = list(OUTPUTS) + ([MASK_OUTPUT] if masks else [])
     return {
         "format": DEPLOY_FORMAT, "model_format": fmt, "file": file, "sha256": file_sha256,
         "exporter": exporter, "opset": opset, "torch": torch.__version__,
@@ -39,6 +41,8 @@ def describe(*, fmt: str, file: str, file_sha256: str, exporter: str, opset: int
         "input": {"name": "image", "shape": [3, "height", "width"], "dtype": "float32",
                   "color": "RGB", "value_range": [0.0, 1.0], "batch": 1,
                   "note": "any height and width; one image per run"},
+        **({"proposals": {"name": "proposals", "shape": ["proposals", 4], "dtype": "float32",
+                          "note": PROPOSALS_DOC}} if graph.proposals else {}),
         "preprocessing": {
             "inside_graph": True,
             "steps": "(x - mean) / std; resize so the shorter side is min_size and the longer "
@@ -46,7 +50,7 @@ def describe(*, fmt: str, file: str, file_sha256: str, exporter: str, opset: int
                      "the input image",
             "mean": list(m.image_mean), "std": list(m.image_std),
             "min_size": int(d.min_size), "max_size": int(d.max_size)},
-        "outputs": {k: OUTPUT_DOCS[k] for k in outputs},
+        "outputs": {k: OUTPUT_DOCS[k] for k in graph.output_names},
         "score_thresh": float(m.box_head.score_thresh),
         "nms_thresh": float(m.box_head.nms_thresh),
         "detections_per_img": int(m.box_head.detections_per_img),

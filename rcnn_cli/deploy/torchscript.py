@@ -21,7 +21,7 @@ def torchscript_bytes(graph: DeployGraph, example: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notices about frozen Python values, expected
-        traced = torch.jit.trace(graph, (example,), check_trace=False)
+        traced = torch.jit.trace(graph, graph.example_inputs(example), check_trace=False)
         torch.jit.save(traced, buf)
     return buf.getvalue()
 

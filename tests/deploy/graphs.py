@@ -41,9 +41,9 @@ def image(size: tuple[int, int], seed: int) -> torch.Tensor:
     return torch.rand(3, *size, generator=torch.Generator().manual_seed(seed))
 
 
-def eager(graph: DeployGraph, x: torch.Tensor) -> dict[str, np.ndarray]:
+def eager(graph: DeployGraph, *inputs: torch.Tensor) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        return {k: v.numpy() for k, v in zip(graph.output_names, graph(x))}
+        return {k: v.numpy() for k, v in zip(graph.output_names, graph(*inputs))}
 
 
 def onnx_session(graph: DeployGraph, example: torch.Tensor, opset: int = 17):
@@ -55,9 +55,10 @@ def onnx_session(graph: DeployGraph, example: torch.Tensor, opset: int = 17):
                                 providers=["CPUExecutionProvider"])
 
 
-def run_session(session, x: torch.Tensor) -> dict[str, np.ndarray]:
+def run_session(session, *inputs: torch.Tensor) -> dict[str, np.ndarray]:
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, {"image": x.numpy()})))
+    feed = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
+    return dict(zip(names, session.run(None, feed)))
 
 
 def torchscript_module(graph: DeployGraph, example: torch.Tensor):
@@ -66,6 +67,6 @@ def torchscript_module(graph: DeployGraph, example: torch.Tensor):
     return torch.jit.load(io.BytesIO(torchscript_bytes(graph, example)))
 
 
-def run_module(module, names: list[str], x: torch.Tensor) -> dict[str, np.ndarray]:
+def run_module(module, names: list[str], *inputs: torch.Tensor) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        return {k: v.numpy() for k, v in zip(names, module(x))}
+        return {k: v.numpy() for k, v in zip(names, module(*inputs))}

@@ -145,11 +145,10 @@ def test_torchscript_file_runs_with_torch_and_torchvision_without_rcnn_cli(expor
 
 
 @pytest.mark.parametrize(("overrides", "model"), [
-    (["model=fast", "proposals=selective_search"], "fast"),
     (["experiment=rcnn_alexnet_shapes"], "rcnn"),
     (["experiment=sppnet_alexnet_shapes"], "sppnet"),
 ])
-def test_external_proposal_models_are_refused_by_name(overrides, model):
+def test_region_models_are_refused_by_name(overrides, model):
     with pytest.raises(ConfigError, match=f"model={model} cannot be exported"):
         check_exportable(train_config(overrides), "ckpt.pt")
 

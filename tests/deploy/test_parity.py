@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rcnn_cli.deploy.parity import differences, within_tolerance
+from rcnn_cli.errors import ConfigError
 from tests.deploy.graphs import (
     EXAMPLE_SIZE,
     FAMILIES,
@@ -89,3 +90,27 @@ def test_other_backbones_and_models_export_to_onnx(overrides):
         x = image(size, seed=20 + k)
         diff = differences(eager(graph, x), run_session(session, x))
         assert diff["count"][0] > 0 and within_tolerance(diff), (size, diff)
+
+
+def test_fast_rcnn_exports_with_proposals_as_an_input(tmp_path):
+    """model=fast: the image's external proposals (input pixels) are the graph's 2nd input;
+    ``OnnxDetector`` (rcnn-predict / rcnn-eval) passes them as the torch model takes them."""
+    from rcnn_cli.deploy.onnx import export_onnx
+    from rcnn_cli.deploy.onnx_runtime import OnnxDetector
+
+    graph = deploy_graph(["model=fast", "proposals=selective_search", *SMALL])
+    assert graph.input_names == ["image", "proposals"]
+    example = image(EXAMPLE_SIZE, seed=0)
+    detector = OnnxDetector(export_onnx(graph, example, tmp_path / "model.onnx", 17),
+                            torch.device("cpu"))
+    module = torchscript_module(graph, example)
+    for k, size in enumerate(SIZES):
+        x, proposals = graph.example_inputs(image(size, seed=30 + k), seed=k)
+        proposals = proposals[:20 + 10 * k]  # the proposal count is dynamic too
+        ref = eager(graph, x, proposals)
+        onnx = {n: v.numpy() for n, v in detector([x], proposals=[proposals])[0].items()}
+        for got in (onnx, run_module(module, graph.output_names, x, proposals)):
+            diff = differences(ref, got)
+            assert diff["count"][0] > 0 and within_tolerance(diff), (size, diff)
+    with pytest.raises(ConfigError, match="proposals are missing"):
+        detector([x])
