@@ -130,7 +130,11 @@ def export_deployable(cfg: DictConfig, run_dir: str | Path | None = None) -> dic
 
         export_torchscript(graph, example, path)
         exporter, opset = "torch.jit.trace", None
-    parity = check_parity(graph, fmt, path, shorter) if cfg.check else []
+    try:
+        parity = check_parity(graph, fmt, path, shorter) if cfg.check else []
+    except ExportError:
+        path.unlink()  # a file that does not reproduce the model is not left behind
+        raise
     src_file = weights_file(source) if is_export(source) else source
     meta = describe(fmt=fmt, file=path.name, file_sha256=sha256(path), exporter=exporter,
                     opset=opset, source=str(source), source_sha256=sha256(src_file), ckpt=ckpt,

@@ -20,7 +20,7 @@ from rcnn_cli.deploy.onnx_runtime import load_onnx
 from rcnn_cli.deploy.parity import within_tolerance
 from rcnn_cli.engine.evaluator import evaluate_checkpoint, load_trained
 from rcnn_cli.engine.predictor import predict_images
-from rcnn_cli.errors import CheckpointError, ConfigError
+from rcnn_cli.errors import CheckpointError, ConfigError, ExportError
 from rcnn_cli.evaluation.draw import write_image
 from rcnn_cli.io import sha256
 from tests.conftest import REPO, compose_cfg, run_cli
@@ -166,3 +166,21 @@ def test_ckpt_may_be_a_run_directory(tmp_path):
     assert resolve_source(str(run / "export")) == run / "export"
     with pytest.raises(CheckpointError, match="without model.json"):
         resolve_source(str(tmp_path))
+
+
+def test_a_file_that_differs_from_the_model_is_refused_and_removed(exported, tmp_path,
+                                                                   monkeypatch):
+    import rcnn_cli.deploy.export as export
+
+    real = export.run_exported
+
+    def shifted(*args):
+        out = real(*args)
+        out["boxes"] = out["boxes"] + 0.01  # 10x the box tolerance
+        return out
+
+    monkeypatch.setattr(export, "run_exported", shifted)
+    with pytest.raises(ExportError, match="differs from the eager model"):
+        export_deployable(compose_cfg("export", [f"ckpt={exported['export']}",
+                                                 f"output={tmp_path / 'out'}"]))
+    assert not list((tmp_path / "out").iterdir())
