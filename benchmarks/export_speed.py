@@ -5,8 +5,9 @@ machine load hits both alike. Also the largest box / score difference between th
     python benchmarks/export_speed.py --ckpt outputs/train/<run>/export --size 800 --images 20
     python benchmarks/export_speed.py --override backbone=r50_fpn --size 800   # random weights
 
-Without ``--onnx`` the model is exported first (untimed). Images: the shapes validation split
-at ``--size`` (shorter side); one JSON record is printed.
+The model is exported first (untimed) with ``--size`` as its resize target, like the eager
+model. Images: the checkpoint's (or shapes') validation split at ``--size`` (shorter side); one
+JSON record is printed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def trained(args) -> tuple[dict, object]:
     if args.ckpt:
         ckpt, cfg = load_trained(args.ckpt)
         cfg.dataset.min_size = cfg.dataset.max_size = args.size
+        if "image_size" in cfg.dataset:  # shapes: draw the images at that size too
+            cfg.dataset.image_size = args.size
         return ckpt, cfg
     with initialize_config_module(version_base="1.3", config_module="rcnn_cli.conf"):
         cfg = compose("train", overrides=[f"dataset.image_size={args.size}", *args.override])
@@ -46,7 +49,6 @@ def trained(args) -> tuple[dict, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", help="checkpoint or export (default: random weights)")
-    ap.add_argument("--onnx", help="an rcnn-export model.onnx of the same weights")
     ap.add_argument("--override", action="append", default=[], help="random-weight config")
     ap.add_argument("--size", type=int, default=800)
     ap.add_argument("--images", type=int, default=20)
@@ -57,9 +59,9 @@ def main() -> None:
     cfg.dataset.val_size = args.images + 1
     val = build_dataset(cfg.dataset, "val", train=False)
     images = [val[i][0].as_subclass(torch.Tensor) for i in range(args.images + 1)]
-    onnx = Path(args.onnx) if args.onnx else Path(tempfile.mkdtemp()) / "model.onnx"
-    if not args.onnx:
-        export_onnx(build_deploy_graph(ckpt, cfg, "benchmark"), images[0], onnx, 17)
+    # exported here from the same config: the graph's resize target is --size, as eager's
+    onnx = export_onnx(build_deploy_graph(ckpt, cfg, "benchmark"), images[0],
+                       Path(tempfile.mkdtemp()) / "model.onnx", 17)
     eager = build_detector(cfg, len(ckpt["classes"]))
     eager.load_state_dict(ckpt["model"])
     loops = {"eager": fast_inference.prepare(eager, True, True, False),
