@@ -3,6 +3,7 @@ on three image sizes other than the export size; an empty image, then a normal o
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,6 +21,18 @@ from tests.deploy.graphs import (
     run_session,
     torchscript_module,
 )
+
+
+def test_differences_pair_tied_detections_and_catch_real_ones():
+    a = {"boxes": np.array([[0, 0, 10, 10], [50, 50, 60, 60.0]]), "labels": np.array([1, 1]),
+         "scores": np.array([0.25, 0.25 + 1e-7])}
+    swapped = {k: v[::-1] for k, v in a.items()}  # a near-tie in the other order: the same
+    assert within_tolerance(differences(a, swapped))
+    moved = {**a, "boxes": a["boxes"] + np.array([0, 0, 0, 2e-3])}
+    assert differences(a, moved)["max_boxes_diff"] == pytest.approx(2e-3)
+    assert not within_tolerance(differences(a, moved))
+    assert not differences(a, {**a, "labels": np.array([1, 2])})["labels_equal"]
+    assert not within_tolerance(differences(a, {k: v[:1] for k, v in a.items()}))
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
