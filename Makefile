@@ -24,7 +24,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check rcnn_cli tests scripts
+	$(VENV)/bin/ruff check rcnn_cli tests scripts benchmarks
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

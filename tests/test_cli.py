@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,28 @@ def run(tmp_path_factory) -> Path:
                 "schedule.checkpoint_period=10", "model.box_head.score_thresh=0.0",
                 f"hydra.run.dir={run_dir}")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert str(run_dir) in r.stdout.replace("\n", "").replace(" ", "")
+    # not a terminal: each log record is one line (rich would wrap it at 80 columns)
+    assert any(line.endswith(f"[INFO] run directory: {run_dir}")
+               for line in r.stdout.splitlines()), r.stdout[:2000]
     return run_dir
+
+
+def test_console_log_is_one_plain_line_per_record_off_a_terminal(capsys):
+    from rich.logging import RichHandler
+
+    from rcnn_cli.cli import console_handler
+
+    handler = console_handler()  # pytest's captured stdout is not a terminal
+    assert not isinstance(handler, RichHandler)
+    logger = logging.getLogger("rcnn_cli.tests.console")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("x" * 300 + " end")
+    finally:
+        logger.removeHandler(handler)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "[WARNING] " in out and out.endswith("x end\n")
 
 
 def test_run_directory_layout(run: Path):
@@ -139,3 +160,18 @@ def test_sweep_with_a_failing_job_finishes_the_others(tmp_path: Path):
     assert "schedule.lr=-1.0: must be > 0" in out or "schedule.lr=-1: must be > 0" in out
     assert (tmp_path / "1" / "metrics.json").is_file(), out
     assert not (tmp_path / "0" / "metrics.json").exists()
+
+
+def test_help_lists_only_choosable_options():
+    from tests.conftest import REPO
+
+    r = run_cli("rcnn-train", "--help")
+    assert r.returncode == 0, r.stderr
+    assert "_schema" not in r.stdout
+    section = r.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    groups = dict(line.split(": ", 1) for line in section.splitlines()
+                  if line.split(":")[0] in ("backbone", "schedule", "dataset"))
+    for group, listed in groups.items():
+        files = sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+        assert listed.split(", ") == files
+    assert len(groups) == 3

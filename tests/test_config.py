@@ -127,3 +127,17 @@ def test_out_of_range_values_are_named(override):
     cfg = compose_cfg("train", [override])
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         validate(cfg)
+
+
+@pytest.mark.parametrize("cpus,expected", [(2, 2), (1, 1), (16, 4)])
+def test_loader_workers_default_to_what_the_machine_has(monkeypatch, caplog, cpus, expected):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    cfg = compose_cfg("train", ["dataset=voc", "dataset.root=VOC"])
+    with caplog.at_level("INFO", logger="rcnn_cli"):
+        assert cfg.dataset.num_workers == expected
+    chosen = [r.getMessage() for r in caplog.records if "num_workers" in r.getMessage()]
+    assert chosen == ([] if expected == 4 else
+                      [f"dataset.num_workers: {expected} (the dataset's default 4; {cpus} CPUs "
+                       "available)"])
+    explicit = compose_cfg("train", ["dataset=voc", "dataset.root=VOC", "dataset.num_workers=3"])
+    assert explicit.dataset.num_workers == 3  # a command-line choice is taken as given

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -14,18 +16,41 @@ from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory) -> Path:
+def built(tmp_path_factory) -> tuple[Path, str]:
+    """A wheel built from a clean copy of the tree, and the build's verbose output."""
     work = tmp_path_factory.mktemp("pkg")
     src = work / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
         ".venv", "outputs", ".git", "build", "dist", "*.egg-info", "__pycache__", ".*cache"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(work / "dist"), str(src)], check=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                           "--no-build-isolation", "-v", "-w", str(work / "dist"), str(src)],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return work, done.stdout + done.stderr
+
+
+def test_wheel_build_prints_no_warning_and_ships_every_config(built):
+    work, output = built
+    warnings = [line for line in output.splitlines() if "warning" in line.lower()]
+    assert not warnings, "\n".join(warnings[:10])
+    wheel = next((work / "dist").glob("rcnn_cli-*.whl"))
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
+    expected = {"rcnn_cli/conf/" + p.relative_to(REPO / "conf").as_posix()
+                for p in (REPO / "conf").rglob("*.yaml")}
+    assert shipped == expected, sorted(expected ^ shipped)
+
+
+@pytest.fixture(scope="module")
+def venv(built) -> Path:
+    work, _ = built
     env_dir = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
     site = next((env_dir / "lib").glob("python*/site-packages"))
     # Reuse the dependencies already installed here instead of downloading them again.
-    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # (every site-packages on our path: a venv may reuse another one's packages through a .pth)
+    deps = [sysconfig.get_paths()["purelib"], *(p for p in sys.path if p.endswith("-packages"))]
+    (site / "deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
     wheel = next((work / "dist").glob("rcnn_cli-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"),
                     "install", "--no-deps", "-q", str(wheel)], check=True)
@@ -67,4 +92,6 @@ def test_every_subpackage_is_listed_in_pyproject():
                  ["packages"])
     on_disk = {".".join(p.parent.relative_to(REPO).parts)
                for p in (REPO / "rcnn_cli").rglob("__init__.py")}
+    on_disk |= {".".join(("rcnn_cli", "conf", *p.relative_to(REPO / "conf").parts))
+                for p in (REPO / "conf").rglob("*") if p.is_dir() and p.name != "__pycache__"}
     assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"

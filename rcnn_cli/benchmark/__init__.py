@@ -1,2 +1,2 @@
-"""Benchmark building blocks (``scripts/bench.py``): the bare torchvision peer, per-part clocks,
+"""Benchmark building blocks (``benchmarks/vs_torchvision.py``): the bare torchvision peer, per-part clocks,
 FLOP counts against a measured peak, peak memory."""

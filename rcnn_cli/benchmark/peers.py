@@ -68,12 +68,16 @@ def bare_faster_rcnn(cfg, num_classes: int) -> FasterRCNN:
 
 
 class BareTrainer:
-    """torchvision's reference training step: forward, sum, backward, clip, AdamW, LambdaLR."""
+    """torchvision's reference training step: forward, sum, backward, clip, AdamW, LambdaLR;
+    on ``device``, under autocast when ``amp`` is a dtype (fp16 with a GradScaler)."""
 
-    def __init__(self, cfg, num_classes: int, init_state: dict):
+    def __init__(self, cfg, num_classes: int, init_state: dict,
+                 device: torch.device | None = None, amp: torch.dtype | None = None):
         self.model = bare_faster_rcnn(cfg, num_classes)
         self.model.load_state_dict(init_state)
-        self.model.train()
+        self.device, self.amp = device or torch.device("cpu"), amp
+        self.model.to(self.device).train()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == torch.float16)
         sc = cfg.schedule
         self.clip = sc.clip_grad_norm
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=sc.lr,
@@ -83,15 +87,18 @@ class BareTrainer:
             list(sc.decay_steps), sc.gamma))
 
     def step(self, images, targets, times: dict) -> float:
-        with phase(times, "forward"):
+        with phase(times, "forward"), torch.autocast(self.device.type, dtype=self.amp,
+                                                     enabled=self.amp is not None):
             total = sum(self.model(images, targets).values())
         with phase(times, "backward"):
             self.opt.zero_grad(set_to_none=True)
-            total.backward()
+            self.scaler.scale(total).backward()
         with phase(times, "optimizer"):
             if self.clip:
+                self.scaler.unscale_(self.opt)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-            self.opt.step()
+            self.scaler.step(self.opt)
+            self.scaler.update()
             self.sched.step()
         return float(total.detach())
 

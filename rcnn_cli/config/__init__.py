@@ -11,8 +11,9 @@ logging, evaluation, the top-level configs) and ``validation``.
 from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
-from rcnn_cli.config.data import CocoConf, ShapesConf, VocConf
+from rcnn_cli.config.data import CocoConf, ShapesConf, VocConf, capped_workers
 from rcnn_cli.config.export import ExportMainConf
 from rcnn_cli.config.model import RegionModelConf
 from rcnn_cli.config.run import (
@@ -45,6 +46,7 @@ def register_configs() -> None:
     cs.store(name="data_schema", node=DataMainConf)
     cs.store(group="schedule", name="alternating_schema", node=AlternatingScheduleConf)
     cs.store(group="model", name="region_schema", node=RegionModelConf)
+    OmegaConf.register_new_resolver("workers", capped_workers, replace=True, use_cache=True)
 
 
 register_configs()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 
 from omegaconf import II, MISSING
@@ -48,6 +50,9 @@ class CocoConf(FileDatasetConf):
     test_json: str | None = None
     test_images: str | None = None
     with_masks: bool = False
+    # HTC's semantic branch: a COCO-stuff style folder of class-id PNGs, one per training image
+    # (<image file stem>.png, 255 = unlabelled); null = maps made from the instance masks
+    semantic_dir: str | None = None
 
 
 @dataclass
@@ -82,3 +87,13 @@ class ShapesConf(DatasetConf):
     max_size: int = II(".image_size")
 
 
+def capped_workers(asked: int) -> int:
+    """``${workers:N}`` in conf/dataset/*.yaml: N loader workers, but no more than the CPUs this
+    process may use (torch warns per loader beyond that). An explicit ``dataset.num_workers=K``
+    on the command line is taken as given."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    chosen = max(0, min(int(asked), cpus or 1))
+    if chosen != int(asked):
+        logging.getLogger("rcnn_cli").info("dataset.num_workers: %d (the dataset's default %d; "
+                                           "%d CPUs available)", chosen, int(asked), cpus)
+    return chosen

@@ -19,6 +19,7 @@ class Norm(Enum):
 
 
 class Amp(Enum):
+    auto = "auto"  # bf16 where the device runs it natively, fp16 on older CUDA, else fp32
     none = "none"
     bf16 = "bf16"
     fp16 = "fp16"
@@ -71,3 +72,9 @@ class MetricMode(Enum):
     min = "min"
 
 
+
+
+def enum_value(x):
+    """A choice's string: an enum member's ``value``, or ``x`` itself (a plain string from an
+    untyped config)."""
+    return getattr(x, "value", x)

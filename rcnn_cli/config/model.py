@@ -20,6 +20,12 @@ class BackboneConf:
     trainable_layers: int = 5
     norm: Norm = Norm.bn
     fpn_channels: int = 256
+    # DetectoRS (Qiao et al. 2021), FPN ResNets only: Switchable Atrous Convolution in res3-res5
+    # (with weight standardisation of every trunk conv), its deformable variant, and the
+    # Recursive Feature Pyramid's number of backbone passes (1 = plain FPN)
+    sac: bool = False
+    sac_deformable: bool = False
+    rfp_steps: int = 1
 
 
 @dataclass
@@ -128,6 +134,23 @@ class CascadeConf:
     stage_loss_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
     box_coder_weights: list[list[float]] = field(default_factory=lambda: [
         [10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]])
+    # Cascade Mask R-CNN: one mask head per stage (weighted as the box losses) instead of one
+    # branch on the last stage
+    stage_masks: bool = False
+
+
+@dataclass
+class HTCConf:
+    """Hybrid Task Cascade (Chen et al. 2019, §3): each switch is one of the paper's steps."""
+
+    interleaved: bool = True  # §3.1: mask head t trains on the boxes box head t refined
+    mask_info_flow: bool = True  # §3.2: mask head t gets head t-1's features (1x1 conv)
+    semantic: bool = True  # §3.3: fused semantic head, its features added to the RoI features
+    semantic_loss_weight: float = 0.2  # beta in eq. 6
+    semantic_fusion_level: int = 1  # the FPN level (index) the semantic head fuses at (P3)
+    semantic_convs: int = 4
+    # classes of the semantic maps (COCO-stuff: 183); null = thing classes + background
+    semantic_classes: int | None = None
 
 
 @dataclass
@@ -143,6 +166,7 @@ class ModelConf:
     fast_rcnn: FastRCNNConf = field(default_factory=FastRCNNConf)
     mask_head: MaskHeadConf = field(default_factory=MaskHeadConf)
     cascade: CascadeConf = field(default_factory=CascadeConf)
+    htc: HTCConf = field(default_factory=HTCConf)
 
 
 class RegionClassifier(Enum):

@@ -89,7 +89,7 @@ class StagesConf:
 
 @dataclass
 class AlternatingScheduleConf(ScheduleConf):
-    """4-step alternating training (Faster R-CNN §3.2, ``rcnn_cli.engine.alternating``);
+    """4-step alternating training (Faster R-CNN §3.2, ``rcnn_cli.engine.stages.alternating``);
     ``max_iter`` is the total over the four training stages."""
 
     name: str = "alternating"

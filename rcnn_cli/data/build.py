@@ -77,6 +77,10 @@ def build_dataset(cfg, split: str, train: bool, with_masks: bool = False) -> Det
     raw = build_raw_dataset(cfg, split, with_masks)
     if train and cfg.get("filter_empty", False):
         raw = drop_empty(raw, cfg.name)
+    if train and cfg.get("semantic_dir"):
+        from rcnn_cli.data.semantic import SemanticMaps
+
+        raw = SemanticMaps(raw, cfg.semantic_dir)
     if not train:
         return DetectionView(raw, train=False, flip_prob=0.0)
     sizes = list(cfg.get("train_min_sizes") or []) or [cfg.min_size]

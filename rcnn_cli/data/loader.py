@@ -49,8 +49,9 @@ class DetectionView(Dataset):
         target["boxes"] = target["boxes"].as_subclass(torch.Tensor)
         if "proposals" in target:
             target["proposals"] = target["proposals"].as_subclass(torch.Tensor)
-        if "masks" in target:
-            target["masks"] = target["masks"].as_subclass(torch.Tensor)
+        for key in ("masks", "semantic"):
+            if key in target:
+                target[key] = target[key].as_subclass(torch.Tensor)
         return image.as_subclass(torch.Tensor), target
 
 

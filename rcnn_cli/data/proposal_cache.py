@@ -8,6 +8,9 @@ The rcnn-cli proposal file (``.npz``, read with ``allow_pickle=False``):
 - ``scores`` float32 ``[sum K]`` (higher is better);
 - ``meta`` a JSON string: ``format``, and for a cache ``dataset`` / ``source`` / ``params``.
 
+``proposals.file`` may also name a folder holding ``proposals_<split>.npz`` per split, as a
+4-step run's ``stages/proposals2/`` does.
+
 Also read: ``.json`` ``{"proposals": [{"image_id", "boxes", "scores"?}, ...]}``, detectron2's
 proposal ``.pkl`` (``ids`` / ``boxes`` / ``objectness_logits``, XYXY_ABS) and mmdetection's
 ``.pkl`` (a list of ``[K, 4|5]`` arrays in dataset order). Pickles go through a restricted
@@ -40,7 +43,6 @@ FORMAT = "rcnn-cli-proposals/1"
 # Dataset keys that change which images/pixels a split holds (not how they are loaded).
 LOADING_KEYS = {"flip_prob", "num_workers", "min_size", "max_size", "train_min_sizes",
                 "color_jitter", "aspect_grouping", "with_masks"}
-COMPUTE_CALLS = {"count": 0}  # incremented per computed proposal set (timing-free cache evidence)
 
 
 @dataclass
@@ -274,7 +276,6 @@ def cached_proposals(cache_dir: str | Path, identity: dict, source: str, params:
         log.info("proposals: reusing cache %s", path)
         return check_ids(path, pset, image_ids, exact=True)
     pset = compute()
-    COMPUTE_CALLS["count"] += 1
     pset.meta = {k: v for k, v in expected.items() if k != "format"}
     check_ids(path, pset, image_ids, exact=True)
     save_npz(path, pset)
@@ -334,6 +335,15 @@ def selective_search_params(pcfg) -> dict:
             "max_proposals": int(pcfg.max_proposals), "min_box_size": float(pcfg.min_box_size)}
 
 
+def split_file(file: str | None, split: str) -> Path:
+    """``proposals.file``: one file for every split, or a folder holding
+    ``proposals_<split>.npz`` per split (what a 4-step proposals stage writes)."""
+    if not file:
+        raise ConfigError("proposals=precomputed needs proposals.file=PATH")
+    path = Path(file).expanduser()
+    return path / f"proposals_{split}.npz" if path.is_dir() else path
+
+
 def load_proposals(pcfg, dataset_cfg, split: str, raw) -> dict[int, np.ndarray]:
     """image id -> float32 [K, 4] boxes for a ``selective_search`` or ``precomputed`` source."""
     from rcnn_cli.modeling.proposals import filter_boxes
@@ -345,9 +355,8 @@ def load_proposals(pcfg, dataset_cfg, split: str, raw) -> dict[int, np.ndarray]:
         pset = cached_proposals(pcfg.cache_dir, identity, "selective_search", params, ids,
                                 lambda: compute_selective_search(raw, params, pcfg.workers))
     elif pcfg.name == "precomputed":
-        if not pcfg.file:
-            raise ConfigError("proposals=precomputed needs proposals.file=PATH")
-        pset = check_ids(pcfg.file, read_proposal_file(pcfg.file, ids), ids, exact=False)
+        path = split_file(pcfg.file, split)
+        pset = check_ids(path, read_proposal_file(path, ids), ids, exact=False)
     else:
         raise ConfigError(f"proposals={pcfg.name} has no proposal file (it is computed by "
                           "the model)")
@@ -373,6 +382,9 @@ def image_proposer(pcfg, image_ids: list[int]) -> Callable[[np.ndarray, int], np
     if pcfg.name == "selective_search":
         params = selective_search_params(pcfg)
         return lambda image, _id: selective_search(image, **params)
+    if Path(pcfg.file).expanduser().is_dir():
+        raise ConfigError(f"proposals.file={pcfg.file} is a folder of per-split files; "
+                          "prediction reads one file: proposals.file=FOLDER/proposals_val.npz")
     found = read_proposal_file(pcfg.file, image_ids).by_id()
 
     def lookup(_image, image_id: int) -> np.ndarray:

@@ -29,6 +29,8 @@ def to_sample(image, target: dict) -> tuple[tv_tensors.Image, dict]:
     }
     if "masks" in target:
         out["masks"] = tv_tensors.Mask(torch.as_tensor(target["masks"], dtype=torch.uint8))
+    if "semantic" in target:  # rcnn_cli.data.semantic: resized and flipped as the masks
+        out["semantic"] = tv_tensors.Mask(torch.as_tensor(target["semantic"], dtype=torch.uint8))
     return img, out
 
 

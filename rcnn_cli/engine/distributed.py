@@ -31,6 +31,7 @@ from hydra.experimental.callback import Callback
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from rcnn_cli.config.enums import enum_value
 from rcnn_cli.data.loader import IterationBatchSampler, collate
 from rcnn_cli.errors import ConfigError, RcnnError
 
@@ -89,18 +90,14 @@ def is_main() -> bool:
     return current().is_main
 
 
-def _value(x):
-    return getattr(x, "value", x)
-
-
 def setup(cfg) -> DistEnv:
     """Join the process group if this process was started as one of several (idempotent)."""
     env = detect_env()
     if not env.enabled or dist.is_initialized():
         return current() if env.enabled else env
-    device = _value(cfg.device)
+    device = enum_value(cfg.device)
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    backend = _value(cfg.dist.backend)
+    backend = enum_value(cfg.dist.backend)
     if backend == "auto":
         backend = "nccl" if cuda else "gloo"
     if backend == "nccl" and not cuda:

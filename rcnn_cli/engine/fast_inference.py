@@ -1,5 +1,5 @@
 """Inference speed work for rcnn-predict / rcnn-eval, each switch kept only where
-``scripts/bench.py infer`` measured a gain (docs/benchmarks.md, issue 11).
+``benchmarks/vs_torchvision.py infer`` measured a gain (docs/benchmarks.md, issue 11).
 
 * ``fold_bn``: a frozen or eval-mode BatchNorm after a convolution is an affine map per output
   channel, so it is folded into the convolution's weight and bias (one pass over the feature
@@ -47,15 +47,16 @@ def fold_norm_into_conv(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
 
 def _pairs(module: nn.Module):
     """(owner, conv name, norm name) for torchvision's ResNet layout: ``convK``/``bnK`` siblings
-    and ``downsample = Sequential(conv, norm)``."""
+    and ``downsample = Sequential(conv, norm)``. Plain convs only: a conv that transforms its
+    weight first (DetectoRS's standardised and switchable convs) stays as it is."""
     for owner in module.modules():
         for name, child in owner.named_children():
-            if name.startswith("conv") and isinstance(child, nn.Conv2d):
+            if name.startswith("conv") and type(child) is nn.Conv2d:
                 norm = getattr(owner, "bn" + name[4:], None)
                 if isinstance(norm, NORMS):
                     yield owner, name, "bn" + name[4:]
         if isinstance(owner, nn.Sequential) and len(owner) == 2 and \
-                isinstance(owner[0], nn.Conv2d) and isinstance(owner[1], NORMS):
+                type(owner[0]) is nn.Conv2d and isinstance(owner[1], NORMS):
             yield owner, "0", "1"
 
 

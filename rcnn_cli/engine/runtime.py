@@ -41,8 +41,48 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def cpu_bf16_feature() -> str | None:
+    """The CPU feature that runs bf16 matrix work natively (AMX-BF16 or AVX512-BF16), or None.
+
+    Without one, bf16 autocast on the CPU converts in software and is slower than fp32."""
+    probes = (("AMX-BF16", "_is_amx_tile_supported", "amx_bf16"),
+              ("AVX512-BF16", "_is_avx512_bf16_supported", "avx512_bf16"))
+    flags = _cpuinfo_flags()
+    for name, probe, flag in probes:
+        check = getattr(torch.cpu, probe, None)
+        if (check() if check is not None else flag in flags):
+            return name
+    return None
+
+
+def _cpuinfo_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def choose_amp(device: torch.device) -> tuple[str, str]:
+    """``schedule.amp=auto``: the precision this device trains fastest in, and why."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"{name} supports bf16"
+        return "fp16", f"{name} has no bf16: fp16 with a loss scaler"
+    if device.type == "cpu":
+        feature = cpu_bf16_feature()
+        if feature:
+            return "bf16", f"the CPU has {feature}"
+        return "none", "the CPU has no native bf16 (AMX-BF16 or AVX512-BF16): fp32"
+    return "none", f"no mixed precision chosen for device {device.type}: fp32"
+
+
 def amp_dtype(amp, device: torch.device) -> torch.dtype | None:
     amp = getattr(amp, "value", amp)
+    if amp == "auto":
+        amp = choose_amp(device)[0]
     if amp == "none":
         return None
     if amp == "fp16" and device.type != "cuda":

@@ -13,8 +13,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from rcnn_cli.config import validate
-from rcnn_cli.engine import distributed, faults
+from rcnn_cli.engine import distributed, faults, runtime
 from rcnn_cli.engine.runtime import hydra_run_dir
+from rcnn_cli.engine.stages import alternating, region
+from rcnn_cli.engine.stages.graph import train_graph
 from rcnn_cli.engine.trainer import Trainer
 from rcnn_cli.errors import ConfigError
 
@@ -30,21 +32,17 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     run_dir = distributed.shared_run_dir(Path(run_dir) if run_dir is not None
                                          else hydra_run_dir())
     log.info("run directory: %s", run_dir)
+    resolve_auto_amp(cfg)
     try:
         if cfg.schedule.name == "alternating":
-            from rcnn_cli.engine.alternating import train_alternating
-
             if env.enabled:
                 raise ConfigError("schedule=alternating (4-step training) runs in one process; "
                                   "start it without torchrun/srun, or use schedule=joint")
-
-            metrics = train_alternating(cfg, run_dir)
+            metrics = train_graph(cfg, run_dir, alternating.stages, alternating.finish)
         elif cfg.model.name in ("rcnn", "sppnet"):
-            from rcnn_cli.engine.region_stages import train_region_model
-
-            metrics = train_region_model(cfg, run_dir)
+            metrics = train_graph(cfg, run_dir, region.stages, region.finish, region.prepare)
         else:
-            metrics = Trainer(cfg, run_dir).run()
+            metrics = Trainer.from_config(cfg, run_dir).run()
     except faults.Interrupted:
         raise  # every rank stopped at the same step (``distributed.any_rank_stopping``)
     except Exception:
@@ -53,3 +51,14 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     log.info("run directory: %s", run_dir)
     distributed.shutdown()
     return metrics
+
+
+def resolve_auto_amp(cfg: DictConfig) -> None:
+    """``schedule.amp=auto`` becomes the concrete choice in ``cfg``, so that the checkpoints'
+    and the export's stored config (and so ``rcnn-eval``) say what ran; the choice is logged."""
+    if getattr(cfg.schedule.amp, "value", cfg.schedule.amp) != "auto":
+        return
+    device = distributed.local_device(runtime.select_device(cfg.device))
+    choice, reason = runtime.choose_amp(device)
+    cfg.schedule.amp = choice
+    log.info("schedule.amp=auto -> %s (%s)", choice, reason)

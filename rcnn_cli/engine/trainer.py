@@ -38,61 +38,67 @@ log = logging.getLogger("rcnn_cli")
 
 
 class Trainer:
-    """Holds the run's state; ``run()`` trains to ``schedule.max_iter`` and evaluates."""
+    """The loop over one model's training steps; ``run()`` trains to ``schedule.max_iter``,
+    evaluates (when given an ``evaluator``) and saves.
 
-    label = "train"  # the progress bar's name
-    is_main = True  # rank 0 (or the only process) writes files; set per process in __init__
+    Built from parts, so every program runs the same loop: ``from_config`` builds a joint
+    run's parts; a stage of a stage graph passes its network, data, checkpoint folder and
+    event stream, and no evaluator (the graph evaluates its final network once).
+    """
 
-    @property
-    def train_model(self):
-        """What training steps call: the DDP wrapper when distributed, else the model."""
-        return getattr(self, "_train_model", self.model)
-
-    @train_model.setter
-    def train_model(self, module) -> None:
-        self._train_model = module
-
-    def __init__(self, cfg: DictConfig, run_dir: Path):
-        self.cfg, self.run_dir = cfg, run_dir
+    def __init__(self, cfg: DictConfig, run_dir: Path, *, model, train_set, store_dir: Path,
+                 events, lr: float, train_model=None, val_set=None, evaluator=None,
+                 val_images: ValImages | None = None, label: str = "train",
+                 is_main: bool = True):
+        self.cfg, self.run_dir, self.label, self.is_main = cfg, run_dir, label, is_main
         self.sched = cfg.schedule
-        self.device = distributed.local_device(runtime.select_device(cfg.device))
-        self.is_main = distributed.is_main()
+        self.model = model
+        self.device = next(model.parameters()).device
         self.amp = runtime.amp_dtype(self.sched.amp, self.device)
-        runtime.set_threads(cfg.threads)
-        runtime.seed_everything(cfg.seed)
-        masks = uses_masks(cfg.model.name)
-        self.train_set = build_dataset(cfg.dataset, "train", train=True, with_masks=masks)
-        self.val_set = build_dataset(cfg.dataset, "val", train=False, with_masks=masks)
-        check_same_classes(self.train_set.raw, self.val_set.raw, cfg.dataset.name)
-        attach_proposals(cfg, "train", self.train_set)
-        attach_proposals(cfg, "val", self.val_set)
-        self.classes = list(self.train_set.raw.classes)
-        self.category_ids = list(self.train_set.raw.category_ids)
-        self.model = build_detector(cfg, len(self.classes)).to(self.device)
-        seeded_sampler.install(self.model)
-        self.train_model = distributed.wrap_model(self.model, self.device, cfg.dist)
-        self.setup_optimization(
-            run_dir / "checkpoints",
-            distributed.effective_lr(self.sched, distributed.current().world_size))
-        self.evaluator = build_evaluator(self.val_set.raw.coco_gt(), cfg.eval, iou_types_for(cfg))
-        self.val_images = (ValImages(self.val_set, self.classes, cfg.log.images_count,
-                                     cfg.log.images_score_thresh)
-                           if cfg.log.images_every else None)
-        if cfg.resume:
-            self.resume(cfg.resume)
-        self.events = EventLogger(run_dir, cfg.log.tensorboard, enabled=self.is_main)
-
-    def setup_optimization(self, store_dir: Path, lr: float) -> None:
-        """Optimizer, lr schedule, AMP scaler, checkpoint store and fault guard for
-        ``self.model``, at iteration 0."""
-        self.optimizer = build_optimizer(self.model, self.sched.optimizer, lr,
-                                         self.sched.momentum, self.sched.weight_decay,
-                                         self.sched.fused_optimizer)
+        self.train_model = train_model if train_model is not None else model
+        self.train_set, self.val_set = train_set, val_set
+        self.classes = list(train_set.raw.classes)
+        self.category_ids = list(train_set.raw.category_ids)
+        self.evaluator, self.val_images, self.events = evaluator, val_images, events
+        self.optimizer = build_optimizer(model, self.sched.optimizer, lr, self.sched.momentum,
+                                         self.sched.weight_decay, self.sched.fused_optimizer)
         self.scheduler = build_scheduler(self.optimizer, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.store = CheckpointStore(store_dir, self.sched.keep_checkpoints)
-        self.grad_guard = faults.GradGuard(self.cfg.faults.max_nonfinite_steps)
+        self.grad_guard = faults.GradGuard(cfg.faults.max_nonfinite_steps)
         self.saved_iteration, self.iteration, self.best_ap = -1, 0, None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, run_dir: Path) -> Trainer:
+        """A joint run's parts: seeds, datasets (with proposals), detector, DDP wrapper,
+        evaluator, validation pictures, event stream; resumed when ``cfg.resume`` is set."""
+        device = distributed.local_device(runtime.select_device(cfg.device))
+        is_main = distributed.is_main()
+        runtime.set_threads(cfg.threads)
+        runtime.seed_everything(cfg.seed)
+        masks = uses_masks(cfg.model.name)
+        train_set = build_dataset(cfg.dataset, "train", train=True, with_masks=masks)
+        val_set = build_dataset(cfg.dataset, "val", train=False, with_masks=masks)
+        check_same_classes(train_set.raw, val_set.raw, cfg.dataset.name)
+        attach_proposals(cfg, "train", train_set)
+        attach_proposals(cfg, "val", val_set)
+        classes = list(train_set.raw.classes)
+        model = build_detector(cfg, len(classes)).to(device)
+        seeded_sampler.install(model)
+        trainer = cls(
+            cfg, run_dir, model=model, train_set=train_set, val_set=val_set,
+            train_model=distributed.wrap_model(model, device, cfg.dist),
+            store_dir=run_dir / "checkpoints",
+            lr=distributed.effective_lr(cfg.schedule, distributed.current().world_size),
+            evaluator=build_evaluator(val_set.raw.coco_gt(), cfg.eval, iou_types_for(cfg)),
+            val_images=(ValImages(val_set, classes, cfg.log.images_count,
+                                  cfg.log.images_score_thresh)
+                        if cfg.log.images_every else None),
+            events=None, is_main=is_main)
+        if cfg.resume:
+            trainer.resume(cfg.resume)
+        trainer.events = EventLogger(run_dir, cfg.log.tensorboard, enabled=is_main)
+        return trainer
 
     def resume(self, target: str) -> None:
         found = resolve_resume(target, self.run_dir, self.cfg.ckpt_trust)
@@ -197,7 +203,9 @@ class Trainer:
             detail = ""
         self.grad_guard.update(skipped, self.iteration + 1, detail)
 
-    def evaluate(self, progress: Progress | None = None) -> dict:
+    def evaluate(self, progress: Progress | None = None) -> tuple[dict, list[dict]]:
+        if self.evaluator is None:  # a stage's partial network: the graph evaluates the end
+            return {"iteration": self.iteration}, []
         shard = distributed.eval_shard(self.val_set)
         loader = eval_loader(shard, self.cfg.eval.batch_size, self.cfg.dataset.num_workers)
         dets = predict(self.model, loader, self.device, self.category_ids, progress)
@@ -289,6 +297,8 @@ class Trainer:
             f"written. Resume with: {resume_command(self.run_dir)}")
 
     def finish(self, metrics: dict, dets: list[dict]) -> None:
+        if self.evaluator is None:  # a stage: the graph saves and exports its final network
+            return
         self.keep_best(metrics)
         if not self.is_main:
             return

@@ -118,7 +118,7 @@ def coco_evaluate(gt: dict, dets: list[dict], iou_type: str = "bbox",
     """Evaluate finite COCO results (original category ids) against ``gt`` with ``backend``.
 
     ``timings``, if given, receives the seconds spent loading (index + ``loadRes``) and in
-    evaluate + accumulate + summarize (for scripts/bench_eval.py)."""
+    evaluate + accumulate + summarize (for benchmarks/eval_speed.py)."""
     t0 = time.perf_counter()
     if iou_type not in IOU_TYPES:
         raise ConfigError(f"iou type {iou_type!r} is not supported; available: {IOU_TYPES}")

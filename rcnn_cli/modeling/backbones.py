@@ -2,12 +2,15 @@
 
 - ``vgg16``: conv5_3, stride 16, one map (Faster R-CNN §4, the paper's VGG-16 setting).
 - ``alexnet``: conv5 + ReLU, stride 16, 256 channels (Krizhevsky et al. 2012; the trunk SPPNet
-  pools from). R-CNN uses the whole classifier instead (``rcnn_cli.modeling.region_cnn``).
+  pools from). R-CNN uses the whole classifier instead (``rcnn_cli.modeling.region.cnn``).
 - ``r50_c4`` / ``r101_c4``: ResNet res2-res4 trunk (stride 16, one map); res5 becomes the RoI
   head (He et al. 2016, appendix A "Object Detection Baselines"; Detectron's C4 design).
 - ``r18_fpn`` / ``r50_fpn`` / ``r101_fpn``: ResNet C2-C5 -> FPN P2-P5 + P6 (Lin et al. 2017).
   ``r50_fpn`` reproduces torchvision's ``fasterrcnn_resnet50_fpn`` names and shapes.
 - ``mobilenet_v3_fpn``: torchvision's ``fasterrcnn_mobilenet_v3_large_fpn`` layout.
+
+DetectoRS switches (ResNet-FPN only): ``sac`` (``rcnn_cli.modeling.sac``) and ``rfp_steps``
+(``rcnn_cli.modeling.rfp``), each starting from the loaded ResNet weights.
 """
 
 from __future__ import annotations
@@ -110,27 +113,49 @@ def freeze_stages(trunk: nn.Module, trainable_layers: int) -> None:
             p.requires_grad_(False)
 
 
-def resnet_trunk(arch: str, weights: str | None, trainable_layers: int, norm: str) -> nn.Module:
+def resnet_trunk(arch: str, weights: str | None, trainable_layers: int, norm: str,
+                 sac: bool = False, sac_deformable: bool = False) -> nn.Module:
     enum, file = resolve_weights(weights)
     trunk = getattr(resnet, arch)(weights=enum, norm_layer=norm_layer(norm))
     if file is not None:
         load_trunk_file(trunk, file)
+    if sac:
+        from rcnn_cli.modeling.sac import convert_trunk
+
+        convert_trunk(trunk, sac_deformable)
     freeze_stages(trunk, trainable_layers)
     return trunk
 
 
 def resnet_fpn(name: str, weights: str | None, trainable_layers: int, norm: str,
-               fpn_channels: int) -> BackboneSpec:
+               fpn_channels: int, sac: bool = False, sac_deformable: bool = False,
+               rfp_steps: int = 1) -> BackboneSpec:
     """ResNet C2-C5 -> FPN P2-P5 + P6 (max-pool), as torchvision's detection backbones."""
-    trunk = resnet_trunk(RESNET_FPN[name], weights, trainable_layers, norm)
+    if sac_deformable and not sac:
+        raise ConfigError("backbone.sac_deformable=true needs backbone.sac=true")
+    if rfp_steps < 1 or (rfp_steps > 1 and fpn_channels % 4):
+        raise ConfigError(f"backbone.rfp_steps={rfp_steps}: must be >= 1 (1 = plain FPN), and "
+                          "the recursive pyramid needs backbone.fpn_channels divisible by 4")
+    trunk = resnet_trunk(RESNET_FPN[name], weights, trainable_layers, norm, sac, sac_deformable)
     stage_channels = [trunk.inplanes // 8, trunk.inplanes // 4, trunk.inplanes // 2, trunk.inplanes]
+    return_layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
     module = BackboneWithFPN(
         trunk,
-        return_layers={f"layer{k}": str(k - 1) for k in range(1, 5)},
+        return_layers=return_layers,
         in_channels_list=stage_channels,
         out_channels=fpn_channels,
         extra_blocks=LastLevelMaxPool(),
     )
+    if rfp_steps > 1:
+        from torchvision.models._utils import IntermediateLayerGetter
+
+        from rcnn_cli.modeling.rfp import RecursiveFeaturePyramid
+
+        bodies = [IntermediateLayerGetter(resnet_trunk(RESNET_FPN[name], weights,
+                                                       trainable_layers, norm, sac,
+                                                       sac_deformable), return_layers)
+                  for _ in range(rfp_steps - 1)]
+        module = RecursiveFeaturePyramid(module.body, module.fpn, bodies, fpn_channels)
     names = ["0", "1", "2", "3", "pool"]
     return BackboneSpec(module, fpn_channels, names, names[:4])
 
@@ -229,9 +254,16 @@ BACKBONES = {**{n: resnet_fpn for n in RESNET_FPN}, **{n: resnet_c4 for n in RES
 
 
 def build_backbone(name: str, weights: str | None, trainable_layers: int, norm: str,
-                   fpn_channels: int) -> BackboneSpec:
+                   fpn_channels: int, *, sac: bool = False, sac_deformable: bool = False,
+                   rfp_steps: int = 1) -> BackboneSpec:
     if name not in BACKBONES:
         raise ConfigError(f"backbone={name} is not supported; available: {', '.join(BACKBONES)}")
+    if name in RESNET_FPN:
+        return resnet_fpn(name, weights, trainable_layers, norm, fpn_channels, sac,
+                          sac_deformable, rfp_steps)
+    if sac or sac_deformable or rfp_steps != 1:
+        raise ConfigError(f"backbone.sac / backbone.rfp_steps (DetectoRS) need a ResNet-FPN "
+                          f"backbone ({', '.join(RESNET_FPN)}), not backbone={name}")
     return BACKBONES[name](name, weights, trainable_layers, norm, fpn_channels)
 
 

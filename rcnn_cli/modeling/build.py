@@ -14,29 +14,30 @@ from torchvision.models import get_weight
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from rcnn_cli.config.enums import enum_value
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.modeling.anchors import build_anchor_generator
 from rcnn_cli.modeling.backbones import BackboneSpec, build_backbone
 from rcnn_cli.modeling.cascade import CascadeRoIHeads, build_cascade_stages
 from rcnn_cli.modeling.fast_rcnn import FastRCNN, FastRCNNHead, build_fast_rcnn_roi_heads
-from rcnn_cli.modeling.masks import build_mask_branch
+from rcnn_cli.modeling.htc import SEMANTIC, FlowMaskStage, HTCRoIHeads
+from rcnn_cli.modeling.masks import MaskStage, build_mask_branch
 from rcnn_cli.modeling.poolers import build_pooler
 from rcnn_cli.modeling.proposals import check_source
 from rcnn_cli.modeling.roi_heads import build_box_head, build_box_roi_heads
 from rcnn_cli.modeling.rpn import build_rpn
+from rcnn_cli.modeling.semantic_head import FusedSemanticHead
 from rcnn_cli.modeling.svd import shape_box_head
 
-MODELS = ("faster", "mask", "cascade", "cascade_mask", "fast", "rcnn", "sppnet")
+MODELS = ("faster", "mask", "cascade", "cascade_mask", "htc", "detectors", "fast", "rcnn",
+          "sppnet")
+HTC_MODELS = ("htc", "detectors")  # DetectoRS = HTC heads on an RFP + SAC backbone
 EXTERNAL_PROPOSALS = ("fast", "rcnn", "sppnet")  # models that classify given proposals
 
 
 def uses_masks(model_name: str) -> bool:
     """Whether ``model=<name>`` has a mask branch (its data needs instance masks)."""
-    return model_name in ("mask", "cascade_mask")
-
-
-def _value(x):
-    return getattr(x, "value", x)
+    return model_name in ("mask", "cascade_mask", *HTC_MODELS)
 
 
 def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
@@ -46,13 +47,19 @@ def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
         raise ConfigError(f"model={m.name} is not supported; available: {', '.join(MODELS)}")
     check_proposal_source(m.name, cfg.get("proposals"))
     if m.name in ("rcnn", "sppnet"):
-        from rcnn_cli.modeling.region_build import build_region_detector
+        from rcnn_cli.modeling.region.build import build_region_detector
 
         model = build_region_detector(cfg, num_classes)
         if m.weights:
             load_detector_weights(model, m.weights)
         return model
-    backbone = build_backbone(b.name, b.weights, b.trainable_layers, _value(b.norm), b.fpn_channels)
+    if m.name == "detectors" and not (b.get("sac") and b.get("rfp_steps", 1) > 1):
+        raise ConfigError("model=detectors is HTC on a DetectoRS backbone: add backbone=r50_fpn "
+                          "backbone.sac=true backbone.sac_deformable=true backbone.rfp_steps=2 "
+                          "(or use experiment=detectors_r50_fpn)")
+    backbone = build_backbone(b.name, b.weights, b.trainable_layers, enum_value(b.norm), b.fpn_channels,
+                              sac=b.get("sac", False), sac_deformable=b.get("sac_deformable", False),
+                              rfp_steps=b.get("rfp_steps", 1))
     if m.name == "fast":
         model = build_fast_rcnn(cfg, backbone, num_classes)
         shape_box_head(model, m.box_head.fc6_rank, m.box_head.fc7_rank)
@@ -102,7 +109,7 @@ def build_fast_rcnn(cfg, backbone: BackboneSpec, num_classes: int) -> FastRCNN:
     the res5 head of a C4 backbone; no RPN. ``sampler=fast_rcnn`` is the paper's minibatch."""
     m, s, p, d, f = cfg.model, cfg.sampler, cfg.pooler, cfg.dataset, cfg.model.fast_rcnn
     pooler = build_pooler(p.name, backbone.pooled_names, p.output_size, p.sampling_ratio,
-                          p.canonical_scale, p.canonical_level, p.aligned, _value(p.kernel))
+                          p.canonical_scale, p.canonical_level, p.aligned, enum_value(p.kernel))
     if backbone.res5 is not None:
         head, dim = build_box_head(backbone.out_channels, p.output_size,
                                    m.box_head.representation_size, backbone.res5,
@@ -110,7 +117,7 @@ def build_fast_rcnn(cfg, backbone: BackboneSpec, num_classes: int) -> FastRCNN:
     else:
         dim = m.box_head.representation_size
         head = FastRCNNHead(backbone.out_channels * p.output_size**2, dim, f.dropout)
-        if _value(f.fc_init) == "backbone":
+        if enum_value(f.fc_init) == "backbone":
             init_fc_from_classifier(head, backbone, cfg.backbone.name)
     roi_heads = build_fast_rcnn_roi_heads(
         pooler, head, dim, num_classes + 1,
@@ -147,7 +154,7 @@ def build_roi_heads(cfg, backbone: BackboneSpec, num_classes: int) -> nn.Module:
     """Box head (standard or cascade) + optional mask branch; ``num_classes`` counts background."""
     m, s, p = cfg.model, cfg.sampler, cfg.pooler
     pooler = build_pooler(p.name, backbone.pooled_names, p.output_size, p.sampling_ratio,
-                          p.canonical_scale, p.canonical_level, p.aligned, _value(p.kernel))
+                          p.canonical_scale, p.canonical_level, p.aligned, enum_value(p.kernel))
 
     built = []
 
@@ -161,25 +168,32 @@ def build_roi_heads(cfg, backbone: BackboneSpec, num_classes: int) -> nn.Module:
 
     mask_parts = None
     if uses_masks(m.name):
-        mh = m.mask_head
-        mask_parts = build_mask_branch(
-            backbone.pooled_names, backbone.out_channels, num_classes,
-            output_size=mh.output_size, sampling_ratio=mh.sampling_ratio, layers=list(mh.layers),
-            dilation=mh.dilation, dim_reduced=mh.dim_reduced,
-            canonical_scale=p.canonical_scale, canonical_level=p.canonical_level,
-            kernel=_value(p.kernel))
+        mask_parts = make_mask_branch(cfg, backbone, num_classes)
     bh = m.box_head
-    if m.name.startswith("cascade"):
-        c = m.cascade
-        stages = build_cascade_stages(make_head, num_classes, len(c.iou_thresholds))
-        return CascadeRoIHeads(
-            pooler, stages, iou_thresholds=list(c.iou_thresholds),
+    if m.name.startswith("cascade") or m.name in HTC_MODELS:
+        c, htc = m.cascade, m.name in HTC_MODELS
+        n = len(c.iou_thresholds)
+        stages = build_cascade_stages(make_head, num_classes, n)
+        mask_stages = None
+        if mask_parts is not None and (c.stage_masks or htc):
+            flow = htc and m.htc.mask_info_flow
+            mask_stages = (mask_parts[0], [
+                mask_stage(cfg, backbone, num_classes, mask_parts[1:] if t == 0 else None,
+                           flow and t > 0) for t in range(n)])
+            mask_parts = None
+        kwargs = dict(
+            iou_thresholds=list(c.iou_thresholds),
             stage_loss_weights=list(c.stage_loss_weights),
             box_coder_weights=[list(w) for w in c.box_coder_weights], bg_iou_lo=s.roi.bg_iou_lo,
             batch_size_per_image=s.roi.batch_size_per_image,
             positive_fraction=s.roi.positive_fraction, score_thresh=bh.score_thresh,
             nms_thresh=bh.nms_thresh, detections_per_img=bh.detections_per_img,
-            mask_parts=mask_parts)
+            mask_parts=mask_parts, mask_stages=mask_stages)
+        if not htc:
+            return CascadeRoIHeads(pooler, stages, **kwargs)
+        return HTCRoIHeads(pooler, stages, **kwargs, interleaved=m.htc.interleaved,
+                           mask_info_flow=m.htc.mask_info_flow,
+                           **semantic_parts(cfg, backbone, num_classes))
     head, dim = make_head()
     heads = build_box_roi_heads(
         pooler, head, dim, num_classes,
@@ -193,6 +207,45 @@ def build_roi_heads(cfg, backbone: BackboneSpec, num_classes: int) -> nn.Module:
     if mask_parts is not None:
         heads.mask_roi_pool, heads.mask_head, heads.mask_predictor = mask_parts
     return heads
+
+
+def make_mask_branch(cfg, backbone: BackboneSpec, num_classes: int):
+    """(pooler, head, predictor) of ``model.mask_head``; ``num_classes`` counts background."""
+    mh, p = cfg.model.mask_head, cfg.pooler
+    return build_mask_branch(
+        backbone.pooled_names, backbone.out_channels, num_classes,
+        output_size=mh.output_size, sampling_ratio=mh.sampling_ratio, layers=list(mh.layers),
+        dilation=mh.dilation, dim_reduced=mh.dim_reduced,
+        canonical_scale=p.canonical_scale, canonical_level=p.canonical_level,
+        kernel=enum_value(p.kernel))
+
+
+def mask_stage(cfg, backbone: BackboneSpec, num_classes: int, parts: tuple | None,
+               flow: bool) -> MaskStage:
+    """One stage's mask head + predictor (``parts``, or new ones); ``flow``: with HTC's 1x1
+    conv from the previous head."""
+    head, predictor = parts or make_mask_branch(cfg, backbone, num_classes)[1:]
+    if flow:
+        return FlowMaskStage(head, predictor, backbone.out_channels,
+                             cfg.model.mask_head.layers[-1])
+    return MaskStage(head, predictor)
+
+
+def semantic_parts(cfg, backbone: BackboneSpec, num_classes: int) -> dict:
+    """HTC's semantic head and its box/mask RoI poolers, when ``model.htc.semantic``."""
+    h, p = cfg.model.htc, cfg.pooler
+    if not h.semantic:
+        return {}
+    if h.semantic_classes is not None and h.semantic_classes < 2:
+        raise ConfigError("model.htc.semantic_classes: at least 2 (or null)")
+    head = FusedSemanticHead(backbone.feature_names, backbone.out_channels,
+                             h.semantic_classes or num_classes,
+                             fusion_level=h.semantic_fusion_level, num_convs=h.semantic_convs)
+    pools = tuple(build_pooler("roi_align", [SEMANTIC], size, p.sampling_ratio,
+                               p.canonical_scale, p.canonical_level, kernel=enum_value(p.kernel))
+                  for size in (p.output_size, cfg.model.mask_head.output_size))
+    return {"semantic_head": head, "semantic_pools": pools,
+            "semantic_loss_weight": h.semantic_loss_weight}
 
 
 def load_detector_weights(model: nn.Module, weights: str) -> None:

@@ -5,6 +5,11 @@ threshold u_t (0.5/0.6/0.7), regresses class-agnostic deltas normalised by its o
 weights ((10,10,5,5)/(20,20,10,10)/(30,30,15,15), §4.1) and adds ``w_t`` x its Fast R-CNN loss
 (1/0.5/0.25). At test time the proposals pass through every stage; each detection keeps the
 last stage's box and the mean of the stages' class probabilities (§4.3, "ensemble").
+
+Cascade Mask R-CNN (§5 of the journal version, Cai & Vasconcelos 2019) has either one mask
+branch on the last stage (``mask_parts``) or one mask head per stage (``mask_stages``): stage t's
+head is trained on stage t's positive RoIs with loss weight ``w_t``, and at test time the
+detections' masks are the mean of the stages' mask probabilities.
 """
 
 from __future__ import annotations
@@ -15,10 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
+from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
 from torchvision.ops import boxes as box_ops
 
 from rcnn_cli.errors import ConfigError
-from rcnn_cli.modeling.masks import mask_losses, mask_predictions
+from rcnn_cli.modeling.masks import (
+    MaskStage,
+    check_mask_targets,
+    mask_losses,
+    mask_predictions,
+    positive_rois,
+)
 from rcnn_cli.modeling.sampler import RangeMatcher, build_balanced_sampler
 
 
@@ -54,7 +66,8 @@ class CascadeRoIHeads(nn.Module):
                  box_coder_weights: list[list[float]], bg_iou_lo: float,
                  batch_size_per_image: int, positive_fraction: float, score_thresh: float,
                  nms_thresh: float, detections_per_img: int,
-                 mask_parts: tuple[nn.Module, nn.Module, nn.Module] | None = None):
+                 mask_parts: tuple[nn.Module, nn.Module, nn.Module] | None = None,
+                 mask_stages: tuple[nn.Module, list[MaskStage]] | None = None):
         super().__init__()
         n = len(stages)
         if not n or not len(iou_thresholds) == len(stage_loss_weights) == len(box_coder_weights) == n:
@@ -74,9 +87,16 @@ class CascadeRoIHeads(nn.Module):
                                                     positive_fraction)
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
         self.detections_per_img = detections_per_img
-        self.mask_roi_pool = self.mask_head = self.mask_predictor = None
+        self.mask_roi_pool = self.mask_head = self.mask_predictor = self.mask_stages = None
+        if mask_parts is not None and mask_stages is not None:
+            raise ConfigError("model.cascade.stage_masks: one mask branch or one per stage")
         if mask_parts is not None:
             self.mask_roi_pool, self.mask_head, self.mask_predictor = mask_parts
+        if mask_stages is not None:
+            if len(mask_stages[1]) != n:
+                raise ConfigError(f"model.cascade: {n} stage(s) need {n} mask heads")
+            self.mask_roi_pool = mask_stages[0]
+            self.mask_stages = nn.ModuleList(mask_stages[1])
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor],
                 image_shapes: list[tuple[int, int]], targets: list[dict] | None = None):
@@ -85,7 +105,9 @@ class CascadeRoIHeads(nn.Module):
         probs, boxes = self.stage_outputs(features, proposals, image_shapes)
         results = self.postprocess(torch.stack(probs).mean(dim=0), boxes[-1], image_shapes,
                                    [p.shape[0] for p in proposals])
-        if self.mask_roi_pool is not None:
+        if self.mask_stages is not None:
+            self.predict_stage_masks(features, results, image_shapes)
+        elif self.mask_roi_pool is not None:
             mask_predictions(self, features, results, image_shapes)
         return results, {}
 
@@ -144,6 +166,8 @@ class CascadeRoIHeads(nn.Module):
         if targets is None:
             raise ValueError("targets are needed in training")
         losses: dict[str, Tensor] = {}
+        if self.mask_roi_pool is not None:
+            check_mask_targets(targets)
         current = [p.detach() for p in proposals]
         for t, w in enumerate(self.stage_loss_weights):
             boxes, labels, matched, reg = self.sample(t, current, targets)
@@ -151,12 +175,42 @@ class CascadeRoIHeads(nn.Module):
             cls, box = agnostic_fastrcnn_loss(logits, deltas, torch.cat(labels), torch.cat(reg))
             losses[f"loss_classifier_stage{t + 1}"] = w * cls
             losses[f"loss_box_reg_stage{t + 1}"] = w * box
+            if t + 1 < len(self.stages) or self.mask_stages is not None:
+                refined = [b.detach() for b in self.refine(t, deltas, boxes, image_shapes)]
+            if self.mask_stages is not None:
+                losses[f"loss_mask_stage{t + 1}"] = w * self.stage_mask_loss(
+                    t, features, (boxes, labels, matched), refined, targets, image_shapes)
             if t + 1 < len(self.stages):
-                current = [b.detach() for b in self.refine(t, deltas, boxes, image_shapes)]
-        if self.mask_roi_pool is not None:
+                current = refined
+        if self.mask_stages is None and self.mask_roi_pool is not None:
             losses.update(mask_losses(self, features, boxes, labels, matched, targets,
                                       image_shapes))
         return losses
+
+    def stage_mask_loss(self, t: int, features, sample: tuple, refined: list[Tensor],
+                        targets: list[dict], image_shapes) -> Tensor:
+        """Stage t's mask loss on the positive RoIs of its own minibatch (``refined``, the boxes
+        stage t regressed, is what HTC's interleaved execution trains on instead)."""
+        boxes, idxs = positive_rois(*sample)
+        logits = self.stage_mask_logits(t, features, boxes, image_shapes)
+        return maskrcnn_loss(logits, boxes, [x["masks"] for x in targets],
+                             [x["labels"] for x in targets], idxs)
+
+    def stage_mask_logits(self, t: int, features, boxes: list[Tensor], image_shapes) -> Tensor:
+        return self.mask_stages[t](self.mask_roi_pool(features, boxes, image_shapes))
+
+    def all_stage_mask_logits(self, features, boxes: list[Tensor], image_shapes) -> list[Tensor]:
+        x = self.mask_roi_pool(features, boxes, image_shapes)
+        return [stage(x) for stage in self.mask_stages]
+
+    def predict_stage_masks(self, features, results: list[dict], image_shapes) -> None:
+        """Each detection's mask: the mean of the stages' probabilities for its class."""
+        logits = self.all_stage_mask_logits(features, [r["boxes"] for r in results],
+                                            image_shapes)
+        labels = [r["labels"] for r in results]
+        probs = [maskrcnn_inference(x, labels) for x in logits]
+        for i, r in enumerate(results):
+            r["masks"] = torch.stack([p[i] for p in probs]).mean(dim=0)
 
     def postprocess(self, scores: Tensor, boxes: Tensor, image_shapes,
                     counts: list[int]) -> list[dict[str, Tensor]]:

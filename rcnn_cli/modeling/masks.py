@@ -4,7 +4,8 @@ RoIAlign 14x14 -> four 3x3 convs -> 2x deconv -> one 28x28 mask per class; the l
 per-pixel binary cross-entropy of the ground-truth class's mask on positive RoIs. torchvision's
 ``MaskRCNNHeads``/``MaskRCNNPredictor``, ``maskrcnn_loss`` and ``maskrcnn_inference`` do the
 work; its ``RoIHeads`` runs them for the standard detector, ``mask_losses``/``mask_predictions``
-run them for Cascade R-CNN. Pasting the 28x28 masks back into the image happens in
+run them for Cascade R-CNN's last-stage branch and ``MaskStage`` is one head + predictor of the
+per-stage variant (``rcnn_cli.modeling.cascade``). Pasting the 28x28 masks back into the image happens in
 ``GeneralizedRCNNTransform.postprocess``.
 """
 
@@ -35,6 +36,31 @@ def build_mask_branch(feature_names: list[str], in_channels: int, num_classes: i
     return pooler, head, predictor
 
 
+class MaskStage(nn.Module):
+    """One mask head and its predictor (Cascade Mask R-CNN: one per stage)."""
+
+    def __init__(self, head: nn.Module, predictor: nn.Module):
+        super().__init__()
+        self.head = head
+        self.predictor = predictor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.predictor(self.head(x))
+
+
+def positive_rois(proposals: list[Tensor], labels: list[Tensor],
+                  matched_idxs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """The foreground RoIs of a sampled minibatch and the ground truth each one matched."""
+    pos = [torch.where(lab > 0)[0] for lab in labels]
+    return ([p[i] for p, i in zip(proposals, pos)],
+            [m[i] for m, i in zip(matched_idxs, pos)])
+
+
+def check_mask_targets(targets: list[dict]) -> None:
+    if any("masks" not in t for t in targets):
+        raise ConfigError("a mask model needs targets with 'masks' (dataset without masks?)")
+
+
 def mask_logits(heads: nn.Module, features: dict[str, Tensor], boxes: list[Tensor],
                 image_shapes: list[tuple[int, int]]) -> Tensor:
     x = heads.mask_roi_pool(features, boxes, image_shapes)
@@ -45,11 +71,8 @@ def mask_losses(heads: nn.Module, features: dict[str, Tensor], proposals: list[T
                 labels: list[Tensor], matched_idxs: list[Tensor], targets: list[dict],
                 image_shapes: list[tuple[int, int]]) -> dict[str, Tensor]:
     """Mask loss on the positive RoIs of a sampled minibatch."""
-    if any("masks" not in t for t in targets):
-        raise ConfigError("a mask model needs targets with 'masks' (dataset without masks?)")
-    pos = [torch.where(lab > 0)[0] for lab in labels]
-    boxes = [p[i] for p, i in zip(proposals, pos)]
-    idxs = [m[i] for m, i in zip(matched_idxs, pos)]
+    check_mask_targets(targets)
+    boxes, idxs = positive_rois(proposals, labels, matched_idxs)
     logits = mask_logits(heads, features, boxes, image_shapes)
     loss = maskrcnn_loss(logits, boxes, [t["masks"] for t in targets],
                          [t["labels"] for t in targets], idxs)

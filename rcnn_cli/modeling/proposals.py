@@ -73,8 +73,18 @@ def filter_boxes(boxes: np.ndarray, min_box_size: float, max_proposals: int) -> 
     return np.ascontiguousarray(boxes[:max_proposals], dtype=np.float32)
 
 
-def rpn_proposals(model, images: list, top_n: int) -> list:
-    """Test-mode RPN proposals of a trained detector, best first, in original image pixels.
+def configure_for_proposals(model, nms_thresh: float, min_size: float) -> None:
+    """Test-mode RPN settings when its proposals feed another stage (Faster R-CNN §3.2, the
+    proposal steps of 4-step training): NMS IoU threshold and minimum box side (pixels of the
+    resized image)."""
+    model.rpn.nms_thresh = nms_thresh
+    model.rpn.min_size = min_size
+
+
+def rpn_proposals(model, images: list, top_n: int, pre_nms_top_n: int | None = None) -> list:
+    """Test-mode RPN proposals of a trained detector, best first, in original image pixels:
+    ``top_n`` after NMS, from the ``pre_nms_top_n`` best per level before it (default: at least
+    ``top_n``, else the model's own setting).
 
     torch is imported here: selective-search worker processes import this module without it.
     """
@@ -88,7 +98,8 @@ def rpn_proposals(model, images: list, top_n: int) -> list:
     rpn = model.rpn
     saved = dict(rpn._post_nms_top_n), dict(rpn._pre_nms_top_n)
     rpn._post_nms_top_n["testing"] = top_n
-    rpn._pre_nms_top_n["testing"] = max(top_n, saved[1]["testing"])
+    rpn._pre_nms_top_n["testing"] = (pre_nms_top_n if pre_nms_top_n is not None
+                                     else max(top_n, saved[1]["testing"]))
     try:
         with torch.inference_mode():
             batch, _ = model.transform(images)

@@ -34,7 +34,7 @@ from torchvision.ops._utils import check_roi_boxes_shape, convert_boxes_to_roi_f
 # Rows of (sample-corner, channel) values materialised at once; bounds the peak extra memory.
 CHUNK_ELEMENTS = 1 << 18
 # The gather forward pays per gathered row, torchvision's kernel per map pixel (its NCHW copy):
-# below this many sample corners per map pixel the gather was faster (scripts/bench.py infer,
+# below this many sample corners per map pixel the gather was faster (benchmarks/vs_torchvision.py infer,
 # 2-core CPU: 32x32 maps with 57 per pixel 1.4x slower, 100-200 px maps with 14-16 1.5-1.8x
 # faster).
 GATHER_ROWS_PER_PIXEL = 30

@@ -101,3 +101,49 @@ def test_stage_losses_are_weighted_1_05_025():
 def test_stage_lists_must_agree():
     with pytest.raises(ConfigError, match="model.cascade"):
         cascade("model.cascade.iou_thresholds=[0.5,0.6]")
+
+
+MASKS = torch.zeros(2, 64, 64, dtype=torch.uint8)
+MASKS[0, 4:34, 4:30] = 1
+MASKS[1, 30:60, 30:60] = 1
+MASK_TARGETS = [{"boxes": T([[4.0, 4.0, 30.0, 34.0], [30.0, 30.0, 60.0, 60.0]]),
+                 "labels": T([1, 3]), "masks": MASKS}]
+
+
+def test_per_stage_masks_have_their_own_heads_and_the_stage_loss_weights():
+    def losses(weights: str):
+        heads, feats = cascade("model=cascade_mask", "model.cascade.stage_masks=true",
+                               f"model.cascade.stage_loss_weights={weights}")
+        heads.train()
+        torch.manual_seed(3)
+        return heads, heads(feats, PROPOSALS, SHAPES, MASK_TARGETS)[1]
+
+    heads, weighted = losses("[1.0,0.5,0.25]")
+    _, plain = losses("[1.0,1.0,1.0]")
+    assert len(heads.mask_stages) == 3 and heads.mask_head is None
+    assert heads.mask_stages[0].head is not heads.mask_stages[2].head
+    assert "loss_mask" not in weighted
+    for t, w in zip((1, 2, 3), (1.0, 0.5, 0.25)):
+        assert plain[f"loss_mask_stage{t}"] > 0
+        torch.testing.assert_close(weighted[f"loss_mask_stage{t}"], w * plain[f"loss_mask_stage{t}"])
+
+
+def test_last_stage_mask_branch_stays_available():
+    heads, feats = cascade("model=cascade_mask")
+    assert heads.mask_stages is None and heads.mask_head is not None
+    heads.train()
+    losses = heads(feats, PROPOSALS, SHAPES, MASK_TARGETS)[1]
+    assert "loss_mask" in losses and not any(k.startswith("loss_mask_stage") for k in losses)
+
+
+def test_per_stage_test_masks_are_the_mean_of_the_stage_probabilities():
+    heads, feats = cascade("model=cascade_mask", "model.cascade.stage_masks=true")
+    heads.eval()
+    with torch.no_grad():
+        (result,), _ = heads(feats, PROPOSALS, SHAPES)
+        x = heads.mask_roi_pool(feats, [result["boxes"]], SHAPES)
+        idx = torch.arange(len(result["labels"]))
+        probs = [s(x)[idx, result["labels"]].sigmoid()[:, None] for s in heads.mask_stages]
+    assert len(result["masks"])
+    assert not torch.allclose(probs[0], probs[2])
+    torch.testing.assert_close(result["masks"], torch.stack(probs).mean(0))

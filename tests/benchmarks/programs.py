@@ -1,0 +1,18 @@
+"""Run a program of benchmarks/ as a user would (a subprocess from the repository root)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def run_program(name: str, *args: str, timeout: int = 300) -> str:
+    """``python benchmarks/<name>.py ARGS``; fails the test with its stderr, returns stdout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{name}.py"), *args],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout

@@ -1,0 +1,48 @@
+"""``schedule.amp=auto``: the choice per device, with the hardware probes mocked."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rcnn_cli.engine import runtime
+from rcnn_cli.engine.train import resolve_auto_amp
+from tests.conftest import compose_cfg
+
+
+@pytest.mark.parametrize(("amx", "avx512_bf16", "expected"), [
+    (True, False, "bf16"), (False, True, "bf16"), (True, True, "bf16"), (False, False, "none")])
+def test_auto_on_cpu_follows_native_bf16(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16,
+                        raising=False)
+    choice, reason = runtime.choose_amp(torch.device("cpu"))
+    assert choice == expected
+    assert ("AMX" in reason or "AVX512-BF16" in reason)
+    assert runtime.amp_dtype("auto", torch.device("cpu")) == (
+        torch.bfloat16 if expected == "bf16" else None)
+
+
+def test_cpuinfo_flags_when_torch_has_no_probe(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.setattr(runtime, "_cpuinfo_flags", lambda: {"avx2", "avx512_bf16"})
+    assert runtime.cpu_bf16_feature() == "AVX512-BF16"
+    monkeypatch.setattr(runtime, "_cpuinfo_flags", lambda: {"avx2", "fma"})
+    assert runtime.cpu_bf16_feature() is None
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16"), (False, "fp16")])
+def test_auto_on_cuda_prefers_bf16_then_fp16(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    choice, reason = runtime.choose_amp(torch.device("cuda", 0))
+    assert choice == expected and "Fake GPU" in reason
+
+
+def test_resolve_writes_the_choice_into_the_config(monkeypatch, caplog):
+    monkeypatch.setattr(runtime, "choose_amp", lambda device: ("bf16", "the CPU has AMX-BF16"))
+    cfg = compose_cfg(overrides=["schedule.amp=auto", "device=cpu"])
+    with caplog.at_level("INFO", logger="rcnn_cli"):
+        resolve_auto_amp(cfg)
+    assert OmegaConf.to_container(cfg.schedule, enum_to_str=True)["amp"] == "bf16"
+    assert "schedule.amp=auto -> bf16 (the CPU has AMX-BF16)" in caplog.text
