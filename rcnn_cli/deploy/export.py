@@ -123,7 +123,12 @@ def export_deployable(cfg: DictConfig, run_dir: str | Path | None = None) -> dic
     if fmt == "onnx":
         from rcnn_cli.deploy.onnx import export_onnx
 
-        export_onnx(graph, example, path, cfg.opset)
+        try:
+            export_onnx(graph, example, path, cfg.opset)
+        except torch.onnx.errors.UnsupportedOperatorError as e:
+            raise ExportError(f"model={train_cfg.model.name} backbone={train_cfg.backbone.name}"
+                              f": an operator has no ONNX form ({e}); format=torchscript "
+                              "traces it") from None
         exporter, opset = "torch.onnx.export (TorchScript-based, dynamo=False)", cfg.opset
     else:
         from rcnn_cli.deploy.torchscript import export_torchscript

@@ -184,3 +184,14 @@ def test_a_file_that_differs_from_the_model_is_refused_and_removed(exported, tmp
         export_deployable(compose_cfg("export", [f"ckpt={exported['export']}",
                                                  f"output={tmp_path / 'out'}"]))
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_an_operator_without_onnx_form_is_a_clear_error(tmp_path):
+    """DetectoRS' deformable SAC convolutions (torchvision::deform_conv2d) have no ONNX form."""
+    source = make_export(tmp_path / "export", [
+        "model=detectors", "backbone=r50_fpn", "anchors=fpn_small", "backbone.sac=true",
+        "backbone.sac_deformable=true", "backbone.rfp_steps=2"])
+    cfg = compose_cfg("export", [f"ckpt={source}", f"output={tmp_path / 'out'}"])
+    with pytest.raises(ExportError, match="model=detectors backbone=r50_fpn: an operator has "
+                                          "no ONNX form .*deform_conv2d.*format=torchscript"):
+        export_deployable(cfg)
