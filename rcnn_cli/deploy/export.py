@@ -127,8 +127,7 @@ def export_deployable(cfg: DictConfig, run_dir: str | Path | None = None) -> dic
             export_onnx(graph, example, path, cfg.opset)
         except torch.onnx.errors.UnsupportedOperatorError as e:
             raise ExportError(f"model={train_cfg.model.name} backbone={train_cfg.backbone.name}"
-                              f": an operator has no ONNX form ({e}); format=torchscript "
-                              "traces it") from None
+                              f": an operator has no ONNX form ({e})") from None
         exporter, opset = "torch.onnx.export (TorchScript-based, dynamo=False)", cfg.opset
     else:
         from rcnn_cli.deploy.torchscript import export_torchscript
