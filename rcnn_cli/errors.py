@@ -15,3 +15,7 @@ class DataError(RcnnError):
 
 class CheckpointError(RcnnError):
     """A checkpoint is missing, truncated, untrusted or incompatible with the request."""
+
+
+class ExportError(RcnnError):
+    """A model cannot be exported, or the exported file does not reproduce the model."""

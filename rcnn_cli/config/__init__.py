@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from rcnn_cli.config.data import CocoConf, ShapesConf, VocConf, capped_workers
+from rcnn_cli.config.export import ExportMainConf
 from rcnn_cli.config.model import RegionModelConf
 from rcnn_cli.config.run import (
     GROUP_SCHEMAS,
@@ -36,6 +37,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConf)
     cs.store(name="eval_schema", node=EvalMainConf)
     cs.store(name="predict_schema", node=PredictMainConf)
+    cs.store(name="export_schema", node=ExportMainConf)
     for group, node in GROUP_SCHEMAS.items():
         cs.store(group=group, name=f"{group}_schema", node=node)
     cs.store(group="dataset", name="shapes_schema", node=ShapesConf)

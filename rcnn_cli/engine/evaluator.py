@@ -11,12 +11,13 @@ from rcnn_cli.config import typed_train_config, validate
 from rcnn_cli.data.build import build_dataset
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.data.proposal_cache import attach_proposals
+from rcnn_cli.deploy.onnx_runtime import OnnxDetector, is_onnx, load_onnx
 from rcnn_cli.engine import runtime
 from rcnn_cli.engine.compress import compress_and_compare, save_compressed
 from rcnn_cli.engine.ema import inference_weights
 from rcnn_cli.engine.export import is_export, load_export
 from rcnn_cli.engine.runtime import hydra_run_dir, make_progress
-from rcnn_cli.errors import CheckpointError
+from rcnn_cli.errors import CheckpointError, ConfigError
 from rcnn_cli.evaluation import tta
 from rcnn_cli.evaluation.build import build_evaluator, iou_types_for
 from rcnn_cli.evaluation.inference import predict
@@ -30,14 +31,19 @@ log = logging.getLogger("rcnn_cli")
 
 
 def load_trained(path: str, trust: bool = False) -> tuple[dict, DictConfig]:
-    """A checkpoint or an export, and its typed training config."""
-    ckpt = load_export(path) if is_export(path) else load_checkpoint(path, trust)
+    """A checkpoint, an export or an rcnn-export ONNX file, and its typed training config."""
+    if is_onnx(path):
+        ckpt = load_onnx(path)
+    else:
+        ckpt = load_export(path) if is_export(path) else load_checkpoint(path, trust)
     return ckpt, typed_train_config(ckpt["config"], source=path)
 
 
 def build_trained_model(ckpt: dict, train_cfg: DictConfig, device):
     """The checkpoint holds every tensor: build without reading pretrained weights (works
     offline and after those files are gone), then load it."""
+    if "onnx" in ckpt:  # an rcnn-export file: ONNX Runtime runs it
+        return OnnxDetector(ckpt["onnx"], device)
     model = build_architecture(without_pretrained(train_cfg), len(ckpt["classes"]))
     model.load_state_dict(inference_weights(ckpt))
     return model.to(device).eval()
@@ -57,6 +63,10 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("run directory: %s", run_dir)
     ckpt, train_cfg = load_trained(cfg.ckpt, cfg.ckpt_trust)
+    if "onnx" in ckpt and (cfg.eval.proposals or cfg.compress.fc6 is not None
+                           or cfg.compress.fc7 is not None or cfg.eval.tta != "none"):
+        raise ConfigError(f"ckpt={cfg.ckpt}: an ONNX file exposes detections only; "
+                          "eval.proposals, eval.tta and compress.* need the checkpoint")
     if cfg.dataset is not None:
         train_cfg.dataset = cfg.dataset
     runtime.set_threads(cfg.threads)

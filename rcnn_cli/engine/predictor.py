@@ -2,6 +2,7 @@
 
 ``input`` is an image file, a folder (its .png/.jpg/.jpeg files, sorted), a glob, or the word
 ``dataset`` (the ``split`` of ``dataset``; by default the checkpoint's dataset config).
+``ckpt`` is a checkpoint, an export, or an ``rcnn-export`` ``model.onnx`` (run by ONNX Runtime).
 Outputs in ``output`` (the Hydra run directory by default):
 
 * ``<image name>``: the image with boxes, class names and scores >= ``score_thresh`` (masks

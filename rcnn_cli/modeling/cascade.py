@@ -104,7 +104,7 @@ class CascadeRoIHeads(nn.Module):
             return [], self.losses(features, proposals, image_shapes, targets)
         probs, boxes = self.stage_outputs(features, proposals, image_shapes)
         results = self.postprocess(torch.stack(probs).mean(dim=0), boxes[-1], image_shapes,
-                                   [len(p) for p in proposals])
+                                   [p.shape[0] for p in proposals])
         if self.mask_stages is not None:
             self.predict_stage_masks(features, results, image_shapes)
         elif self.mask_roi_pool is not None:
@@ -118,8 +118,8 @@ class CascadeRoIHeads(nn.Module):
     def refine(self, t: int, deltas: Tensor, boxes: list[Tensor], image_shapes) -> list[Tensor]:
         """Stage t's regressed boxes, clipped to the image: the next stage's input."""
         decoded = self.box_coders[t].decode_single(deltas, torch.cat(boxes))
-        out = []
-        for b, shape in zip(decoded.split([len(x) for x in boxes]), image_shapes):
+        out = []  # counts from .shape, not len(): a traced graph must not freeze them
+        for b, shape in zip(decoded.split([x.shape[0] for x in boxes]), image_shapes):
             out.append(box_ops.clip_boxes_to_image(b, shape))
         return out
 
@@ -218,7 +218,7 @@ class CascadeRoIHeads(nn.Module):
         results = []
         num_classes = scores.shape[1]
         for s, b in zip(scores.split(counts), boxes.split(counts)):
-            labels = torch.arange(1, num_classes, device=s.device).expand(len(s), -1)
+            labels = torch.arange(1, num_classes, device=s.device).expand(s.shape[0], -1)
             b = b[:, None, :].expand(-1, num_classes - 1, -1).reshape(-1, 4)
             s, labels = s[:, 1:].reshape(-1), labels.reshape(-1)
             keep = torch.where(s > self.score_thresh)[0]

@@ -21,7 +21,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
-from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
+from torchvision.ops.poolers import (
+    _convert_to_roi_format,
+    _filter_input,
+    _onnx_merge_levels,
+    _setup_scales,
+)
 
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.ops.roi_align import roi_align as vectorised_roi_align
@@ -61,6 +66,10 @@ class LevelPooler(nn.Module):
         if len(features) == 1:
             return self.op(features[0], rois, self.scales[0])
         levels = self.map_levels(boxes)
+        if torch.jit.is_tracing():  # an RoI count read by len() would be frozen in the trace
+            return _onnx_merge_levels(levels, [self.op(f, rois[torch.where(levels == k)[0]], s)
+                                               for k, (f, s) in enumerate(zip(features,
+                                                                              self.scales))])
         result = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             idx = torch.where(levels == level)[0]
