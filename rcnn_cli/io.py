@@ -176,6 +176,42 @@ def load_state_file(path: str | Path, trust: bool = False) -> dict:
     return state
 
 
+WEIGHTS, SIDECAR = "model.safetensors", "model.json"  # an export (rcnn_cli.engine.export)
+EXPORT_FORMAT = "rcnn-cli-export/1"
+
+
+def is_export(path: str | Path) -> bool:
+    path = Path(path)
+    return path.suffix == ".safetensors" or (path.is_dir() and (path / SIDECAR).is_file())
+
+
+def load_export(path: str | Path) -> dict:
+    """An export as a checkpoint-like dict (model, classes, category_ids, config, iteration)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    weights = path / WEIGHTS if path.is_dir() else path
+    sidecar = weights.with_name(SIDECAR)
+    try:
+        meta = json.loads(sidecar.read_text())
+        data = weights.read_bytes()
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"export {weights}: cannot read it or its sidecar {sidecar}: "
+                              f"{e}") from None
+    if meta.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{sidecar} is not an rcnn-cli export sidecar ('{EXPORT_FORMAT}')")
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise CheckpointError(f"export {weights} ({len(data)} bytes): sha256 differs from "
+                              f"{sidecar} (corrupt or replaced file)")
+    try:
+        state = load(data)
+    except SafetensorError as e:
+        raise CheckpointError(f"export {weights}: not a safetensors file: {e}") from None
+    return {"model": state, "classes": meta["classes"], "category_ids": meta["category_ids"],
+            "config": meta["config"], "iteration": meta["iteration"]}
+
+
 def _test_pause(path: Path, f) -> None:
     """TEST-ONLY hook: ``RCNN_CLI_TEST_PAUSE_WRITE=<file name>:<marker path>`` stops a write
     of that file half-way (marker created, process sleeps) so a test can ``kill -9`` it at a

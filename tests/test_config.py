@@ -23,7 +23,8 @@ def test_every_group_has_options():
         assert group in GROUPS and any(g == group for g, _ in OPTIONS)
 
 
-ALIASES = {("schedule", "four_step"): "alternating"}
+ALIASES = {("schedule", "four_step"): "alternating", ("anchors", "shapes"): "fpn_small",
+           ("anchors", "voc"): "fpn", ("anchors", "coco"): "fpn"}
 
 # Options whose files leave paths as ``???``: given here, and checked to be reported as missing.
 REQUIRED = {
@@ -42,7 +43,7 @@ def test_every_option_composes(group, option):
         assert all(r.split("=")[0] in str(err.value) for r in required)
     cfg = compose_cfg("train", [f"{group}={option}", *required])
     validate(cfg)
-    if group != "experiment":
+    if group not in ("experiment", "recipe"):
         assert cfg[group].name == ALIASES.get((group, option), option)
     OmegaConf.to_container(cfg, resolve=True)
 
@@ -128,6 +129,40 @@ def test_out_of_range_values_are_named(override):
     cfg = compose_cfg("train", [override])
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         validate(cfg)
+
+
+def test_shapes_recipe_applies_to_the_default_run_only():
+    """`make train` keeps the light shapes recipe; a named backbone or another dataset gets
+    the plain group defaults (torchvision's layout for r50_fpn); anchors follow the dataset
+    unless chosen."""
+    default = compose_cfg("train")
+    assert default.model.box_head.representation_size == 256
+    assert default.pooler.canonical_scale == 56 and default.anchors.name == "fpn_small"
+    assert list(default.anchors.sizes) == [[16], [32], [64], [128], [256]]
+    assert default.schedule.optimizer.value == "adamw"
+    for over in (["backbone=r50_fpn"], ["dataset=voc", "dataset.root=X"]):
+        cfg = compose_cfg("train", over)
+        assert cfg.model.box_head.representation_size == 1024
+        assert cfg.pooler.canonical_scale == 224 and cfg.schedule.optimizer.value == "sgd"
+        assert cfg.sampler.roi.batch_size_per_image == 512
+    assert compose_cfg("train", ["dataset=voc", "dataset.root=X"]).anchors.name == "fpn"
+    assert compose_cfg("train", ["anchors=fpn"]).anchors.name == "fpn"
+    named = compose_cfg("train", ["dataset=voc", "dataset.root=X", "experiment=scratch_cpu"])
+    assert named.model.box_head.representation_size == 256
+    assert named.pooler.canonical_scale == 224  # small-object settings only under shapes_cpu
+
+
+def test_finetune_presets_load_torchvision_coco_weights_with_its_layout():
+    for name, weights in (("finetune_faster_r50_fpn", "FasterRCNN_ResNet50_FPN_Weights.COCO_V1"),
+                          ("finetune_mask_r50_fpn", "MaskRCNN_ResNet50_FPN_Weights.COCO_V1"),
+                          ("finetune_faster_mobilenet_v3_fpn",
+                           "FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1")):
+        cfg = compose_cfg("train", [f"experiment={name}"])
+        validate(cfg)
+        assert cfg.model.weights == weights and cfg.backbone.weights is None
+        assert cfg.backbone.norm.value == "frozen_bn" and cfg.backbone.trainable_layers == 3
+        assert cfg.model.box_head.representation_size == 1024
+    assert compose_cfg("train", ["experiment=finetune_faster_r50_fpn"]).backbone.norm_eps == 0.0
 
 
 @pytest.mark.parametrize("cpus,expected", [(2, 2), (1, 1), (16, 4)])

@@ -72,9 +72,14 @@ class MetricMode(Enum):
     min = "min"
 
 
-
-
 def enum_value(x):
     """A choice's string: an enum member's ``value``, or ``x`` itself (a plain string from an
     untyped config)."""
     return getattr(x, "value", x)
+
+
+class WeightsClasses(Enum):
+    """Class-dependent tensors of ``model.weights``: copy matching classes' rows, or none."""
+
+    map = "map"
+    reinit = "reinit"

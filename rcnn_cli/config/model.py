@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from omegaconf import MISSING
 
-from rcnn_cli.config.enums import FcInit, Norm, RoIAlignKernel
+from rcnn_cli.config.enums import FcInit, Norm, RoIAlignKernel, WeightsClasses
 
 
 @dataclass
@@ -19,6 +20,8 @@ class BackboneConf:
     weights: str | None = None
     trainable_layers: int = 5
     norm: Norm = Norm.bn
+    # BatchNorm epsilon; torchvision's legacy COCO_V1 R50-FPN weights were made with 0.0
+    norm_eps: float = 1e-5
     fpn_channels: int = 256
     # DetectoRS (Qiao et al. 2021), FPN ResNets only: Switchable Atrous Convolution in res3-res5
     # (with weight standardisation of every trunk conv), its deformable variant, and the
@@ -159,10 +162,18 @@ class HTCConf:
 
 @dataclass
 class ModelConf:
-    """Two-stage detector; ``weights`` loads a whole detector (torchvision name or file)."""
+    """Two-stage detector. ``weights`` loads a whole detector (``rcnn_cli.modeling.weights``):
+    a torchvision weights name, ``DEFAULT``, a state-dict file, an rcnn-cli checkpoint, run
+    directory or export. ``weights_class_names`` (coco | voc | [names]) names a plain state
+    dict's classes; ``class_map`` pairs {my class: its class}; ``weights_partial`` lists
+    state-dict key prefixes allowed to differ (kept freshly initialised)."""
 
     name: str = MISSING
     weights: str | None = None
+    weights_classes: WeightsClasses = WeightsClasses.map
+    weights_class_names: Any = None
+    class_map: dict[str, str] = field(default_factory=dict)
+    weights_partial: list[str] = field(default_factory=list)
     image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     rpn: RPNConf = field(default_factory=RPNConf)

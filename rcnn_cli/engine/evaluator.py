@@ -24,7 +24,8 @@ from rcnn_cli.evaluation.inference import predict
 from rcnn_cli.evaluation.recall import evaluate_proposal_recall, recall_metrics, write_recall_report
 from rcnn_cli.evaluation.results import save_evaluation
 from rcnn_cli.io import load_checkpoint
-from rcnn_cli.modeling.build import build_detector, uses_masks
+from rcnn_cli.modeling.build import build_architecture, uses_masks
+from rcnn_cli.modeling.weights import without_pretrained
 
 log = logging.getLogger("rcnn_cli")
 
@@ -39,9 +40,11 @@ def load_trained(path: str, trust: bool = False) -> tuple[dict, DictConfig]:
 
 
 def build_trained_model(ckpt: dict, train_cfg: DictConfig, device):
+    """The checkpoint holds every tensor: build without reading pretrained weights (works
+    offline and after those files are gone), then load it."""
     if "onnx" in ckpt:  # an rcnn-export file: ONNX Runtime runs it
         return OnnxDetector(ckpt["onnx"], device)
-    model = build_detector(train_cfg, len(ckpt["classes"]))
+    model = build_architecture(without_pretrained(train_cfg), len(ckpt["classes"]))
     model.load_state_dict(inference_weights(ckpt))
     return model.to(device).eval()
 

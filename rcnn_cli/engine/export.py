@@ -9,17 +9,22 @@ the resolved training config, the iteration and the weights file's sha256.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
 
 from rcnn_cli.engine.ema import inference_weights
-from rcnn_cli.errors import CheckpointError
-from rcnn_cli.io import atomic_write_bytes, atomic_write_json
 
-WEIGHTS, SIDECAR = "model.safetensors", "model.json"
-EXPORT_FORMAT = "rcnn-cli-export/1"
+# Reading an export is a weights read: it lives at the trust boundary (rcnn_cli.io).
+from rcnn_cli.io import (  # noqa: F401  (is_export, load_export re-exported)
+    EXPORT_FORMAT,
+    SIDECAR,
+    WEIGHTS,
+    atomic_write_bytes,
+    atomic_write_json,
+    is_export,
+    load_export,
+)
 
 
 def export_model(out_dir: str | Path, state: dict[str, torch.Tensor], classes: list[str],
@@ -42,35 +47,3 @@ def export_model(out_dir: str | Path, state: dict[str, torch.Tensor], classes: l
 def export_checkpoint(ckpt: dict, out_dir: str | Path) -> Path:
     return export_model(out_dir, inference_weights(ckpt), ckpt["classes"], ckpt["category_ids"],
                         ckpt["config"], ckpt["iteration"])
-
-
-def is_export(path: str | Path) -> bool:
-    path = Path(path)
-    return path.suffix == ".safetensors" or (path.is_dir() and (path / SIDECAR).is_file())
-
-
-def load_export(path: str | Path) -> dict:
-    """An export as a checkpoint-like dict (model, classes, category_ids, config, iteration)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    path = Path(path)
-    weights = path / WEIGHTS if path.is_dir() else path
-    sidecar = weights.with_name(SIDECAR)
-    try:
-        meta = json.loads(sidecar.read_text())
-        data = weights.read_bytes()
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"export {weights}: cannot read it or its sidecar {sidecar}: "
-                              f"{e}") from None
-    if meta.get("format") != EXPORT_FORMAT:
-        raise CheckpointError(f"{sidecar} is not an rcnn-cli export sidecar ('{EXPORT_FORMAT}')")
-    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        raise CheckpointError(f"export {weights} ({len(data)} bytes): sha256 differs from "
-                              f"{sidecar} (corrupt or replaced file)")
-    try:
-        state = load(data)
-    except SafetensorError as e:
-        raise CheckpointError(f"export {weights}: not a safetensors file: {e}") from None
-    return {"model": state, "classes": meta["classes"], "category_ids": meta["category_ids"],
-            "config": meta["config"], "iteration": meta["iteration"]}

@@ -13,12 +13,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from rcnn_cli.config import validate
+from rcnn_cli.config.recipe import recipe_in_force
 from rcnn_cli.engine import distributed, faults, runtime
 from rcnn_cli.engine.runtime import hydra_run_dir
 from rcnn_cli.engine.stages import alternating, region
 from rcnn_cli.engine.stages.graph import train_graph
 from rcnn_cli.engine.trainer import Trainer
 from rcnn_cli.errors import ConfigError
+from rcnn_cli.modeling.build import check_weights_config
 
 log = logging.getLogger("rcnn_cli")
 
@@ -32,6 +34,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     run_dir = distributed.shared_run_dir(Path(run_dir) if run_dir is not None
                                          else hydra_run_dir())
     log.info("run directory: %s", run_dir)
+    log.info("recipe: %s", recipe_in_force())
+    check_weights_config(cfg)  # before any dataset work: a wrong backbone fails in seconds
     resolve_auto_amp(cfg)
     try:
         if cfg.schedule.name == "alternating":

@@ -38,6 +38,7 @@ from rcnn_cli.modeling import seeded_sampler
 from rcnn_cli.modeling.anchors import resolve_auto_anchors
 from rcnn_cli.modeling.backbones import eval_frozen_norms
 from rcnn_cli.modeling.build import build_detector, uses_masks
+from rcnn_cli.modeling.weights import load_pretrained, without_pretrained
 
 log = logging.getLogger("rcnn_cli")
 
@@ -98,9 +99,11 @@ class Trainer:
         check_same_classes(train_set.raw, val_set.raw, cfg.dataset.name)
         attach_proposals(cfg, "train", train_set)
         attach_proposals(cfg, "val", val_set)
-        classes = list(train_set.raw.classes)
+        classes, category_ids = list(train_set.raw.classes), list(train_set.raw.category_ids)
         resolve_auto_anchors(cfg, train_set.raw)
-        model = build_detector(cfg, len(classes)).to(device)
+        model = build_detector(without_pretrained(cfg, trunk=False), len(classes))
+        report = load_pretrained(model, cfg, classes, category_ids) if cfg.model.weights else None
+        model.to(device)
         seeded_sampler.install(model)
         trainer = cls(
             cfg, run_dir, model=model, train_set=train_set, val_set=val_set,
@@ -115,6 +118,8 @@ class Trainer:
         if cfg.resume:
             trainer.resume(cfg.resume)
         trainer.events = EventLogger(run_dir, cfg.log.tensorboard, enabled=is_main)
+        if report is not None and is_main:
+            report.publish(run_dir, trainer.events.tensorboard)
         return trainer
 
     def resume(self, target: str) -> None:

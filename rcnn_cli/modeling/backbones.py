@@ -27,6 +27,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from rcnn_cli.errors import ConfigError
+from rcnn_cli.modeling.download import fetch_weights
 
 RESNET_FPN = {"r18_fpn": "resnet18", "r50_fpn": "resnet50", "r101_fpn": "resnet101"}
 RESNET_C4 = {"r50_c4": "resnet50", "r101_c4": "resnet101"}
@@ -83,6 +84,15 @@ def resolve_weights(weights: str | None):
             f"weights name such as 'ResNet50_Weights.IMAGENET1K_V1'") from e
 
 
+def fetched_weights(weights: str | None):
+    """``resolve_weights``, with a torchvision weights file downloaded into torch's cache
+    first (or one clear error offline), so that the torchvision builder finds it there."""
+    enum, file = resolve_weights(weights)
+    if enum is not None:
+        fetch_weights(enum, "backbone.weights")
+    return enum, file
+
+
 def load_trunk_file(trunk: nn.Module, path: Path, head_prefix: str = "fc.",
                     keep_prefix: str | None = None) -> None:
     """Load an ImageNet-style state dict, ignoring its classifier (``head_prefix``) except
@@ -115,7 +125,7 @@ def freeze_stages(trunk: nn.Module, trainable_layers: int) -> None:
 
 def resnet_trunk(arch: str, weights: str | None, trainable_layers: int, norm: str,
                  sac: bool = False, sac_deformable: bool = False) -> nn.Module:
-    enum, file = resolve_weights(weights)
+    enum, file = fetched_weights(weights)
     trunk = getattr(resnet, arch)(weights=enum, norm_layer=norm_layer(norm))
     if file is not None:
         load_trunk_file(trunk, file)
@@ -185,7 +195,7 @@ def vgg16_conv5(name: str, weights: str | None, trainable_layers: int, norm: str
                           f"not norm={norm}")
     if not 0 <= trainable_layers <= 5:
         raise ConfigError(f"backbone.trainable_layers={trainable_layers}: must be in [0, 5]")
-    enum, file = resolve_weights(weights)
+    enum, file = fetched_weights(weights)
     net = (vgg16 if norm == "none" else vgg16_bn)(weights=enum)
     if file is not None:
         load_trunk_file(net, file, head_prefix="classifier.", keep_prefix="classifier.")
@@ -211,7 +221,7 @@ def alexnet_conv5(name: str, weights: str | None, trainable_layers: int, norm: s
                           f"not norm={norm}")
     if not 0 <= trainable_layers <= 5:
         raise ConfigError(f"backbone.trainable_layers={trainable_layers}: must be in [0, 5]")
-    enum, file = resolve_weights(weights)
+    enum, file = fetched_weights(weights)
     net = alexnet(weights=enum)
     if file is not None:
         load_trunk_file(net, file, head_prefix="classifier.")
@@ -241,7 +251,7 @@ def mobilenet_v3_fpn(name: str, weights: str | None, trainable_layers: int, norm
     if not 0 <= trainable_layers <= 6:
         raise ConfigError(f"backbone.trainable_layers={trainable_layers}: must be in [0, 6] "
                           f"for {name}")
-    enum, file = resolve_weights(weights)
+    enum, file = fetched_weights(weights)
     trunk = mobilenet_v3_large(weights=enum, norm_layer=norm_layer(norm))
     if file is not None:
         load_trunk_file(trunk, file, head_prefix="classifier.")
@@ -254,17 +264,30 @@ BACKBONES = {**{n: resnet_fpn for n in RESNET_FPN}, **{n: resnet_c4 for n in RES
 
 
 def build_backbone(name: str, weights: str | None, trainable_layers: int, norm: str,
-                   fpn_channels: int, *, sac: bool = False, sac_deformable: bool = False,
-                   rfp_steps: int = 1) -> BackboneSpec:
+                   fpn_channels: int, *, norm_eps: float = 1e-5, sac: bool = False,
+                   sac_deformable: bool = False, rfp_steps: int = 1) -> BackboneSpec:
     if name not in BACKBONES:
         raise ConfigError(f"backbone={name} is not supported; available: {', '.join(BACKBONES)}")
     if name in RESNET_FPN:
-        return resnet_fpn(name, weights, trainable_layers, norm, fpn_channels, sac,
+        spec = resnet_fpn(name, weights, trainable_layers, norm, fpn_channels, sac,
                           sac_deformable, rfp_steps)
-    if sac or sac_deformable or rfp_steps != 1:
+    elif sac or sac_deformable or rfp_steps != 1:
         raise ConfigError(f"backbone.sac / backbone.rfp_steps (DetectoRS) need a ResNet-FPN "
                           f"backbone ({', '.join(RESNET_FPN)}), not backbone={name}")
-    return BACKBONES[name](name, weights, trainable_layers, norm, fpn_channels)
+    else:
+        spec = BACKBONES[name](name, weights, trainable_layers, norm, fpn_channels)
+    for part in (spec.module, spec.res5):
+        if part is not None:
+            set_norm_eps(part, norm_eps)
+    return spec
+
+
+def set_norm_eps(module: nn.Module, eps: float) -> None:
+    """``backbone.norm_eps`` on every normalisation layer, as torchvision's ``overwrite_eps``
+    does (eps 0.0) for its legacy COCO_V1 ResNet-50 FPN weights."""
+    for m in module.modules():
+        if isinstance(m, (FrozenBatchNorm2d, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+            m.eps = eps
 
 
 def eval_frozen_norms(model: nn.Module) -> nn.Module:

@@ -7,17 +7,15 @@ A detector is ``transform -> backbone -> proposal source (RPN) -> RoI heads``; t
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 from torch import nn
-from torchvision.models import get_weight
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from rcnn_cli.config.enums import enum_value
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.modeling.anchors import build_anchor_generator
-from rcnn_cli.modeling.backbones import BackboneSpec, build_backbone
+from rcnn_cli.modeling.backbones import BackboneSpec, build_backbone, fetched_weights
 from rcnn_cli.modeling.cascade import CascadeRoIHeads, build_cascade_stages
 from rcnn_cli.modeling.fast_rcnn import FastRCNN, FastRCNNHead, build_fast_rcnn_roi_heads
 from rcnn_cli.modeling.htc import SEMANTIC, FlowMaskStage, HTCRoIHeads
@@ -28,6 +26,12 @@ from rcnn_cli.modeling.roi_heads import build_box_head, build_box_roi_heads
 from rcnn_cli.modeling.rpn import build_rpn
 from rcnn_cli.modeling.semantic_head import FusedSemanticHead
 from rcnn_cli.modeling.svd import shape_box_head
+from rcnn_cli.modeling.weights import (
+    check_architecture,
+    load_pretrained,
+    read_cached,
+    without_pretrained,
+)
 
 MODELS = ("faster", "mask", "cascade", "cascade_mask", "htc", "detectors", "fast", "rcnn",
           "sppnet")
@@ -40,8 +44,19 @@ def uses_masks(model_name: str) -> bool:
     return model_name in ("mask", "cascade_mask", *HTC_MODELS)
 
 
-def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
-    """Build ``cfg.model`` for ``num_classes`` foreground classes (+1 background)."""
+def build_detector(cfg, num_classes: int, classes: list[str] | None = None,
+                   category_ids: list[int] | None = None) -> GeneralizedRCNN:
+    """Build ``cfg.model`` for ``num_classes`` foreground classes (+1 background) and load
+    ``model.weights`` (mapping its classes to ``classes`` when given, see
+    ``rcnn_cli.modeling.weights``)."""
+    model = build_architecture(cfg, num_classes)
+    if cfg.model.weights:
+        load_pretrained(model, cfg, classes, category_ids)
+    return model
+
+
+def build_architecture(cfg, num_classes: int) -> GeneralizedRCNN:
+    """The detector of ``cfg`` with ``backbone.weights`` but without ``model.weights``."""
     m, b, a, s, d = cfg.model, cfg.backbone, cfg.anchors, cfg.sampler, cfg.dataset
     if m.name not in MODELS:
         raise ConfigError(f"model={m.name} is not supported; available: {', '.join(MODELS)}")
@@ -49,22 +64,18 @@ def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
     if m.name in ("rcnn", "sppnet"):
         from rcnn_cli.modeling.region.build import build_region_detector
 
-        model = build_region_detector(cfg, num_classes)
-        if m.weights:
-            load_detector_weights(model, m.weights)
-        return model
+        return build_region_detector(cfg, num_classes)
     if m.name == "detectors" and not (b.get("sac") and b.get("rfp_steps", 1) > 1):
         raise ConfigError("model=detectors is HTC on a DetectoRS backbone: add backbone=r50_fpn "
                           "backbone.sac=true backbone.sac_deformable=true backbone.rfp_steps=2 "
                           "(or use experiment=detectors_r50_fpn)")
-    backbone = build_backbone(b.name, b.weights, b.trainable_layers, enum_value(b.norm), b.fpn_channels,
-                              sac=b.get("sac", False), sac_deformable=b.get("sac_deformable", False),
+    backbone = build_backbone(b.name, b.weights, b.trainable_layers, enum_value(b.norm),
+                              b.fpn_channels, norm_eps=b.norm_eps, sac=b.get("sac", False),
+                              sac_deformable=b.get("sac_deformable", False),
                               rfp_steps=b.get("rfp_steps", 1))
     if m.name == "fast":
         model = build_fast_rcnn(cfg, backbone, num_classes)
         shape_box_head(model, m.box_head.fc6_rank, m.box_head.fc7_rank)
-        if m.weights:
-            load_detector_weights(model, m.weights)
         return model
     anchors = build_anchor_generator(a.name, a.sizes, a.aspect_ratios, backbone.feature_names,
                                      b.name, a.get("level_aspect_ratios"))
@@ -86,9 +97,19 @@ def build_detector(cfg, num_classes: int) -> GeneralizedRCNN:
                                          list(m.image_std), _skip_resize=True)
     model = GeneralizedRCNN(backbone.module, rpn, roi_heads, transform)
     shape_box_head(model, m.box_head.fc6_rank, m.box_head.fc7_rank)
-    if m.weights:
-        load_detector_weights(model, m.weights)
     return model
+
+
+def check_weights_config(cfg) -> None:
+    """Before any dataset work: fetch ``backbone.weights`` by name (or fail offline), build the
+    model without pretrained weights and check ``model.weights`` fits it, so a wrong backbone
+    or a missing file fails in seconds."""
+    if cfg.backbone.get("weights"):
+        fetched_weights(cfg.backbone.weights)
+    if not cfg.model.get("weights"):
+        return
+    source = read_cached(cfg)
+    check_architecture(build_architecture(without_pretrained(cfg), 1), source, cfg)
 
 
 def check_proposal_source(model: str, proposals) -> None:
@@ -247,29 +268,3 @@ def semantic_parts(cfg, backbone: BackboneSpec, num_classes: int) -> dict:
     return {"semantic_head": head, "semantic_pools": pools,
             "semantic_loss_weight": h.semantic_loss_weight}
 
-
-def load_detector_weights(model: nn.Module, weights: str) -> None:
-    """Whole-detector weights: a torchvision name (``FasterRCNN_ResNet50_FPN_Weights.COCO_V1``),
-    a state-dict file, or an rcnn-cli checkpoint."""
-    from rcnn_cli.io import load_state_file
-
-    if Path(weights).expanduser().is_file():
-        state = load_state_file(Path(weights).expanduser())
-    else:
-        try:
-            enum = get_weight(weights)
-        except (ValueError, KeyError, AttributeError) as e:
-            raise ConfigError(f"model.weights={weights!r} is neither a file nor a torchvision "
-                              "weights name") from e
-        state = enum.get_state_dict(progress=True)
-    own = model.state_dict()
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-           if k in own and own[k].shape != v.shape]
-    if bad:
-        raise ConfigError(f"model.weights={weights}: shape mismatch for {bad[:5]} "
-                          "(a different number of classes?)")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if "num_batches_tracked" not in k]
-    if missing or unexpected:
-        raise ConfigError(f"model.weights={weights}: missing keys {missing[:5]}, "
-                          f"unexpected keys {unexpected[:5]}")

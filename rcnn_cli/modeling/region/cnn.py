@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchvision.models import alexnet, vgg16, vgg16_bn
 
 from rcnn_cli.errors import ConfigError
-from rcnn_cli.modeling.backbones import freeze_convs, resolve_weights
+from rcnn_cli.modeling.backbones import fetched_weights, freeze_convs
 
 # The CNN input each paper warps to (R-CNN §2.1: 227 for AlexNet; VGG16: 224).
 PAPER_INPUT = {"alexnet": 227, "vgg16": 224}
@@ -48,7 +48,7 @@ def classifier_parts(name: str, weights: str | None, norm: str, width: int) -> C
                           f"not norm={norm}")
     if name == "vgg16" and norm not in ("none", "bn"):
         raise ConfigError(f"backbone=vgg16 supports norm=none or bn, not norm={norm}")
-    enum, file = resolve_weights(weights)
+    enum, file = fetched_weights(weights)
     if name == "alexnet":
         net, fc_idx, pool = alexnet(weights=enum), (1, 4), 6
     else:
