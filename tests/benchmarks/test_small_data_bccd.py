@@ -1,0 +1,63 @@
+"""benchmarks/small_data_bccd.py: the table and resume from records, and a smoke run end to end."""
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+
+from tests.benchmarks.programs import run_program
+from tests.conftest import REPO
+from tests.data.helpers import shapes_to_disk
+
+
+def load_program():
+    spec = importlib.util.spec_from_file_location("small_data_bccd",
+                                                  REPO / "benchmarks" / "small_data_bccd.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(variant, seed, ap, val_aps=(0.1, 0.3)):
+    scores = {"AP": ap, "AP50": ap + 0.3, "AP75": ap, "Platelets": ap, "RBC": ap, "WBC": None,
+              "iteration": 300}
+    return {"variant": variant, "init": "finetuned", "seed": seed, "train_wall_s": 100.0,
+            "curve": [{"iteration": 150 * (i + 1), "val_AP": v, "val_AP50": v,
+                       "val_loss": 1.0 - v} for i, v in enumerate(val_aps)],
+            "test_best": scores, "test_last": {**scores, "AP": ap - 0.01}}
+
+
+def test_table_means_seeds_and_finished_runs_are_not_started_again(tmp_path, monkeypatch):
+    program = load_program()
+    for variant, seed, ap in (("plain", 0, 0.40), ("plain", 1, 0.50), ("small_data", 0, 0.6)):
+        path = tmp_path / f"{variant}_finetuned_seed{seed}" / "record.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps(record(variant, seed, ap)))
+    table = program.report(tmp_path)
+    assert "| plain | finetuned | 2 | 0.450 (0.400 / 0.500) | 0.750 (0.700 / 0.800) |" in table
+    assert "| small_data | finetuned | 1 | 0.600 |" in table
+    assert "| - | 0.590 | 0.300 | - | 100 |" in table  # WBC, last.pt AP, best val AP, s/iter, wall
+    assert "- plain finetuned seed 1: 150: 0.900, 300: 0.700" in table
+
+    def start(*_):
+        raise AssertionError("a finished run was started again")
+
+    monkeypatch.setattr(program, "start", start)
+    args = type("Args", (), {"out": tmp_path, "jobs": 2})
+    program.run_all([("plain", "finetuned", 0), ("small_data", "finetuned", 0)], args)
+
+
+@pytest.mark.slow
+def test_smoke_run_gives_a_record_with_val_loss_and_test_scores(tmp_path):
+    root = shapes_to_disk(tmp_path, n_train=8, n_val=4)["voc_root"]
+    split_dir = tmp_path / "voc" / "ImageSets" / "Main"
+    shutil.copy(split_dir / "val.txt", split_dir / "test.txt")
+    out = run_program("small_data_bccd", "--root", root, "--variants", "plain", "--inits",
+                      "scratch", "--seeds", "0", "--max-iter", "4", "--eval-period", "2",
+                      "--smoke", "--out", str(tmp_path / "out"), timeout=600)
+    rec = json.loads((tmp_path / "out" / "plain_scratch_seed0" / "record.json").read_text())
+    assert [c["iteration"] for c in rec["curve"]] == [2, 4]
+    assert all(c["val_loss"] is not None for c in rec["curve"])
+    assert rec["test_last"]["iteration"] == 4 and rec["test_best"]["AP"] is not None
+    assert "| plain | scratch | 1 |" in out
