@@ -62,11 +62,13 @@ def train_command(variant: str, init: str, seed: int, args: argparse.Namespace,
             f"hydra.run.dir={run_dir}"]
 
 
-def test_command(ckpt: Path, args: argparse.Namespace, out_dir: Path) -> list[str]:
+def test_command(ckpt: Path, args: argparse.Namespace, out_dir: Path,
+                 tta: str = "none") -> list[str]:
     size = SMOKE[2:] if args.smoke else []
     return [sys.executable, "-m", "rcnn_cli.evaluate", f"ckpt={ckpt}", *DATA,
             f"dataset.root={args.root}", "dataset.train_split=train", "dataset.val_split=test",
-            "dataset.num_workers=1", *size, "threads=1", f"hydra.run.dir={out_dir}"]
+            "dataset.num_workers=1", *size, "threads=1", f"eval.tta={tta}",
+            f"hydra.run.dir={out_dir}"]
 
 
 def curve(run_dir: Path) -> list[dict]:
@@ -77,10 +79,10 @@ def curve(run_dir: Path) -> list[dict]:
             for r in rows if "bbox/AP" in r]
 
 
-def test_scores(run_dir: Path, name: str, args: argparse.Namespace) -> dict:
-    out = run_dir / f"test_{name}"
-    subprocess.run(test_command(run_dir / "checkpoints" / f"{name}.pt", args, out), check=True,
-                   env=ENV, stdout=subprocess.DEVNULL)
+def test_scores(run_dir: Path, name: str, args: argparse.Namespace, tta: str = "none") -> dict:
+    out = run_dir / (f"test_{name}" + ("" if tta == "none" else f"_{tta}"))
+    subprocess.run(test_command(run_dir / "checkpoints" / f"{name}.pt", args, out, tta),
+                   check=True, env=ENV, stdout=subprocess.DEVNULL)
     m = json.loads((out / "metrics.json").read_text())
     return {"AP": m["bbox/AP"], "AP50": m["bbox/AP50"], "AP75": m["bbox/AP75"],
             **{c: m.get(f"bbox/AP-{c}") for c in CLASSES}, "iteration": m["iteration"]}
@@ -108,8 +110,18 @@ def finish(key, proc, run_dir: Path, log, started: float, args) -> None:
     record = {"variant": variant, "init": init, "seed": seed, "overrides": VARIANTS[variant],
               "train_wall_s": wall, "curve": curve(run_dir),
               "test_best": test_scores(run_dir, "best", args),
-              "test_last": test_scores(run_dir, "last", args)}
+              "test_last": test_scores(run_dir, "last", args),
+              "test_best_flip": test_scores(run_dir, "best", args, "flip")}
     atomic_write_json(run_dir / "record.json", record)
+
+
+def backfill_flip(out: Path, args: argparse.Namespace) -> None:
+    """Adds the flip-TTA test score to records written before it was measured."""
+    for path in sorted(out.glob("*/record.json")):
+        record = json.loads(path.read_text())
+        if "test_best_flip" not in record:
+            record["test_best_flip"] = test_scores(path.parent, "best", args, "flip")
+            atomic_write_json(path, record)
 
 
 def run_all(keys: list[tuple[str, str, int]], args: argparse.Namespace) -> None:
@@ -152,7 +164,7 @@ def report(out: Path) -> str:
     """One row per (variant, init): test metrics of best.pt (per seed in brackets)."""
     recs = records(out)
     head = ["variant", "init", "seeds", "test AP", "AP50", "AP75", *CLASSES,
-            "AP (last.pt)", "best val AP", "s/iter", "train wall s"]
+            "AP (last.pt)", "AP (flip TTA)", "best val AP", "s/iter", "train wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups = sorted({(r["variant"], r["init"]) for r in recs},
                     key=lambda g: (g[1], list(VARIANTS).index(g[0])))
@@ -160,6 +172,7 @@ def report(out: Path) -> str:
         rs = [r for r in recs if (r["variant"], r["init"]) == (variant, init)]
         cells = [fmt([r["test_best"][k] for r in rs]) for k in ("AP", "AP50", "AP75", *CLASSES)]
         cells += [fmt([r["test_last"]["AP"] for r in rs]),
+                  fmt([r.get("test_best_flip", {}).get("AP") for r in rs]),
                   fmt([max(c["val_AP"] for c in r["curve"]) for r in rs]),
                   fmt([r["s_per_iter"] for r in rs]),
                   f"{statistics.mean(r['train_wall_s'] for r in rs):.0f}"]
@@ -198,8 +211,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/small_data_bccd"))
     parser.add_argument("--smoke", action="store_true", help="tiny images, for the test")
     parser.add_argument("--report", action="store_true", help="only print the table of --out")
+    parser.add_argument("--backfill-flip", action="store_true",
+                        help="only add the flip-TTA test score to finished runs without it")
     args = parser.parse_args()
-    if not args.report:
+    if args.backfill_flip:
+        backfill_flip(args.out, args)
+    elif not args.report:
         if not (Path(args.root) / "ImageSets").is_dir():
             parser.error(f"--root {args.root}: no Pascal VOC dataset there")
         keys = [(v, i, s) for i in args.inits for s in args.seeds for v in args.variants]

@@ -37,7 +37,8 @@ def test_table_means_seeds_and_finished_runs_are_not_started_again(tmp_path, mon
     table = program.report(tmp_path)
     assert "| plain | finetuned | 2 | 0.450 (0.400 / 0.500) | 0.750 (0.700 / 0.800) |" in table
     assert "| small_data | finetuned | 1 | 0.600 |" in table
-    assert "| - | 0.590 | 0.300 | - | 100 |" in table  # WBC, last.pt AP, best val AP, s/iter, wall
+    # WBC missing, last.pt AP, flip TTA (not measured), best val AP, s/iter, wall
+    assert "| - | 0.590 | - | 0.300 | - | 100 |" in table
     assert "- plain finetuned seed 1: 150: 0.900, 300: 0.700" in table
 
     def start(*_):
@@ -60,4 +61,5 @@ def test_smoke_run_gives_a_record_with_val_loss_and_test_scores(tmp_path):
     assert [c["iteration"] for c in rec["curve"]] == [2, 4]
     assert all(c["val_loss"] is not None for c in rec["curve"])
     assert rec["test_last"]["iteration"] == 4 and rec["test_best"]["AP"] is not None
+    assert rec["test_best_flip"]["AP"] is not None
     assert "| plain | scratch | 1 |" in out
