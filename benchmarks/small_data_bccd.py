@@ -3,8 +3,8 @@
 Every run trains on BCCD's ``train`` split (205 images), evaluates (AP and the validation loss)
 on ``val`` (87) every ``--eval-period`` iterations, keeps ``best.pt`` by val AP, and is then
 scored by ``rcnn-eval`` on ``test`` (72 images, never seen by training or selection) with its
-``best.pt`` and its ``last.pt``. Runs go ``--jobs`` at a time, one thread each, so the runs of a
-pair share the machine alike and their wall times compare.
+``best.pt`` (also with flip TTA) and its ``last.pt``. Runs go ``--jobs`` at a time, one thread
+each, so the runs of a pair share the machine alike and their wall times compare.
 
     python benchmarks/small_data_bccd.py --variants plain +ema +photometric ... --seeds 0 \
         --inits finetuned --weights CKPT --out outputs/small_data_bccd     # the item ablation
@@ -13,7 +13,8 @@ pair share the machine alike and their wall times compare.
     python benchmarks/small_data_bccd.py --report --out outputs/small_data_bccd
 
 ``CKPT``: the shapes checkpoint of ``make train`` (the source of the fine-tuned runs). Finished
-runs are skipped (``<out>/<run>/record.json``), so an interrupted benchmark continues.
+runs are skipped (``<out>/<run>/record.json``) and a run trained but not yet scored is only
+scored, so an interrupted benchmark continues.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ def finish(key, proc, run_dir: Path, log, started: float, args) -> None:
     wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"{run_dir.name}: rcnn-train exited with {code}; see {log.name}")
+    score(key, run_dir, wall, args)
+
+
+def score(key, run_dir: Path, wall: float | None, args) -> None:
+    """The run's record: its evaluation curve and its checkpoints' scores on the test split."""
     variant, init, seed = key
     record = {"variant": variant, "init": init, "seed": seed, "overrides": VARIANTS[variant],
               "train_wall_s": wall, "curve": curve(run_dir),
@@ -127,6 +133,9 @@ def backfill_flip(out: Path, args: argparse.Namespace) -> None:
 def run_all(keys: list[tuple[str, str, int]], args: argparse.Namespace) -> None:
     todo = [k for k in keys if not (args.out / f"{k[0]}_{k[1]}_seed{k[2]}/record.json").exists()]
     args.out.mkdir(parents=True, exist_ok=True)
+    for key in [k for k in todo if (args.out / f"{k[0]}_{k[1]}_seed{k[2]}/metrics.json").exists()]:
+        score(key, args.out / f"{key[0]}_{key[1]}_seed{key[2]}", None, args)  # trained, unscored
+        todo.remove(key)
     while todo:
         batch, todo = todo[:args.jobs], todo[args.jobs:]
         running = [(k, *start(k, args)) for k in batch]
@@ -160,6 +169,11 @@ def fmt(values: list[float | None]) -> str:
     return f"{statistics.mean(values):.3f} ({' / '.join(f'{v:.3f}' for v in values)})"
 
 
+def fmt_wall(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    return f"{statistics.mean(values):.0f}" if values else "-"
+
+
 def report(out: Path) -> str:
     """One row per (variant, init): test metrics of best.pt (per seed in brackets)."""
     recs = records(out)
@@ -175,7 +189,7 @@ def report(out: Path) -> str:
                   fmt([r.get("test_best_flip", {}).get("AP") for r in rs]),
                   fmt([max(c["val_AP"] for c in r["curve"]) for r in rs]),
                   fmt([r["s_per_iter"] for r in rs]),
-                  f"{statistics.mean(r['train_wall_s'] for r in rs):.0f}"]
+                  fmt_wall([r["train_wall_s"] for r in rs])]
         lines.append(f"| {variant} | {init} | {len(rs)} | " + " | ".join(cells) + " |")
     lines += ["", "Validation loss at each evaluation (seed order):", ""]
     for r in recs:

@@ -63,3 +63,16 @@ def test_smoke_run_gives_a_record_with_val_loss_and_test_scores(tmp_path):
     assert rec["test_last"]["iteration"] == 4 and rec["test_best"]["AP"] is not None
     assert rec["test_best_flip"]["AP"] is not None
     assert "| plain | scratch | 1 |" in out
+
+
+def test_a_trained_but_unscored_run_is_scored_without_training(tmp_path, monkeypatch):
+    program = load_program()
+    (tmp_path / "plain_scratch_seed0").mkdir()
+    (tmp_path / "plain_scratch_seed0" / "metrics.json").write_text("{}")
+    scored, started = [], []
+    monkeypatch.setattr(program, "score", lambda key, run_dir, wall, args: scored.append(key))
+    monkeypatch.setattr(program, "start", lambda key, args: started.append(key) or (0, 0, 0, 0))
+    monkeypatch.setattr(program, "finish", lambda *job: None)
+    args = type("Args", (), {"out": tmp_path, "jobs": 2})
+    program.run_all([("plain", "scratch", 0), ("plain", "scratch", 1)], args)
+    assert scored == [("plain", "scratch", 0)] and started == [("plain", "scratch", 1)]
