@@ -547,7 +547,7 @@ def at_least(rows: dict[str, dict], better: str, than: str, key: str, what: str)
     claim = f"{better} >= {than} in {what}"
     absent = missing(rows, [better, than], key)
     if absent:
-        return f"- {claim}: not checkable here (no {what} for {', '.join(absent)})"
+        return f"- {claim}: not checkable here (no {key} for {', '.join(absent)})"
     a, b = rows[better][key], rows[than][key]
     return f"- {claim}: {verdict(a >= b)} ({a:.3f} vs {b:.3f})"
 
