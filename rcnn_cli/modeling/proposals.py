@@ -22,9 +22,10 @@ def check_source(name: str) -> None:
         raise ConfigError(f"proposals={name} is not supported; available: {', '.join(SOURCES)}")
 
 
-def selective_search(image: np.ndarray, mode: str = "fast", scale: float = 1.0,
+def selective_search(image, mode: str = "fast", scale: float = 1.0,
                      max_proposals: int = 2000, min_box_size: float = 2.0) -> np.ndarray:
-    """Selective search on a uint8 HxWx3 RGB image, run at ``scale`` x its size.
+    """Selective search on a uint8 RGB image, run at ``scale`` x its size. The image is an
+    HxWx3 array (shapes' ``raw``) or a 3xHxW tensor (a stored dataset's ``raw``: VOC, COCO).
 
     Returns up to ``max_proposals`` unique boxes in OpenCV's ranking order (its hierarchical
     grouping order, which R-CNN used as is), mapped back to original pixels.
@@ -35,6 +36,8 @@ def selective_search(image: np.ndarray, mode: str = "fast", scale: float = 1.0,
         raise ConfigError(f"proposals.mode={mode}: use fast or quality")
     if scale <= 0:
         raise ConfigError(f"proposals.scale={scale}: must be > 0")
+    if not isinstance(image, np.ndarray):
+        image = image.permute(1, 2, 0).numpy()
     bgr = np.ascontiguousarray(image[:, :, ::-1])
     if scale != 1.0:
         bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)

@@ -41,6 +41,12 @@ def test_selective_search_recall_at_2000_on_shapes():
     assert recall >= 0.9, f"selective search recall@2000 (IoU 0.5) = {recall:.3f}"
 
 
+def test_selective_search_takes_a_stored_datasets_chw_tensor_as_shapes_hwc_array():
+    image, _ = ShapesDataset("val", 1, 64, seed=0).raw(0)
+    chw = torch.from_numpy(image).permute(2, 0, 1)  # read_image's layout (VOC, COCO)
+    np.testing.assert_array_equal(selective_search(chw, **SS), selective_search(image, **SS))
+
+
 def test_cache_is_computed_once_in_workers_then_reused(tmp_path, monkeypatch):
     raw = ShapesDataset("train", 3, 64, seed=0)
     identity = pc.dataset_identity(shapes_cfg(), "train", raw.image_ids)
