@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+from types import ModuleType
 
 from tests.conftest import REPO
 
@@ -16,3 +18,11 @@ def run_program(name: str, *args: str, timeout: int = 300) -> str:
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
+
+
+def load_program(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported as a module, to test its functions directly."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

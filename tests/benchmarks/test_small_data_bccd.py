@@ -1,22 +1,12 @@
 """benchmarks/small_data_bccd.py: the table and resume from records, and a smoke run end to end."""
 
-import importlib.util
 import json
 import shutil
 
 import pytest
 
-from tests.benchmarks.programs import run_program
-from tests.conftest import REPO
+from tests.benchmarks.programs import load_program, run_program
 from tests.data.helpers import shapes_to_disk
-
-
-def load_program():
-    spec = importlib.util.spec_from_file_location("small_data_bccd",
-                                                  REPO / "benchmarks" / "small_data_bccd.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def record(variant, seed, ap, val_aps=(0.1, 0.3)):
@@ -29,7 +19,7 @@ def record(variant, seed, ap, val_aps=(0.1, 0.3)):
 
 
 def test_table_means_seeds_and_finished_runs_are_not_started_again(tmp_path, monkeypatch):
-    program = load_program()
+    program = load_program("small_data_bccd")
     for variant, seed, ap in (("plain", 0, 0.40), ("plain", 1, 0.50), ("small_data", 0, 0.6)):
         path = tmp_path / f"{variant}_finetuned_seed{seed}" / "record.json"
         path.parent.mkdir()
@@ -66,7 +56,7 @@ def test_smoke_run_gives_a_record_with_val_loss_and_test_scores(tmp_path):
 
 
 def test_a_trained_but_unscored_run_is_scored_without_training(tmp_path, monkeypatch):
-    program = load_program()
+    program = load_program("small_data_bccd")
     (tmp_path / "plain_scratch_seed0").mkdir()
     (tmp_path / "plain_scratch_seed0" / "metrics.json").write_text("{}")
     scored, started = [], []

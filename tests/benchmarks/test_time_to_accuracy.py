@@ -1,20 +1,10 @@
 """benchmarks/time_to_accuracy.py: the budget read from a run, and a smoke run of both loops."""
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.benchmarks.programs import run_program
-from tests.conftest import REPO
-
-
-def load_program():
-    spec = importlib.util.spec_from_file_location("time_to_accuracy",
-                                                  REPO / "benchmarks" / "time_to_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks.programs import load_program, run_program
 
 
 def test_budget_is_the_sum_of_step_windows_without_evaluations(tmp_path):
@@ -22,11 +12,11 @@ def test_budget_is_the_sum_of_step_windows_without_evaluations(tmp_path):
     rows = [{"iteration": 20, "step_time": 0.5}, {"iteration": 40, "step_time": 0.25},
             {"iteration": 40, "bbox/AP": 0.3}, {"iteration": 50, "step_time": 1.0}]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    assert load_program().training_seconds(path) == (20 * 0.5 + 20 * 0.25 + 10 * 1.0, 50)
+    assert load_program("time_to_accuracy").training_seconds(path) == (20 * 0.5 + 20 * 0.25 + 10 * 1.0, 50)
 
 
 def test_bare_schedule_fills_what_is_left_of_the_budget():
-    program = load_program()
+    program = load_program("time_to_accuracy")
     assert program.planned_steps(100.0, 10.0, 0.3) == 300
     assert program.planned_steps(5.0, 10.0, 0.3) == 1  # over budget already: one step
 
