@@ -545,12 +545,17 @@ def missing(rows: dict[str, dict], labels: list[str], key: str) -> list[str]:
     return [label for label in labels if rows.get(label, {}).get(key) is None]
 
 
+def unchecked(rows: dict[str, dict], labels: list[str], key: str, claim: str) -> str | None:
+    """The claim's line when a row it needs has no ``key``; None when it can be checked."""
+    absent = missing(rows, labels, key)
+    return f"- {claim}: not checkable here (no {key} for {', '.join(absent)})" if absent else None
+
+
 def at_least(rows: dict[str, dict], better: str, than: str, key: str, what: str) -> str:
     """``better``'s mean ``key`` >= ``than``'s (a paper's "each step is more accurate")."""
     claim = f"{better} >= {than} in {what}"
-    absent = missing(rows, [better, than], key)
-    if absent:
-        return f"- {claim}: not checkable here (no {key} for {', '.join(absent)})"
+    if absent := unchecked(rows, [better, than], key, claim):
+        return absent
     a, b = rows[better][key], rows[than][key]
     return f"- {claim}: {verdict(a >= b)} ({a:.3f} vs {b:.3f})"
 
@@ -558,9 +563,8 @@ def at_least(rows: dict[str, dict], better: str, than: str, key: str, what: str)
 def within(rows: dict[str, dict], a: str, b: str, key: str, tolerance: float) -> str:
     """|a - b| <= tolerance (Faster R-CNN §3.2: 4-step and joint training reach the same)."""
     claim = f"{a} within {tolerance} {key} of {b}"
-    absent = missing(rows, [a, b], key)
-    if absent:
-        return f"- {claim}: not checkable here (no {key} for {', '.join(absent)})"
+    if absent := unchecked(rows, [a, b], key, claim):
+        return absent
     x, y = rows[a][key], rows[b][key]
     return f"- {claim}: {verdict(abs(x - y) <= tolerance)} ({x:.3f} vs {y:.3f}, gap {abs(x - y):.3f})"
 
