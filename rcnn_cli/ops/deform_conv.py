@@ -15,6 +15,10 @@ explicit (``_DeformConv2d``): weight gradient ``grad^T @ columns``, column gradi
 gradient times the derivative of the bilinear weights (torchvision's coordinate weights). The
 sampling rules are torchvision's, so outputs and gradients match it to float rounding (the
 sums run in another order).
+
+Forward + backward of a 3x3 conv on 8 x 128 x 32 x 32, one thread (2-core dev VM, CPU time):
+plain conv 60 ms, torchvision's deformable kernel 1164 ms, this one 212 ms; at DetectoRS-R18's
+res3-res5 shapes on 128 px images 4-6x faster than torchvision's.
 """
 
 from __future__ import annotations
