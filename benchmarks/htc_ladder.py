@@ -2,21 +2,35 @@
 
 Five rungs, one recipe and budget (``experiment=shapes_masks_ladder``), each at every seed:
 
-    python benchmarks/htc_ladder.py --seeds 0 1 --out outputs/htc_ladder
+    python benchmarks/htc_ladder.py --seeds 0 1 --out outputs/htc_ladder --jobs 2
     python benchmarks/htc_ladder.py --smoke  # a few iterations per rung: the program runs
     python benchmarks/htc_ladder.py --rungs htc detectors --seeds 0  # some rungs only
 
-s/iter is the mean training step time (data wait included) after the first logging window.
-Writes ``<out>/ladder.json`` (one record per run) and prints a markdown table of the means.
+Resumable: each run lives in ``<out>/<rung>_seed<S>/`` (rcnn-train's run directory) and ends
+with its ``record.json``; a run with a record is not run again (one recorded with other
+overrides is refused: use another ``--out``). A run stopped mid-training (Ctrl-C, a killed
+job) checkpoints every ``--checkpoint-every`` iterations and continues from its newest
+checkpoint (``resume=<run dir>``); one stopped before its first checkpoint starts afresh.
+``--jobs N`` trains N runs side by side, one thread each (``OMP_NUM_THREADS=1 threads=1
+dataset.num_workers=1``; each run's console goes to its ``console.log``), costliest rungs first.
+
+s/iter is the mean training step time (data wait included) over the logging windows, the first
+window of each start or resumed start left out (it holds the start-up). With ``--jobs`` it is a
+one-thread time on a shared machine. Writes ``<out>/ladder.json`` (the records of the requested
+runs) and prints a markdown table of the means.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rcnn_cli.io import atomic_write_json
@@ -31,27 +45,98 @@ RUNGS = {  # id: (row name, overrides)
                   ["model=detectors", "backbone.sac=true", "backbone.sac_deformable=true",
                    "backbone.rfp_steps=2"]),
 }
-SMOKE = ["schedule.max_iter=4", "schedule.checkpoint_period=4", "schedule.warmup_iters=2",
-         "dataset.train_size=8", "dataset.val_size=4", "dataset.image_size=64", "log.period=2"]
+SMOKE = ["schedule.max_iter=4", "schedule.warmup_iters=2", "dataset.train_size=8",
+         "dataset.val_size=4", "dataset.image_size=64", "log.period=2"]
+ONE_THREAD = ["threads=1", "dataset.num_workers=1"]
+RECORD = "record.json"
+STARTS = "starts.json"  # per run: the metrics.jsonl line at which each start began
+
+
+def segments(run_dir: Path) -> list[list[dict]]:
+    """metrics.jsonl split at the starts ``mark_start`` noted (one segment without marks)."""
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    marks = json.loads((run_dir / STARTS).read_text()) if (run_dir / STARTS).is_file() else [0]
+    return [lines[a:b] for a, b in zip(marks, [*marks[1:], len(lines)])]
+
+
+def mark_start(run_dir: Path) -> None:
+    """Note the line at which this start's metrics begin."""
+    metrics = run_dir / "metrics.jsonl"
+    line = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+    marks = [0] if line else []  # a run begun without marks began at line 0
+    if (run_dir / STARTS).is_file():
+        marks = json.loads((run_dir / STARTS).read_text())
+    atomic_write_json(run_dir / STARTS, [*marks, line])
 
 
 def step_time(run_dir: Path) -> float | None:
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    times = [x["step_time"] for x in lines if x.get("step_time") is not None]
-    times = times[1:] or times  # the first window holds the start-up
-    return statistics.mean(times) if times else None
+    """Mean ``step_time`` over the logged windows: each start's first window left out (it holds
+    the start-up), a window logged again after a resume counted once (its latest value)."""
+    windows = {}
+    for segment in segments(run_dir):
+        rows = [r for r in segment if r.get("step_time") is not None]
+        windows.update((r["iteration"], r["step_time"]) for r in rows[1:])
+    return statistics.mean(windows.values()) if windows else None
 
 
-def run(rung: str, overrides: list[str], seed: int, out: Path) -> dict:
-    """One rung at one seed through rcnn-train (``python -m rcnn_cli.train``)."""
+def resume_args(run_dir: Path) -> list[str]:
+    """``resume=<run_dir>`` when it has a checkpoint; otherwise the partial run (if any) is
+    cleared, so that its metrics do not mix with the new start's."""
+    if (run_dir / "checkpoints" / "index.json").is_file():
+        return [f"resume={run_dir}"]
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return []
+
+
+def train_command(overrides: list[str], seed: int, run_dir: Path, checkpoint_every: int,
+                  one_thread: bool, resume: list[str]) -> list[str]:
+    """rcnn-train (``python -m rcnn_cli.train``) on the ladder recipe; the checkpoint period,
+    threads and ``resume`` only change how the run executes (rcnn-train's resume check lets
+    them differ between starts)."""
+    return [sys.executable, "-m", "rcnn_cli.train", "experiment=shapes_masks_ladder",
+            *overrides, f"seed={seed}", "log.tensorboard=false", f"hydra.run.dir={run_dir}",
+            f"schedule.checkpoint_period={checkpoint_every}", "schedule.keep_checkpoints=1",
+            *(ONE_THREAD if one_thread else []), *resume]
+
+
+def finished(run_dir: Path, overrides: list[str]) -> dict | None:
+    """The run's record, if it finished with these overrides; another run's is refused."""
+    path = run_dir / RECORD
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record["overrides"] != overrides:
+        raise SystemExit(f"{run_dir} holds a run with other overrides ({record['overrides']}, "
+                         f"not {overrides}): choose another --out")
+    return record
+
+
+def run(rung: str, overrides: list[str], seed: int, out: Path, checkpoint_every: int,
+        one_thread: bool) -> dict:
+    """One rung at one seed: skipped when it has a record, resumed when it has a checkpoint."""
     run_dir = out / f"{rung}_seed{seed}"
-    subprocess.run([sys.executable, "-m", "rcnn_cli.train", "experiment=shapes_masks_ladder",
-                    *overrides, f"seed={seed}", "log.tensorboard=false",
-                    f"hydra.run.dir={run_dir}"], check=True)
+    record = finished(run_dir, overrides)
+    if record is not None:
+        print(f"{run_dir}: finished before, skipped", flush=True)
+        return record
+    resume = resume_args(run_dir)
+    command = train_command(overrides, seed, run_dir, checkpoint_every, one_thread, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mark_start(run_dir)
+    if one_thread:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        with open(run_dir / "console.log", "a") as log:
+            subprocess.run(command, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
+    else:
+        subprocess.run(command, check=True)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"rung": rung, "overrides": overrides, "seed": seed, "run_dir": str(run_dir),
-            "box_AP": metrics.get("bbox/AP"), "mask_AP": metrics.get("segm/AP"),
-            "s_per_iter": step_time(run_dir)}
+    record = {"rung": rung, "overrides": overrides, "seed": seed, "run_dir": str(run_dir),
+              "box_AP": metrics.get("bbox/AP"), "mask_AP": metrics.get("segm/AP"),
+              "s_per_iter": step_time(run_dir), "starts": len(segments(run_dir)),
+              "threads": 1 if one_thread else None}
+    atomic_write_json(run_dir / RECORD, record)
+    return record
 
 
 def mean(records: list[dict], key: str) -> str:
@@ -69,20 +154,68 @@ def table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def collect(out: Path, plan: list[tuple[str, list[str], int]]) -> list[dict]:
+    """The records on disk for the planned runs, in plan order."""
+    records = (finished(out / f"{rung}_seed{seed}", ov) for rung, ov, seed in plan)
+    return [r for r in records if r is not None]
+
+
+def run_all(plan: list[tuple[str, list[str], int]], out: Path, jobs: int,
+            checkpoint_every: int) -> list[str]:
+    """Every planned run, ``jobs`` at a time; ``ladder.json`` rewritten as each one ends.
+    Returns the failures (the other runs go on)."""
+    failures, lock = [], threading.Lock()
+
+    def one(item):
+        rung, overrides, seed = item
+        try:
+            run(rung, overrides, seed, out, checkpoint_every, one_thread=jobs > 1)
+        except (subprocess.CalledProcessError, OSError) as e:
+            failures.append(f"{rung} seed {seed}: {e}")
+        with lock:
+            atomic_write_json(out / "ladder.json", collect(out, plan))
+
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        list(pool.map(one, plan))
+    except KeyboardInterrupt:  # the running trainings got it too: they checkpoint and stop
+        pool.shutdown(cancel_futures=True)
+        raise
+    pool.shutdown()
+    return failures
+
+
+def run_order(rungs: list[str], seeds: list[int], jobs: int) -> list[tuple[str, int]]:
+    """One run at a time: seed by seed (a whole ladder per seed comes first). Side by side:
+    the costliest rungs first (``RUNGS`` is in rising step time), so that the jobs end
+    together instead of one DetectoRS run finishing alone."""
+    if jobs == 1:
+        return [(rung, seed) for seed in seeds for rung in rungs]
+    return [(rung, seed) for rung in sorted(rungs, key=list(RUNGS).index, reverse=True)
+            for seed in seeds]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=Path("outputs/htc_ladder"))
     parser.add_argument("--rungs", nargs="+", choices=list(RUNGS), default=list(RUNGS))
     parser.add_argument("--smoke", action="store_true", help="a few iterations per rung")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs side by side, one thread each (default 1: all threads)")
+    parser.add_argument("--checkpoint-every", type=int, default=200,
+                        help="iterations between checkpoints (a stopped run resumes there)")
     args = parser.parse_args()
-    records = []
-    for seed in args.seeds:
-        for rung in args.rungs:
-            overrides = RUNGS[rung][1] + (SMOKE if args.smoke else [])
-            records.append(run(rung, overrides, seed, args.out))
-            atomic_write_json(args.out / "ladder.json", records)
-    print(table(records))
+    if args.jobs < 1 or args.checkpoint_every < 1:
+        parser.error("--jobs and --checkpoint-every must be >= 1")
+    plan = [(rung, RUNGS[rung][1] + (SMOKE if args.smoke else []), seed)
+            for rung, seed in run_order(args.rungs, args.seeds, args.jobs)]
+    for rung, overrides, seed in plan:  # refuse a foreign record before any training
+        finished(args.out / f"{rung}_seed{seed}", overrides)
+    failures = run_all(plan, args.out, args.jobs, args.checkpoint_every)
+    print(table(collect(args.out, plan)))
+    if failures:
+        raise SystemExit("failed (re-run to resume them):\n  " + "\n  ".join(failures))
 
 
 if __name__ == "__main__":

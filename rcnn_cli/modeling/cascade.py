@@ -27,6 +27,7 @@ from rcnn_cli.errors import ConfigError
 from rcnn_cli.modeling.masks import (
     MaskStage,
     check_mask_targets,
+    head_layout,
     mask_losses,
     mask_predictions,
     positive_rois,
@@ -197,10 +198,10 @@ class CascadeRoIHeads(nn.Module):
                              [x["labels"] for x in targets], idxs)
 
     def stage_mask_logits(self, t: int, features, boxes: list[Tensor], image_shapes) -> Tensor:
-        return self.mask_stages[t](self.mask_roi_pool(features, boxes, image_shapes))
+        return self.mask_stages[t](head_layout(self.mask_roi_pool(features, boxes, image_shapes)))
 
     def all_stage_mask_logits(self, features, boxes: list[Tensor], image_shapes) -> list[Tensor]:
-        x = self.mask_roi_pool(features, boxes, image_shapes)
+        x = head_layout(self.mask_roi_pool(features, boxes, image_shapes))
         return [stage(x) for stage in self.mask_stages]
 
     def predict_stage_masks(self, features, results: list[dict], image_shapes) -> None:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.modeling.cascade import CascadeRoIHeads
-from rcnn_cli.modeling.masks import MaskStage
+from rcnn_cli.modeling.masks import MaskStage, head_layout
 from rcnn_cli.modeling.semantic_head import FusedSemanticHead, semantic_loss
 
 SEMANTIC = "semantic"  # the key of the semantic feature map among the RoI heads' features
@@ -95,7 +95,7 @@ class HTCRoIHeads(CascadeRoIHeads):
         x = self.mask_roi_pool(features, boxes, image_shapes)
         if self.semantic_mask_pool is not None:
             x = x + self.semantic_mask_pool(features, boxes, image_shapes)
-        return x
+        return head_layout(x)
 
     def stage_mask_logits(self, t: int, features, boxes: list[Tensor], image_shapes) -> Tensor:
         x = self.mask_rois(features, boxes, image_shapes)

@@ -8,7 +8,8 @@
   Conv(x, w + dw, 3)``, one weight shared by the dilation-1 and dilation-3 convs (``dw`` starts at
   0), the switch ``S`` a 5x5 average pool + 1x1 conv (starting at S = 1: the dilation-1 conv),
   a global-context 1x1 conv before and after (starting at 0: no context). ``deformable``: both
-  convs sample at learned offsets (``torchvision.ops.deform_conv2d``; offsets start at 0).
+  convs sample at learned offsets (``rcnn_cli.ops.deform_conv``: torchvision's
+  ``deform_conv2d``, vectorised on CPU; offsets start at 0).
 - ``convert_trunk``: every conv of a torchvision ResNet standardised, every 3x3 conv of res3-res5
   switchable, starting from the loaded weights.
 """
@@ -18,7 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
+
+from rcnn_cli.ops.deform_conv import deform_conv2d
 
 EPS = 1e-5
 SAC_STAGES = ("layer2", "layer3", "layer4")  # res3-res5 (DetectoRS §5: stage_with_sac)
@@ -59,7 +61,11 @@ class StandardisedConv2d(nn.Conv2d):
         self.weight_gamma.copy_(torch.sqrt(flat.var(dim=1) + EPS).view(-1, 1, 1, 1))
 
     def standardised_weight(self, weight: Tensor) -> Tensor:
-        return self.weight_gamma * standardise(weight) + self.weight_beta
+        """``gamma * standardise(weight) + beta``, folded into one per-channel scale and shift
+        of the weight (one pass over it instead of five; the same values to float rounding)."""
+        var, mean = torch.var_mean(weight.flatten(1), dim=1)
+        scale = self.weight_gamma / torch.sqrt(var + EPS).view(-1, 1, 1, 1)
+        return torch.addcmul(self.weight_beta - mean.view(-1, 1, 1, 1) * scale, weight, scale)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.standardised_weight(self.weight), self.bias)

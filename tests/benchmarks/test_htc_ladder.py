@@ -1,15 +1,89 @@
-"""benchmarks/htc_ladder.py at a smoke size: one rung through rcnn-train, its record and row."""
+"""benchmarks/htc_ladder.py: a smoke-size rung through rcnn-train (its record and row, skipped
+when run again), the resume decision and s/iter across a resumed run."""
 
+from __future__ import annotations
+
+import importlib.util
 import json
 
+import pytest
+
 from tests.benchmarks.programs import run_program
+from tests.conftest import REPO
 
 
-def test_one_rung_gives_a_record_and_a_table_row(tmp_path):
-    out = run_program("htc_ladder", "--smoke", "--seeds", "0", "--rungs", "htc",
-                      "--out", str(tmp_path), timeout=600)
+def load_script():
+    spec = importlib.util.spec_from_file_location("htc_ladder", REPO / "benchmarks" / "htc_ladder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ladder = load_script()
+
+
+def test_one_rung_gives_a_record_and_a_table_row_and_is_skipped_when_run_again(tmp_path):
+    args = ("--smoke", "--seeds", "0", "--rungs", "cascade_mask_last", "--out", str(tmp_path))
+    out = run_program("htc_ladder", *args, "--jobs", "2", timeout=600)
+    run_dir = tmp_path / "cascade_mask_last_seed0"
     [record] = json.loads((tmp_path / "ladder.json").read_text())
-    assert record["rung"] == "htc" and record["seed"] == 0
+    assert record == json.loads((run_dir / "record.json").read_text())
+    assert record["rung"] == "cascade_mask_last" and record["seed"] == 0
     assert record["box_AP"] is not None and record["mask_AP"] is not None
-    assert record["s_per_iter"] > 0
-    assert "| HTC |" in out and "| rung | box AP | mask AP | s/iter | seeds |" in out
+    assert record["s_per_iter"] > 0 and record["starts"] == 1 and record["threads"] == 1
+    assert (run_dir / "console.log").is_file() and (run_dir / "checkpoints" / "last.pt").exists()
+    row = "| Cascade Mask R-CNN (last-stage mask) |"
+    assert "| rung | box AP | mask AP | s/iter | seeds |" in out and row in out
+
+    again = run_program("htc_ladder", *args, timeout=120)
+    assert "finished before, skipped" in again and row in again
+    assert json.loads((run_dir / "starts.json").read_text()) == [0]  # no second start
+    assert json.loads((tmp_path / "ladder.json").read_text()) == [record]
+
+
+def write_metrics(run_dir, rows):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def test_s_per_iter_leaves_out_each_starts_first_window_and_counts_windows_once(tmp_path):
+    ladder.mark_start(tmp_path)
+    write_metrics(tmp_path, [{"iteration": 2, "step_time": 9.0}, {"iteration": 4, "step_time": 1.0},
+                             {"iteration": 6, "step_time": 5.0}])  # stopped; checkpoint at 4
+    ladder.mark_start(tmp_path)
+    write_metrics(tmp_path, [{"iteration": 6, "step_time": 8.0}, {"iteration": 8, "step_time": 2.0},
+                             {"iteration": 8, "bbox/AP": 0.5}])
+    assert json.loads((tmp_path / "starts.json").read_text()) == [0, 3]
+    # windows 4 (1.0), 6 (5.0; the resumed start's 8.0 is start-up) and 8 (2.0)
+    assert ladder.step_time(tmp_path) == pytest.approx(8.0 / 3)
+    assert len(ladder.segments(tmp_path)) == 2
+
+
+def test_a_checkpointed_run_resumes_and_one_without_checkpoint_starts_afresh(tmp_path):
+    resumable, partial = tmp_path / "a", tmp_path / "b"
+    (resumable / "checkpoints").mkdir(parents=True)
+    (resumable / "checkpoints" / "index.json").write_text("{}")
+    write_metrics(partial, [{"iteration": 2, "step_time": 1.0}])
+    assert ladder.resume_args(resumable) == [f"resume={resumable}"]
+    assert ladder.resume_args(partial) == [] and not partial.exists()
+    command = ladder.train_command(["model=htc"], 1, resumable, 200, True, [f"resume={resumable}"])
+    assert {"seed=1", "schedule.checkpoint_period=200", "threads=1", "dataset.num_workers=1",
+            f"resume={resumable}", f"hydra.run.dir={resumable}"} <= set(command)
+
+
+def test_a_record_with_other_overrides_is_refused(tmp_path):
+    run_dir = tmp_path / "htc_seed0"
+    run_dir.mkdir()
+    (run_dir / "record.json").write_text(json.dumps({"overrides": ["model=htc", "x=1"]}))
+    assert ladder.finished(tmp_path / "htc_seed1", ["model=htc"]) is None
+    with pytest.raises(SystemExit, match="other overrides"):
+        ladder.finished(run_dir, ["model=htc"])
+
+
+def test_side_by_side_runs_start_with_the_costliest_rungs():
+    rungs = ["htc", "cascade_mask_last", "detectors"]
+    assert ladder.run_order(rungs, [0, 1], 1) == [(r, s) for s in (0, 1) for r in rungs]
+    assert ladder.run_order(rungs, [0, 1], 2) == [
+        ("detectors", 0), ("detectors", 1), ("htc", 0), ("htc", 1),
+        ("cascade_mask_last", 0), ("cascade_mask_last", 1)]
