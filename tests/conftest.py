@@ -23,6 +23,11 @@ TINY = [
     "schedule.checkpoint_period=2", "schedule.eval_period=0", "log.period=2",
     "dataset.num_workers=0",  # no worker start-up in tiny runs (shapes default: 2)
 ]
+# SGD without momentum keeps no optimizer state, so a checkpoint is the model alone: a third of
+# one with the recipe's AdamW (two moments per weight, ~160 MB for the default model). A tiny run
+# writes and hashes two checkpoints, best.pt and the export: runs whose tests never look at the
+# optimizer add this to TINY (the tests of exact resume keep the recipe's AdamW).
+NO_OPTIMIZER_STATE = ["schedule.optimizer=sgd", "schedule.momentum=0"]
 
 
 @pytest.fixture(autouse=True)

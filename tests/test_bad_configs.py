@@ -8,7 +8,7 @@ import pytest
 
 from rcnn_cli.cli import report_errors
 from rcnn_cli.engine.train import train
-from tests.conftest import TINY, compose_cfg, run_cli
+from tests.conftest import NO_OPTIMIZER_STATE, TINY, compose_cfg, run_cli
 
 QUICK = [*TINY, "schedule.max_iter=1", "log.images_every=0"]
 
@@ -55,8 +55,8 @@ def test_the_console_script_prints_one_line(tmp_path):
 
 
 def test_a_training_set_smaller_than_the_batch_trains(tmp_path):
-    cfg = compose_cfg("train", [*QUICK, "dataset.train_size=2", "schedule.batch_size=4",
-                                "schedule.max_iter=2"])
+    cfg = compose_cfg("train", [*QUICK, *NO_OPTIMIZER_STATE, "dataset.train_size=2",
+                                "schedule.batch_size=4", "schedule.max_iter=2"])
     metrics = train(cfg, tmp_path)
     assert metrics["iteration"] == 2
 

@@ -10,14 +10,14 @@ import torch
 
 from rcnn_cli.data.shapes import ShapesDataset
 from rcnn_cli.evaluation.draw import write_image
-from tests.conftest import TINY, run_cli
+from tests.conftest import NO_OPTIMIZER_STATE, TINY, run_cli
 
 SMALL = [*TINY, "schedule.max_iter=2", "schedule.checkpoint_period=2", "log.tensorboard=false",
          "dataset.train_size=4", "dataset.val_size=2", "model.rpn.post_nms_top_n_train=50",
          "model.rpn.post_nms_top_n_test=20", "sampler.roi.batch_size_per_image=16",
          "model.box_head.representation_size=64", "model.box_head.detections_per_img=10",
          "model.mask_head.layers=[32,32]", "model.mask_head.dim_reduced=32",
-         "backbone.fpn_channels=32"]
+         "backbone.fpn_channels=32", *NO_OPTIMIZER_STATE]
 MODELS = {"htc": ["model=htc"],
           "detectors": ["model=detectors", "backbone.sac=true", "backbone.sac_deformable=true",
                         "backbone.rfp_steps=2"]}

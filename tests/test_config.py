@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from rcnn_cli.config import typed_train_config, validate
 from rcnn_cli.errors import ConfigError
-from tests.conftest import REPO, TINY, compose_cfg, run_cli
+from tests.conftest import NO_OPTIMIZER_STATE, REPO, TINY, compose_cfg, run_cli
 
 CONF = REPO / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
@@ -185,9 +185,12 @@ def test_small_data_preset_trains_end_to_end(tmp_path):
 
     from rcnn_cli.engine.train import train
 
-    cfg = compose_cfg("train", ["experiment=small_data", *TINY, "schedule.eval_period=2",
-                                "log.images_every=0"])
+    over = ["experiment=small_data", *TINY, "schedule.eval_period=2", "log.images_every=0"]
+    cfg = compose_cfg("train", over)
     assert cfg.schedule.optimizer.value == "adamw"  # shapes_cpu underneath
+    assert cfg.schedule.ema.decay == 0.999 and cfg.schedule.early_stop.patience == 4
+    # trained without AdamW's moments: the checkpoints are model + average, a half of them
+    cfg = compose_cfg("train", [*over, *NO_OPTIMIZER_STATE])
     assert cfg.schedule.ema.decay == 0.999 and cfg.schedule.early_stop.patience == 4
     metrics = train(cfg, tmp_path)
     assert "val/total_loss" in metrics and metrics["iteration"] == 4

@@ -4,10 +4,11 @@
 import json
 
 from tests.benchmarks.programs import run_program
+from tests.conftest import NO_OPTIMIZER_STATE
 
 TINY = ["dataset.train_size=8", "dataset.val_size=4", "dataset.image_size=64",
         "schedule.batch_size=2", "schedule.warmup_iters=1", "schedule.checkpoint_period=2",
-        "schedule.eval_period=0", "dataset.num_workers=0"]
+        "schedule.eval_period=0", "dataset.num_workers=0", *NO_OPTIMIZER_STATE]
 
 
 def test_one_model_then_the_report(tmp_path):

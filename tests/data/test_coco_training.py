@@ -13,14 +13,16 @@ import torch
 from rcnn_cli.data.build import build_raw_dataset
 from rcnn_cli.data_cli import run as data_run
 from rcnn_cli.evaluation.coco import CocoEvaluator
-from tests.conftest import compose_cfg
+from tests.conftest import NO_OPTIMIZER_STATE, compose_cfg
 from tests.data.helpers import shapes_to_disk
 
-# Tiny runs on 64 px images written to disk (tests.data.helpers.shapes_to_disk).
+# Tiny runs on 64 px images written to disk (tests.data.helpers.shapes_to_disk); a narrow box
+# head (dataset=coco gets torchvision's 1024-wide one) and no optimizer state: small checkpoints.
 FILE_TINY = ["schedule.batch_size=2", "schedule.max_iter=4", "schedule.warmup_iters=2",
              "schedule.checkpoint_period=4", "schedule.eval_period=0", "log.period=2",
              "log.tensorboard=false", "dataset.min_size=64", "dataset.max_size=64",
-             "dataset.num_workers=0", "model.box_head.score_thresh=0.0"]
+             "dataset.num_workers=0", "model.box_head.score_thresh=0.0",
+             "model.box_head.representation_size=64", *NO_OPTIMIZER_STATE]
 
 
 def coco_overrides(d: dict, train_json=None, val_json=None) -> list[str]:

@@ -95,7 +95,7 @@ SMALL = ["model.rpn.pre_nms_top_n_test=200", "model.rpn.post_nms_top_n_test=50",
     ["backbone=vgg16", "anchors=paper_small", "pooler=roi_pool"],
     ["backbone=mobilenet_v3_fpn", "anchors=mobilenet_fpn"],
     ["model=cascade_mask", "model.mask_head.layers=[32,32]", "model.mask_head.dim_reduced=32"],
-    ["model=htc"],
+    ["model=htc", "model.mask_head.layers=[32,32]", "model.mask_head.dim_reduced=32"],
 ], ids=["r50_c4", "vgg16_roi_pool", "mobilenet_v3_fpn", "cascade_mask", "htc"])
 def test_other_backbones_and_models_export_to_onnx(overrides):
     graph = deploy_graph(overrides + SMALL)

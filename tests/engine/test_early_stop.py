@@ -11,7 +11,7 @@ from rcnn_cli.engine import trainer as trainer_mod
 from rcnn_cli.engine.early_stop import EarlyStop, snapshot
 from rcnn_cli.engine.train import train
 from rcnn_cli.errors import ConfigError
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import NO_OPTIMIZER_STATE, TINY, compose_cfg
 
 
 def test_patience_counts_evaluations_without_enough_improvement():
@@ -35,7 +35,8 @@ def test_run_stops_at_the_right_evaluation_and_keeps_the_best(tmp_path, monkeypa
 
     monkeypatch.setattr(trainer_mod.Trainer, "evaluate", fake_evaluate)
     monkeypatch.setattr(trainer_mod, "save_evaluation", lambda *a, **k: None)
-    cfg = compose_cfg("train", [*TINY, "schedule.max_iter=10", "schedule.eval_period=1",
+    cfg = compose_cfg("train", [*TINY, *NO_OPTIMIZER_STATE, "schedule.max_iter=10",
+                                "schedule.eval_period=1",
                                 "schedule.checkpoint_period=100", "log.images_every=0",
                                 "schedule.early_stop.patience=2", "log.tensorboard=false"])
     with caplog.at_level(logging.INFO, logger="rcnn_cli"):

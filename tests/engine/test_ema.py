@@ -10,7 +10,7 @@ from torch import nn
 
 from rcnn_cli.engine.ema import WeightEMA, inference_weights
 from rcnn_cli.engine.train import train
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import NO_OPTIMIZER_STATE, TINY, compose_cfg
 from tests.engine.test_resume import assert_same
 
 
@@ -45,7 +45,7 @@ def test_state_round_trip_is_exact():
                                   for k, v in b.module.state_dict().items())
 
 
-FLAT = TINY + ["schedule.decay=step", "schedule.decay_steps=[]", "log.tensorboard=false",
+FLAT = TINY + NO_OPTIMIZER_STATE + ["schedule.decay=step", "schedule.decay_steps=[]", "log.tensorboard=false",
                "schedule.ema.decay=0.9", "schedule.ema.warmup=2", "log.images_every=0",
                "dataset.val_size=1", "schedule.max_iter=3"]
 

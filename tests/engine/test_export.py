@@ -13,9 +13,9 @@ from rcnn_cli.engine.export import load_export
 from rcnn_cli.engine.train import train
 from rcnn_cli.errors import CheckpointError
 from rcnn_cli.io import load_checkpoint
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import NO_OPTIMIZER_STATE, TINY, compose_cfg
 
-FLAT = TINY + ["schedule.max_iter=2", "schedule.eval_period=2", "log.tensorboard=false",
+FLAT = TINY + NO_OPTIMIZER_STATE + ["schedule.max_iter=2", "schedule.eval_period=2", "log.tensorboard=false",
                "model.box_head.score_thresh=0.0"]
 
 

@@ -17,7 +17,7 @@ from rcnn_cli.engine.train import train
 from rcnn_cli.evaluation.draw import write_image
 from rcnn_cli.modeling.build import build_detector
 from rcnn_cli.modeling.svd import LowRankLinear
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import NO_OPTIMIZER_STATE, TINY, compose_cfg
 
 
 def count_calls(patch: pytest.MonkeyPatch, module, name: str) -> list:
@@ -38,9 +38,10 @@ def fast_run(tmp_path_factory):
 
     GlobalHydra.instance().clear()
     root = tmp_path_factory.mktemp("fast")
-    overrides = TINY + ["model=fast", "proposals=selective_search", "sampler=fast_rcnn",
-                        f"proposals.cache_dir={root / 'cache'}", "proposals.workers=0",
-                        "model.box_head.score_thresh=0.0", "log.images_every=2"]
+    overrides = TINY + NO_OPTIMIZER_STATE + [
+        "model=fast", "proposals=selective_search", "sampler=fast_rcnn",
+        f"proposals.cache_dir={root / 'cache'}", "proposals.workers=0",
+        "model.box_head.score_thresh=0.0", "log.images_every=2"]
     with pytest.MonkeyPatch.context() as m:
         computed = count_calls(m, pc, "compute_selective_search")
         metrics = train(compose_cfg("train", overrides), root / "run")

@@ -19,9 +19,9 @@ from rcnn_cli.engine import trainer as trainer_mod
 from rcnn_cli.engine.train import train
 from rcnn_cli.errors import DataError
 from rcnn_cli.io import load_checkpoint, sha256
-from tests.conftest import BIN, TINY, compose_cfg
+from tests.conftest import BIN, NO_OPTIMIZER_STATE, TINY, compose_cfg
 
-FLAT = TINY + ["schedule.decay=step", "schedule.decay_steps=[]", "log.tensorboard=false",
+FLAT = TINY + NO_OPTIMIZER_STATE + ["schedule.decay=step", "schedule.decay_steps=[]", "log.tensorboard=false",
                "schedule.max_iter=6"]
 
 

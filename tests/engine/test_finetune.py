@@ -19,10 +19,10 @@ from rcnn_cli.engine.predictor import predict_images
 from rcnn_cli.engine.train import train
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.modeling.build import build_architecture
-from tests.conftest import TINY, compose_cfg, run_cli
+from tests.conftest import NO_OPTIMIZER_STATE, TINY, compose_cfg, run_cli
 
 SHAPES = ["rectangle", "ellipse", "triangle"]
-SMALL = ["backbone.fpn_channels=32", "model.box_head.representation_size=32"]
+SMALL = ["backbone.fpn_channels=32", "model.box_head.representation_size=32", *NO_OPTIMIZER_STATE]
 
 
 def block_network(monkeypatch, tmp_path: Path) -> None:

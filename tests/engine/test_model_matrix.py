@@ -31,7 +31,7 @@ FAST = TINY + ["schedule.max_iter=2", "schedule.checkpoint_period=2", "log.tenso
                "model.rpn.post_nms_top_n_test=20", "sampler.roi.batch_size_per_image=16",
                "model.box_head.representation_size=64", "model.box_head.detections_per_img=10",
                "model.mask_head.layers=[32,32]", "model.mask_head.dim_reduced=32",
-               "schedule.optimizer=sgd"]
+               "schedule.optimizer=sgd", "schedule.momentum=0"]  # no optimizer state to save
 
 
 def overrides(model: str, backbone: str, pooler: str) -> list[str]:

@@ -43,11 +43,12 @@ def recording_builder(seen: list):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     seen: dict[str, list] = {"full": [], "part": []}
+    metrics = {}
     with pytest.MonkeyPatch.context() as mp:
         for name, extra in [("full", []), ("part", ["schedule.max_iter=2"])]:
             mp.setattr(trainer_mod, "build_detector", recording_builder(seen[name]))
-            train(compose_cfg("train", FLAT + extra), root / name)
-    return root, seen
+            metrics[name] = train(compose_cfg("train", FLAT + extra), root / name)
+    return root, seen, metrics["full"]
 
 
 def load(path):
@@ -74,11 +75,12 @@ def assert_same(a, b, where=""):
 
 # Row 7: identical weights, optimizer, lr, iteration, scaler, RNG; no repeated/skipped batch.
 def test_interrupted_then_resumed_run_is_bit_identical(runs, tmp_path, monkeypatch, caplog):
-    root, seen = runs
+    root, seen, full_metrics = runs
     resumed_batches: list = []
     monkeypatch.setattr(trainer_mod, "build_detector", recording_builder(resumed_batches))
     with caplog.at_level(logging.INFO, logger="rcnn_cli"):
-        train(compose_cfg("train", FLAT + [f"resume={root / 'part'}"]), tmp_path / "resumed")
+        resumed = train(compose_cfg("train", FLAT + [f"resume={root / 'part'}"]),
+                        tmp_path / "resumed")
     assert ("at iteration 2 (epoch 0, batch 2 of the epoch): model, optimizer, scheduler, "
             "scaler, RNG states") in caplog.text
     a = load(root / "full" / "checkpoints" / "last.pt")
@@ -88,11 +90,12 @@ def test_interrupted_then_resumed_run_is_bit_identical(runs, tmp_path, monkeypat
     assert a["iteration"] == 4
     assert seen["part"] + resumed_batches == seen["full"]
     assert len(seen["full"]) == 4
+    assert resumed["bbox/AP"] == full_metrics["bbox/AP"]
 
 
 # Row 10: a changed model/data config lists every differing key; the whitelist may change.
 def test_resume_with_a_changed_model_or_data_config_lists_the_keys(runs, tmp_path):
-    root, _ = runs
+    root, _, _ = runs
     cfg = compose_cfg("train", FLAT + [f"resume={root / 'part'}", "backbone.fpn_channels=64",
                                        "dataset.image_size=48", "schedule.max_iter=9"])
     with pytest.raises(ConfigError) as err:
@@ -114,7 +117,7 @@ def test_whitelisted_keys_may_change():
 
 # Row 8 (through train): resume=auto takes the latest run beside this one, or starts fresh.
 def test_resume_auto(runs, tmp_path, caplog):
-    root, _ = runs
+    root, _, _ = runs
     shutil.copytree(root / "part", tmp_path / "runs" / "part")
     with caplog.at_level(logging.INFO, logger="rcnn_cli"):
         metrics = train(compose_cfg("train", FLAT + ["resume=auto", "schedule.max_iter=3"]),

@@ -11,7 +11,7 @@ from rcnn_cli.engine.evaluator import evaluate_checkpoint
 from rcnn_cli.engine.train import train
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.io import load_checkpoint
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import NO_OPTIMIZER_STATE, TINY, compose_cfg
 
 # A schedule that does not depend on max_iter, so a short run is a prefix of a long one.
 FLAT = TINY + ["schedule.decay=step", "schedule.decay_steps=[]", "log.tensorboard=false"]
@@ -21,6 +21,9 @@ def weights(path):
     return torch.load(path, weights_only=True)
 
 
+@pytest.mark.slow  # three trainings; the fast test_resume.py::
+# test_interrupted_then_resumed_run_is_bit_identical checks all of it (model, optimizer state and
+# lr, iteration, scheduler, scaler, RNG, the final bbox/AP) and the batch order besides
 def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
     full = train(compose_cfg("train", FLAT), tmp_path / "full")
     train(compose_cfg("train", FLAT + ["schedule.max_iter=2"]), tmp_path / "part")
@@ -40,6 +43,8 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
     assert full["bbox/AP"] == resumed["bbox/AP"]
 
 
+@pytest.mark.slow  # covered without a training of its own by test_resume.py::
+# test_resume_with_a_changed_model_or_data_config_lists_the_keys (the same message, more keys)
 def test_resume_with_a_changed_model_lists_the_keys(tmp_path):
     train(compose_cfg("train", FLAT + ["schedule.max_iter=2"]), tmp_path / "a")
     cfg = compose_cfg("train", FLAT + [f"resume={tmp_path / 'a'}", "backbone.fpn_channels=64"])
@@ -48,8 +53,8 @@ def test_resume_with_a_changed_model_lists_the_keys(tmp_path):
 
 
 def test_eval_of_last_checkpoint_reproduces_the_training_metrics(tmp_path):
-    metrics = train(compose_cfg("train", FLAT + ["model.box_head.score_thresh=0.0"]),
-                    tmp_path / "run")
+    metrics = train(compose_cfg("train", FLAT + NO_OPTIMIZER_STATE +
+                                ["model.box_head.score_thresh=0.0"]), tmp_path / "run")
     cfg = compose_cfg("eval", [f"ckpt={tmp_path / 'run' / 'checkpoints' / 'last.pt'}"])
     again = evaluate_checkpoint(cfg, tmp_path / "eval")
     assert "val/total_loss" in metrics  # the validation loss is rcnn-train's only
@@ -77,8 +82,8 @@ def test_non_finite_loss_stops_with_iteration_and_image_ids(tmp_path, monkeypatc
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
-    metrics = train(compose_cfg("train", FLAT + ["schedule.amp=bf16", "schedule.max_iter=2",
-                                                 "device=cpu"]), tmp_path / "bf16")
+    metrics = train(compose_cfg("train", FLAT + NO_OPTIMIZER_STATE + [
+        "schedule.amp=bf16", "schedule.max_iter=2", "device=cpu"]), tmp_path / "bf16")
     assert metrics["iteration"] == 2
     ckpt = weights(tmp_path / "bf16" / "checkpoints" / "last.pt")
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -92,8 +97,8 @@ def test_fp16_on_cpu_is_a_config_error(tmp_path):
 def test_frozen_stages_keep_their_batchnorm_statistics(tmp_path):
     """backbone.trainable_layers=3 with trainable BN: conv1/res2 are frozen, weights and running
     statistics alike; res4's statistics do move."""
-    cfg = compose_cfg("train", [*TINY, "schedule.max_iter=2", "backbone.trainable_layers=3",
-                                "schedule.checkpoint_period=2"])
+    cfg = compose_cfg("train", [*TINY, *NO_OPTIMIZER_STATE, "schedule.max_iter=2",
+                                "backbone.trainable_layers=3", "schedule.checkpoint_period=2"])
     train(cfg, tmp_path)
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
     body = "backbone.body."

@@ -9,9 +9,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rcnn_cli.engine.train import train
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import NO_OPTIMIZER_STATE, TINY, compose_cfg
 
-SHORT = TINY + ["log.images_every=2", "log.images_count=3", "log.images_score_thresh=0.0",
+SHORT = TINY + NO_OPTIMIZER_STATE + ["log.images_every=2", "log.images_count=3", "log.images_score_thresh=0.0",
                 "schedule.eval_period=2", "model.box_head.score_thresh=0.0"]
 
 
@@ -52,9 +52,9 @@ def test_run_dir_has_per_class_table_pr_png_and_metrics(run):
 
 def test_images_off_and_voc_metric(tmp_path):
     run_dir = tmp_path / "voc"
-    metrics = train(compose_cfg("train", TINY + ["log.images_every=0", "eval.metric=voc07",
-                                                 "eval.backend=pycocotools",
-                                                 "model.box_head.score_thresh=0.0"]), run_dir)
+    metrics = train(compose_cfg("train", TINY + NO_OPTIMIZER_STATE + [
+        "log.images_every=0", "eval.metric=voc07", "eval.backend=pycocotools",
+        "model.box_head.score_thresh=0.0"]), run_dir)
     assert "voc07/mAP" in metrics and "bbox/AP" not in metrics
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "tensors": 0})
     acc.Reload()

@@ -120,9 +120,9 @@ def test_auto_anchors_are_stored_so_the_model_is_rebuilt(tmp_path):
     from rcnn_cli.config import typed_train_config
     from rcnn_cli.engine.evaluator import build_trained_model
     from rcnn_cli.engine.train import train
-    from tests.conftest import TINY
+    from tests.conftest import NO_OPTIMIZER_STATE, TINY
 
-    cfg = compose_cfg("train", [*TINY, "anchors=auto", "schedule.max_iter=1",
+    cfg = compose_cfg("train", [*TINY, *NO_OPTIMIZER_STATE, "anchors=auto", "schedule.max_iter=1",
                                 "log.images_every=0", "eval.val_loss=false"])
     train(cfg, tmp_path)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)

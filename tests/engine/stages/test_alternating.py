@@ -22,7 +22,7 @@ from rcnn_cli.engine.stages.graph import train_graph
 from rcnn_cli.engine.train import train
 from rcnn_cli.engine.trainer import Trainer
 from rcnn_cli.modeling.build import build_detector
-from tests.conftest import BIN, TINY, compose_cfg, run_cli
+from tests.conftest import BIN, NO_OPTIMIZER_STATE, TINY, compose_cfg, run_cli
 from tests.engine.stages.conftest import ALT
 
 
@@ -120,7 +120,7 @@ def test_a_proposal_stage_feeds_fast_rcnn_on_precomputed_proposals(full_run, tmp
     """One proposal format: the stage's folder (a file per split) is a ``proposals.file``."""
     run_dir, _ = full_run
     folder = run_dir / "stages" / "proposals2"
-    cfg = compose_cfg("train", TINY + ["model=fast", "proposals=precomputed",
+    cfg = compose_cfg("train", TINY + NO_OPTIMIZER_STATE + ["model=fast", "proposals=precomputed",
                                        f"proposals.file={folder}", "sampler=fast_rcnn",
                                        "log.images_every=0", "schedule.max_iter=2"])
     metrics = train(cfg, tmp_path / "fast")
