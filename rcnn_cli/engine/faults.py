@@ -285,11 +285,7 @@ def guarded_batches(loader, timeout: float):
     """Iterate a DataLoader; a killed, crashed or hung worker becomes a ``TrainingFault``."""
     if loader.num_workers > 0 and timeout > 0:
         loader.timeout = timeout
-    it = iter(loader)
-    while True:
-        with worker_deaths():
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-        yield batch
+    # One guard over the whole body: torch raises a worker's death from its SIGCHLD handler in
+    # whichever frame runs at that moment, iter() (the workers start there) included.
+    with worker_deaths():
+        yield from iter(loader)
