@@ -17,11 +17,14 @@ install: $(STAMP)
 train: $(STAMP)
 	$(VENV)/bin/rcnn-train $(ARGS)
 
+# One pytest-xdist worker per core (at most 4), each on one thread; a file's tests stay together.
+XDIST := -n auto --maxprocesses 4 --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(XDIST)
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rcnn_cli tests scripts benchmarks

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -31,6 +32,14 @@ TINY = [
 # writes and hashes two checkpoints, best.pt and the export: runs whose tests never look at the
 # optimizer add this to TINY (the tests of exact resume keep the recipe's AdamW).
 NO_OPTIMIZER_STATE = ["schedule.optimizer=sgd", "schedule.momentum=0"]
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs one worker per core) each worker computes on one
+    thread, and so do the programs its tests start (threads=0 leaves torch at OMP_NUM_THREADS)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
