@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rcnn_cli.config import typed_train_config, validate
@@ -42,8 +43,8 @@ def load_trained(path: str, trust: bool = False) -> tuple[dict, DictConfig]:
 def build_trained_model(ckpt: dict, train_cfg: DictConfig, device):
     """The checkpoint holds every tensor: build without reading pretrained weights (works
     offline and after those files are gone), then load it."""
-    if "onnx" in ckpt:  # an rcnn-export file: ONNX Runtime runs it
-        return OnnxDetector(ckpt["onnx"], device)
+    if "onnx" in ckpt:  # an rcnn-export file: ONNX Runtime runs it, on threads= as torch does
+        return OnnxDetector(ckpt["onnx"], device, threads=torch.get_num_threads())
     model = build_architecture(without_pretrained(train_cfg), len(ckpt["classes"]))
     model.load_state_dict(inference_weights(ckpt))
     return model.to(device).eval()

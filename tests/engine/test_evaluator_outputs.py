@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from rcnn_cli.config import validate
 from rcnn_cli.errors import ConfigError
@@ -31,3 +32,21 @@ def test_unknown_backend_and_metric_fail_at_start_up():
         validate(compose_cfg("eval", ["ckpt=x", "eval.backend=cocoapi"]))
     with pytest.raises(Exception, match="voc12"):
         compose_cfg("train", ["eval.metric=voc12"])
+
+
+def test_an_onnx_file_runs_on_the_commands_thread_count(tmp_path, monkeypatch):
+    """rcnn-eval / rcnn-predict set torch's threads from ``threads=``; ONNX Runtime takes the same."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from rcnn_cli.engine.evaluator import build_trained_model
+
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["boxes"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [3])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), path)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    model = build_trained_model({"onnx": path}, None, torch.device("cpu"))
+    assert model.session.get_session_options().intra_op_num_threads == 1
