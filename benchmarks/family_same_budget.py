@@ -22,6 +22,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_module
 
 import rcnn_cli.config  # noqa: F401  (registers the schemas)
+from rcnn_cli.benchmark import FP32_PLAIN_STEP
 from rcnn_cli.engine.train import train
 from rcnn_cli.io import atomic_write_json
 
@@ -30,7 +31,7 @@ KEYS = ["bbox/AP", "bbox/AP50", "bbox/AP75", "segm/AP", "segm/AP50", "segm/AP75"
 
 def run_model(model: str, max_iter: int, extra: list[str], out: Path) -> dict:
     overrides = [f"model={model}", f"schedule.max_iter={max_iter}", "log.tensorboard=false",
-                 *extra]
+                 *FP32_PLAIN_STEP, *extra]
     with initialize_config_module(version_base="1.3", config_module="rcnn_cli.conf"):
         cfg = compose("train", overrides=overrides)
     start = time.perf_counter()

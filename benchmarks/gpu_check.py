@@ -65,7 +65,8 @@ def base_overrides(p: dict, run_iters: int) -> list[str]:
     s = p["size"]
     return [f"device={p['device']}", "log.tensorboard=false", "log.images_every=0",
             "schedule.eval_period=0", f"schedule.max_iter={run_iters}",
-            "schedule.fused_optimizer=false",  # rows differ by precision alone, as the bare loop's
+            # rows differ by precision alone, as the bare loop's
+            "schedule.fused_optimizer=false", "schedule.channels_last=false",
             f"schedule.checkpoint_period={run_iters}", "dataset.train_size=16",
             "dataset.val_size=8", f"dataset.image_size={s}", f"dataset.min_size={s}",
             f"dataset.max_size={max(s, round(s * 1333 / 800))}", "dataset.num_workers=0"]

@@ -17,12 +17,13 @@ from pathlib import Path
 from hydra import compose, initialize_config_module
 
 import rcnn_cli.config  # noqa: F401  (registers the schemas)
+from rcnn_cli.benchmark import FP32_PLAIN_STEP
 from rcnn_cli.engine.train import train
 
 
 def run(schedule: str, out: Path, overrides: list[str]) -> dict:
     with initialize_config_module(version_base="1.3", config_module="rcnn_cli.conf"):
-        cfg = compose("train", overrides=[f"schedule={schedule}", *overrides])
+        cfg = compose("train", overrides=[f"schedule={schedule}", *FP32_PLAIN_STEP, *overrides])
     run_dir = out / schedule
     t0 = time.perf_counter()
     metrics = train(cfg, run_dir)

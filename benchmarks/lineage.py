@@ -56,6 +56,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
 import rcnn_cli.config  # noqa: F401  (registers the schemas)
+from rcnn_cli.benchmark import FP32_PLAIN_STEP
 from rcnn_cli.config import validate
 from rcnn_cli.engine import faults
 from rcnn_cli.errors import ConfigError
@@ -194,7 +195,7 @@ def budget_overrides(system: System, dataset: str, scale: float) -> list[str]:
     """The row's budget: its iterations on ``dataset`` times ``scale`` (at least 1), one
     checkpoint at the end; the 4-step row's stages in its proportions."""
     iters = max(1, round(system.iters[dataset] * scale))
-    out = [f"schedule.max_iter={iters}", f"schedule.checkpoint_period={iters}"]
+    out = [f"schedule.max_iter={iters}", f"schedule.checkpoint_period={iters}", *FP32_PLAIN_STEP]
     if system.split:
         out += [f"schedule.stages.{stage}.max_iter={n}"
                 for stage, n in zip(FOUR_STEP, split_iterations(iters, system.split))]

@@ -28,12 +28,13 @@ import sys
 import time
 from pathlib import Path
 
+from rcnn_cli.benchmark import FP32_PLAIN_STEP
 from rcnn_cli.io import atomic_write_json
 
 SPLITS = ["dataset.train_split=train", "dataset.val_split=val"]
 DATA = ["dataset=voc", "dataset.min_size=320", "dataset.max_size=427"]
 COMMON = ["schedule.batch_size=4", "threads=1", "dataset.num_workers=1",
-          "log.tensorboard=false"]
+          "log.tensorboard=false", *FP32_PLAIN_STEP]
 VARIANTS = {  # name: overrides (the plain recipe is experiment=shapes_cpu, the default's)
     "plain": ["experiment=shapes_cpu"],
     "small_data": ["experiment=small_data"],

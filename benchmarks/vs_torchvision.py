@@ -112,7 +112,7 @@ def run_train(args, size: int | None) -> dict:
     # fp32 and the plain optimizer step in both of our loops whatever the recipe picks: the speed
     # switches that change the numbers are opted into with --speed
     base = ["log.tensorboard=false", "schedule.eval_period=0", f"threads={args.threads}",
-            "schedule.amp=none", "schedule.fused_optimizer=false",
+            "schedule.amp=none", "schedule.fused_optimizer=false", "schedule.channels_last=false",
             f"schedule.checkpoint_period={100 * args.steps}",
             f"schedule.max_iter={100 * args.steps}", *size_overrides(size), *args.override]
     cfg_off = compose_cfg(base + ["pooler.kernel=torchvision"])

@@ -25,7 +25,7 @@ TINY = [
     "dataset.num_workers=0",  # no worker start-up in tiny runs (shapes default: 2)
     # fp32 and the plain optimizer step whatever the CPU (the shapes recipe picks bf16 where the
     # CPU has it natively, and torch's fused AdamW): the same numbers on every CI machine
-    "schedule.amp=none", "schedule.fused_optimizer=false",
+    "schedule.amp=none", "schedule.fused_optimizer=false", "schedule.channels_last=false",
 ]
 # SGD without momentum keeps no optimizer state, so a checkpoint is the model alone: a third of
 # one with the recipe's AdamW (two moments per weight, ~160 MB for the default model). A tiny run

@@ -59,6 +59,9 @@ class ScheduleConf:
     clip_grad_norm: float | None = None
     amp: Amp = Amp.none
     fused_optimizer: bool = False  # torch's fused AdamW/SGD step: faster, not bit-identical
+    # backbone and RPN head train on NHWC maps (runtime.convs_channels_last): faster, not
+    # bit-identical
+    channels_last: bool = False
     eval_period: int = 0
     checkpoint_period: int = 500
     # Scaling out (rcnn_cli.engine.distributed): batch_size is per process and per micro-batch;

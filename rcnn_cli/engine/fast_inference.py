@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from rcnn_cli.engine import runtime
+
 NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
 
@@ -79,10 +81,7 @@ def prepare(model: nn.Module, fold_bn: bool, channels_last: bool, compile: bool)
     if fold_bn:
         fold_batch_norms(backbone)
     if channels_last:
-        backbone.to(memory_format=torch.channels_last)
-        head = getattr(getattr(model, "rpn", None), "head", None)
-        if head is not None:
-            head.to(memory_format=torch.channels_last)
+        runtime.convs_channels_last(model)
     if compile:
         import torch._inductor.config as inductor
 

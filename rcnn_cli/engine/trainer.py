@@ -104,6 +104,8 @@ class Trainer:
         model = build_detector(without_pretrained(cfg, trunk=False), len(classes))
         report = load_pretrained(model, cfg, classes, category_ids) if cfg.model.weights else None
         model.to(device)
+        if cfg.schedule.channels_last:
+            runtime.convs_channels_last(model)  # before DDP builds its gradient buckets
         seeded_sampler.install(model)
         trainer = cls(
             cfg, run_dir, model=model, train_set=train_set, val_set=val_set,

@@ -46,3 +46,28 @@ def test_resolve_writes_the_choice_into_the_config(monkeypatch, caplog):
         resolve_auto_amp(cfg)
     assert OmegaConf.to_container(cfg.schedule, enum_to_str=True)["amp"] == "bf16"
     assert "schedule.amp=auto -> bf16 (the CPU has AMX-BF16)" in caplog.text
+
+
+def test_channels_last_training_computes_what_nchw_computes(tmp_path):
+    """schedule.channels_last: NHWC backbone and RPN head, the same step up to rounding."""
+    from rcnn_cli.data.loader import train_loader
+    from rcnn_cli.engine.trainer import Trainer
+    from tests.conftest import TINY
+
+    trainers = []
+    for on in (False, True):
+        (tmp_path / str(on)).mkdir()
+        cfg = compose_cfg("train", TINY + [f"schedule.channels_last={on}",
+                                           "log.tensorboard=false"])
+        trainers.append(Trainer.from_config(cfg, tmp_path / str(on)))
+    plain, nhwc = trainers
+    convs = [m.weight for m in nhwc.model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not any(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                   for m in plain.model.backbone.modules() if isinstance(m, torch.nn.Conv2d)
+                   for w in [m.weight])
+    batch = next(iter(train_loader(plain.train_set, 2, 0, 0, 1, 0)))
+    losses = [t.step([batch])["total_loss"] for t in trainers]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    for (k, a), b in zip(plain.model.state_dict().items(), nhwc.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-5), k

@@ -213,6 +213,8 @@ def stage_trainer(run: Run, stage: StageDir, cfg: DictConfig, network: nn.Module
     and schedule, in one process, without evaluation (the graph evaluates its final network);
     checkpoints in ``<stage>/checkpoints``, continued from the last one when there is one."""
     network.to(run.device)
+    if cfg.schedule.channels_last:
+        runtime.convs_channels_last(network)
     seeded_sampler.install(network)
     trainer = Trainer(cfg, run.run_dir, model=network, train_set=train_set,
                       store_dir=stage.dir / "checkpoints",
