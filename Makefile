@@ -6,10 +6,13 @@ ARGS ?=
 
 .PHONY: install train test test-all lint clean
 
+# pip byte-compiles every installed module on one core; compileall writes the same .pyc files
+# on all cores (a few files meant for other Pythons fail to compile, as they do under pip).
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-compile -e '.[dev]'
+	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" > /dev/null || true
 	touch $(STAMP)
 
 install: $(STAMP)
