@@ -54,6 +54,7 @@ class PretrainParams:
     image_size: int = 128
     seed: int = 1000  # not the detection data's seed (0): no image is shared
     background_fraction: float = 0.25
+    held_out: int = 2000  # crops (from 200 held-out images) of the reported held-out accuracy
 
 
 def crop_boxes(target_boxes: np.ndarray, rng: np.random.Generator, n_bg: int, size: int,
@@ -111,6 +112,8 @@ def build_classifier(arch: str, num_classes: int) -> torch.nn.Module:
 def check_params(p: PretrainParams) -> None:
     if p.iters < 20:  # the one-cycle warm-up (10 %) needs at least two steps
         raise ConfigError(f"pretrain iters={p.iters}: need at least 20")
+    if p.held_out < 1:
+        raise ConfigError(f"pretrain held_out={p.held_out}: need at least 1 crop")
     if p.optimizer not in ("adamw", "sgd"):
         raise ConfigError(f"pretrain optimizer={p.optimizer}: use adamw or sgd")
     if not 1.0 <= p.context_min <= p.context_max:
@@ -121,7 +124,7 @@ def check_params(p: PretrainParams) -> None:
 def pretrain(p: PretrainParams, out: str | Path, progress=None) -> dict:
     """Train ``p.arch`` on shape crops and write its state dict to ``out`` (atomically).
 
-    Returns the final training loss/accuracy and the accuracy on 2000 held-out crops."""
+    Returns the final training loss/accuracy and the accuracy on ``p.held_out`` held-out crops."""
     check_params(p)
     torch.manual_seed(p.seed)
     rng = np.random.default_rng(p.seed)
@@ -157,7 +160,7 @@ def held_out_accuracy(net: torch.nn.Module, ds: ShapesDataset, p: PretrainParams
     net.eval()
     rng = np.random.default_rng(p.seed + 1)
     right = total = 0
-    while total < 2000:
+    while total < p.held_out:
         x, y = sample_batch(ds, rng, p)
         right += int((net(x).argmax(1) == y).sum())
         total += len(y)
