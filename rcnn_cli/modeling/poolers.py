@@ -90,6 +90,9 @@ def pool_op(name: str, output_size: int, sampling_ratio: int, aligned: bool,
                               "applies to roi_align")
 
         def op(feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+            if feature.dtype != rois.dtype:  # bf16 maps under autocast: torchvision's kernel
+                # wants one dtype, and max pooling is exact in the boxes' fp32
+                return roi_pool(feature.to(rois.dtype), rois, output_size, scale).to(feature.dtype)
             return roi_pool(feature, rois, output_size, scale)
 
         return op

@@ -26,6 +26,15 @@ def test_roi_pool_quantises_and_takes_the_max_of_each_bin():
     assert pool("roi_pool") == [[5.0, 7.0], [13.0, 15.0]]
 
 
+@pytest.mark.parametrize("name", ["roi_pool", "roi_align"])
+def test_bf16_maps_with_fp32_boxes_pool_as_under_autocast(name):
+    """schedule.amp=bf16 on the CPU: the backbone's maps are bf16, the boxes stay fp32."""
+    pooler = build_pooler(name, ["0"], 2, 1, 224, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pooler({"0": FEATURE["0"].bfloat16()}, BOX, IMAGE)
+    assert out[0, 0].float().tolist() == pool(name)  # the map's values are exact in bf16
+
+
 def test_roi_align_samples_bilinearly_at_the_bin_centres():
     # Width 3, bins of 1.5: one sample per bin (sampling_ratio=1) at 0.75 and 2.25.
     assert pool("roi_align") == [[3.75, 5.25], [9.75, 11.25]]
