@@ -123,8 +123,12 @@ def plan(x: Tensor, offset: Tensor, geo: Geometry) -> Corners:
 
 
 class _DeformConv2d(torch.autograd.Function):
+    # Under autocast (schedule.amp=bf16) it runs in fp32: the bilinear sums and the gathered
+    # gradients stay in one dtype, forward and backward (torchvision's CPU kernel has no bf16).
     @staticmethod
-    def forward(ctx, x, offset, weight, bias, geo: Geometry):
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+    def forward(ctx, x, offset, weight, bias, geo: tuple):  # a plain tuple: custom_fwd rebuilds it
+        geo = Geometry(*geo)
         ctx.save_for_backward(x, offset, weight)
         ctx.geo, ctx.has_bias = geo, bias is not None
         n, out_h, out_w = offset.shape[0], offset.shape[2], offset.shape[3]
@@ -136,6 +140,7 @@ class _DeformConv2d(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad):
         x, offset, weight = ctx.saved_tensors
         need_x, need_offset, need_weight, need_bias, _ = ctx.needs_input_grad
@@ -214,4 +219,4 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | 
     if tuple(offset.shape[2:]) != (out_h, out_w):
         raise RuntimeError(f"deform_conv2d: offset is {tuple(offset.shape[2:])}, the output "
                            f"{(out_h, out_w)}")
-    return _DeformConv2d.apply(input, offset.contiguous(), weight, bias, geo)
+    return _DeformConv2d.apply(input, offset.contiguous(), weight, bias, tuple(geo))

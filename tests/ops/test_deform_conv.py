@@ -104,3 +104,23 @@ def test_a_trace_records_torchvisions_single_op():
     assert "torchvision::deform_conv2d" in str(traced.graph)
     torch.testing.assert_close(traced(x, offset), deform_conv2d(x, offset, weight, bias, padding=1),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_autocast_runs_in_fp32_forward_and_backward():
+    """schedule.amp=bf16 (deformable SAC): a bf16 map in, the fp32 op on its values, gradients
+    in each leaf's dtype (torchvision's CPU kernel has no bf16 at all)."""
+    x, offset, weight, bias = inputs((2, 8, 10, 10), 4, 3, (10, 10), 0.7, seed=5)
+    x = x.bfloat16()
+
+    def under_autocast(x, offset, weight, bias, **kw):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return deform_conv2d(x, offset, weight, bias, **kw)
+
+    got, got_grads = outputs_and_grads(under_autocast, (x, offset, weight, bias), padding=1)
+    want, want_grads = outputs_and_grads(ops.deform_conv2d, (x.float(), offset, weight, bias),
+                                         padding=1)
+    assert got.dtype == torch.float32 and got_grads[0].dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got_grads[0], want_grads[0].bfloat16())
+    for g, w in zip(got_grads[1:], want_grads[1:]):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
