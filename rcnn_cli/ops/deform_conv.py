@@ -104,11 +104,16 @@ def gather(table: Tensor, c: Corners, part: slice) -> Tensor:
     return table.index_select(0, c.index[part].reshape(-1)).view(-1, 4, table.shape[1])
 
 
+def bilinear(c: Corners, part: slice, values: Tensor) -> Tensor:
+    """Samples ``part`` from their gathered neighbours ``(m, 4, C)``: ``(m, C)``."""
+    return torch.bmm(c.weight[part].unsqueeze(1), values).squeeze(1)
+
+
 def columns(table: Tensor, c: Corners) -> Tensor:
     """The bilinear samples, one row per sample: ``(M, C)``."""
     out = table.new_empty(c.index.shape[0], table.shape[1])
     for part in chunks(len(out), table.shape[1]):
-        out[part] = torch.bmm(c.weight[part].unsqueeze(1), gather(table, c, part)).squeeze(1)
+        out[part] = bilinear(c, part, gather(table, c, part))
     return out
 
 
@@ -182,7 +187,7 @@ def spread_back(table: Tensor, c: Corners, part: slice, grad_cols: Tensor,
         grad_pos[part, 0] = (c.d_dy[part] * dots).sum(1)
         grad_pos[part, 1] = (c.d_dx[part] * dots).sum(1)
     if cols is not None:
-        cols[part] = torch.bmm(c.weight[part].unsqueeze(1), values).squeeze(1)
+        cols[part] = bilinear(c, part, values)
 
 
 def offset_layout(grad_pos: Tensor, shape: torch.Size) -> Tensor:
