@@ -37,6 +37,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 import rcnn_cli.config  # noqa: F401  (registers the schemas)
+from rcnn_cli.benchmark import FP32_PLAIN_STEP
 from rcnn_cli.benchmark.clocks import PARTS, PartClock, phase
 from rcnn_cli.benchmark.flops import count_flops, measured_peak
 from rcnn_cli.benchmark.memory import PeakMemory, track_allocations
@@ -109,10 +110,10 @@ def data_seconds(trainer: Trainer, batch: int, workers: int, n: int) -> float:
 
 
 def run_train(args, size: int | None) -> dict:
-    # fp32 and the plain optimizer step in both of our loops whatever the recipe picks: the speed
-    # switches that change the numbers are opted into with --speed
+    # fp32, the plain optimizer step and NCHW in both of our loops whatever the recipe picks:
+    # the speed switches that change the numbers are opted into with --speed
     base = ["log.tensorboard=false", "schedule.eval_period=0", f"threads={args.threads}",
-            "schedule.amp=none", "schedule.fused_optimizer=false", "schedule.channels_last=false",
+            *FP32_PLAIN_STEP,
             f"schedule.checkpoint_period={100 * args.steps}",
             f"schedule.max_iter={100 * args.steps}", *size_overrides(size), *args.override]
     cfg_off = compose_cfg(base + ["pooler.kernel=torchvision"])
