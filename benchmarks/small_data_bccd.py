@@ -93,9 +93,14 @@ def test_scores(run_dir: Path, name: str, args: argparse.Namespace, tta: str = "
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def run_dir_of(key: tuple[str, str, int], out: Path) -> Path:
+    variant, init, seed = key
+    return out / f"{variant}_{init}_seed{seed}"
+
+
 def start(key: tuple[str, str, int], args: argparse.Namespace):
     variant, init, seed = key
-    run_dir = args.out / f"{variant}_{init}_seed{seed}"
+    run_dir = run_dir_of(key, args.out)
     log = open(args.out / f"{run_dir.name}.log", "w")  # noqa: SIM115 (closed in finish)
     proc = subprocess.Popen(train_command(variant, init, seed, args, run_dir), env=ENV,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -132,10 +137,10 @@ def backfill_flip(out: Path, args: argparse.Namespace) -> None:
 
 
 def run_all(keys: list[tuple[str, str, int]], args: argparse.Namespace) -> None:
-    todo = [k for k in keys if not (args.out / f"{k[0]}_{k[1]}_seed{k[2]}/record.json").exists()]
+    todo = [k for k in keys if not (run_dir_of(k, args.out) / "record.json").exists()]
     args.out.mkdir(parents=True, exist_ok=True)
-    for key in [k for k in todo if (args.out / f"{k[0]}_{k[1]}_seed{k[2]}/metrics.json").exists()]:
-        score(key, args.out / f"{key[0]}_{key[1]}_seed{key[2]}", None, args)  # trained, unscored
+    for key in [k for k in todo if (run_dir_of(k, args.out) / "metrics.json").exists()]:
+        score(key, run_dir_of(key, args.out), None, args)  # trained, unscored
         todo.remove(key)
     while todo:
         batch, todo = todo[:args.jobs], todo[args.jobs:]
@@ -155,10 +160,8 @@ def step_time(run_dir: Path) -> float | None:
 
 
 def records(out: Path) -> list[dict]:
-    recs = [json.loads(p.read_text()) for p in sorted(out.glob("*/record.json"))]
-    for r, p in zip(recs, sorted(out.glob("*/record.json"))):
-        r["s_per_iter"] = step_time(p.parent)
-    return recs
+    return [{**json.loads(p.read_text()), "s_per_iter": step_time(p.parent)}
+            for p in sorted(out.glob("*/record.json"))]
 
 
 def fmt(values: list[float | None]) -> str:
