@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -60,12 +61,14 @@ def main() -> None:
     val = build_dataset(cfg.dataset, "val", train=False)
     images = [val[i][0].as_subclass(torch.Tensor) for i in range(args.images + 1)]
     # exported here from the same config: the graph's resize target is --size, as eager's
+    folder = Path(tempfile.mkdtemp())
     onnx = export_onnx(build_deploy_graph(ckpt, cfg, "benchmark"), images[0],
-                       Path(tempfile.mkdtemp()) / "model.onnx", 17)
+                       folder / "model.onnx", 17)
     eager = build_detector(cfg, len(ckpt["classes"]))
     eager.load_state_dict(ckpt["model"])
     loops = {"eager": fast_inference.prepare(eager, True, True, False),
              "onnxruntime": OnnxDetector(onnx, torch.device("cpu"), args.threads)}
+    shutil.rmtree(folder)  # the runtime's session holds the model
     times = {k: [] for k in loops}
     worst = {"max_boxes_diff": 0.0, "max_scores_diff": 0.0, "labels_equal": True}
     with torch.inference_mode():

@@ -55,10 +55,12 @@ def compose_cfg(overrides: list[str]):
 def plan(dry_run: bool) -> dict:
     """Sizes, batches, steps and device of a real run, or of the CPU dry run."""
     if dry_run:
-        return {"device": "cpu", "size": 96, "batches": [2], "steps": 2, "warmup": 1,
-                "precisions": ["fp32", "bf16"], "infer_images": 4, "backend": "gloo"}
+        return {"device": "cpu", "size": 64, "batches": [2], "steps": 1, "warmup": 1,
+                "precisions": ["fp32", "bf16"], "infer_images": 2, "backend": "gloo",
+                "ddp_iters": 2, "images": (4, 2)}
     return {"device": "cuda", "size": 800, "batches": [2, 8], "steps": 10, "warmup": 3,
-            "precisions": list(PRECISIONS), "infer_images": 32, "backend": "nccl"}
+            "precisions": list(PRECISIONS), "infer_images": 32, "backend": "nccl",
+            "ddp_iters": 4, "images": (16, 8)}
 
 
 def base_overrides(p: dict, run_iters: int) -> list[str]:
@@ -67,8 +69,8 @@ def base_overrides(p: dict, run_iters: int) -> list[str]:
             "schedule.eval_period=0", f"schedule.max_iter={run_iters}",
             # rows differ by precision alone, as the bare loop's
             "schedule.fused_optimizer=false", "schedule.channels_last=false",
-            f"schedule.checkpoint_period={run_iters}", "dataset.train_size=16",
-            "dataset.val_size=8", f"dataset.image_size={s}", f"dataset.min_size={s}",
+            f"schedule.checkpoint_period={run_iters}", f"dataset.train_size={p['images'][0]}",
+            f"dataset.val_size={p['images'][1]}", f"dataset.image_size={s}", f"dataset.min_size={s}",
             f"dataset.max_size={max(s, round(s * 1333 / 800))}", "dataset.num_workers=0"]
 
 
@@ -182,7 +184,7 @@ def _timed(fn, device: torch.device) -> float:
 def ddp_row(p: dict, tmp: Path) -> dict:
     """``torchrun --nproc_per_node=1`` of a short rcnn-train run (NCCL on CUDA, gloo dry)."""
     train = shutil.which("rcnn-train") or str(Path(sys.executable).parent / "rcnn-train")
-    over = base_overrides(p, 4) + [f"dist.backend={p['backend']}", "schedule.batch_size=2",
+    over = base_overrides(p, p["ddp_iters"]) + [f"dist.backend={p['backend']}", "schedule.batch_size=2",
                                    f"hydra.run.dir={tmp / 'ddp'}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc_per_node=1", train, *over]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,12 +36,50 @@ TINY = [
 NO_OPTIMIZER_STATE = ["schedule.optimizer=sgd", "schedule.momentum=0"]
 
 
+# Test files go to RAM where enough of it is free: the suite writes gigabytes of checkpoints
+# (each written and hashed), and the CI machine's disk takes them at ~100 MB/s.
+MEMORY_TEMP = Path("/dev/shm")
+MEMORY_TEMP_FREE = 12 * 2**30  # the suite's files peak at ~5 GB with every module's left in
+# tmp_path_factory folders whose name starts with this outlive their module (session fixtures)
+SESSION_TEMP = "session-"
+
+
 def pytest_configure(config):
     """Under pytest-xdist (`make test` runs one worker per core) each worker computes on one
-    thread, and so do the programs its tests start (threads=0 leaves torch at OMP_NUM_THREADS)."""
+    thread, and so do the programs its tests start (threads=0 leaves torch at OMP_NUM_THREADS).
+    The controlling process points TMPDIR at a RAM-backed folder (the workers and the programs
+    the tests start inherit it) unless TMPDIR is set or too little memory is free there."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
+    elif "TMPDIR" not in os.environ and free_bytes(MEMORY_TEMP) >= MEMORY_TEMP_FREE:
+        root = MEMORY_TEMP / "rcnn-cli-tests"
+        root.mkdir(exist_ok=True)
+        os.environ["TMPDIR"] = str(root)
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
+def free_bytes(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_temp_cleanup(request, tmp_path_factory):
+    """A module's tmp_path_factory folders go when it ends with no failure (tmp_path_retention_
+    policy = "failed" removes only function-scoped ones as each test passes, the rest at the
+    end of the session): the suite's files peak at one module's per worker, not all of them."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before:
+            if not path.name.startswith(SESSION_TEMP):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import pytest
 
 from rcnn_cli.engine.stages import graph
 from rcnn_cli.engine.train import train
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import SESSION_TEMP, TINY, compose_cfg
 
 STAGE_ITERS = ["schedule.stages.rpn1.max_iter=2", "schedule.stages.fast1.max_iter=4",
                "schedule.stages.rpn2.max_iter=2", "schedule.stages.fast2.max_iter=2"]
@@ -29,7 +29,7 @@ def overrides(root, model: str = "rcnn", *extra: str) -> list[str]:
 @pytest.fixture(scope="session")
 def full_run(tmp_path_factory):
     """An uninterrupted tiny 4-step run: (run dir, final metrics)."""
-    run_dir = tmp_path_factory.mktemp("alt") / "full"
+    run_dir = tmp_path_factory.mktemp(SESSION_TEMP + "alt") / "full"
     metrics = train(compose_cfg("train", ALT), run_dir)
     return run_dir, metrics
 
@@ -37,7 +37,7 @@ def full_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def rcnn_run(tmp_path_factory):
     """A tiny R-CNN run: (root holding ``run`` and the proposal cache, final metrics)."""
-    root = tmp_path_factory.mktemp("rcnn")
+    root = tmp_path_factory.mktemp(SESSION_TEMP + "rcnn")
     metrics = train(compose_cfg("train", overrides(root)), root / "run")
     return root, metrics
 
