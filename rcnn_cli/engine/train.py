@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from rcnn_cli.config import validate
 from rcnn_cli.config.recipe import recipe_in_force
 from rcnn_cli.engine import distributed, faults, runtime
+from rcnn_cli.engine.checkpoint import resolve_resume
 from rcnn_cli.engine.runtime import hydra_run_dir
 from rcnn_cli.engine.stages import alternating, region
 from rcnn_cli.engine.stages.graph import train_graph
@@ -35,18 +36,18 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
                                          else hydra_run_dir())
     log.info("run directory: %s", run_dir)
     log.info("recipe: %s", recipe_in_force())
-    check_weights_config(cfg)  # before any dataset work: a wrong backbone fails in seconds
+    program = stage_program(cfg, env.enabled)
+    # a resumed joint run takes every weight from its checkpoint: the weights files may be gone
+    resumed = (resolve_resume(cfg.resume, run_dir, cfg.ckpt_trust)
+               if cfg.resume and program is None else None)
+    if resumed is None:
+        check_weights_config(cfg)  # before any dataset work: a wrong backbone fails in seconds
     resolve_auto_amp(cfg)
     try:
-        if cfg.schedule.name == "alternating":
-            if env.enabled:
-                raise ConfigError("schedule=alternating (4-step training) runs in one process; "
-                                  "start it without torchrun/srun, or use schedule=joint")
-            metrics = train_graph(cfg, run_dir, alternating.stages, alternating.finish)
-        elif cfg.model.name in ("rcnn", "sppnet"):
-            metrics = train_graph(cfg, run_dir, region.stages, region.finish, region.prepare)
+        if program is not None:
+            metrics = train_graph(cfg, run_dir, *program)
         else:
-            metrics = Trainer.from_config(cfg, run_dir).run()
+            metrics = Trainer.from_config(cfg, run_dir, resumed).run()
     except faults.Interrupted:
         raise  # every rank stopped at the same step (``distributed.any_rank_stopping``)
     except Exception as e:
@@ -57,6 +58,19 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     log.info("run directory: %s", run_dir)
     distributed.shutdown()
     return metrics
+
+
+def stage_program(cfg: DictConfig, distributed_run: bool) -> tuple | None:
+    """``train_graph``'s stages, finish and prepare for a multi-stage program; None for a
+    joint run (one Trainer)."""
+    if cfg.schedule.name == "alternating":
+        if distributed_run:
+            raise ConfigError("schedule=alternating (4-step training) runs in one process; "
+                              "start it without torchrun/srun, or use schedule=joint")
+        return alternating.stages, alternating.finish, None
+    if cfg.model.name in ("rcnn", "sppnet"):
+        return region.stages, region.finish, region.prepare
+    return None
 
 
 def resolve_auto_amp(cfg: DictConfig) -> None:

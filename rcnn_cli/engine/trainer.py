@@ -86,9 +86,12 @@ class Trainer:
         self.stop_reason: str | None = None
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, run_dir: Path) -> Trainer:
+    def from_config(cls, cfg: DictConfig, run_dir: Path,
+                    resumed: tuple[Path, dict] | None = None) -> Trainer:
         """A joint run's parts: seeds, datasets (with proposals), detector, DDP wrapper,
-        evaluator, validation pictures, event stream; resumed when ``cfg.resume`` is set."""
+        evaluator, validation pictures, event stream; continued from ``resumed`` (a checkpoint
+        ``resolve_resume`` found), whose weights replace ``model.weights``/``backbone.weights``:
+        a resumed run never reads those files again."""
         device = distributed.local_device(runtime.select_device(cfg.device))
         is_main = distributed.is_main()
         runtime.set_threads(cfg.threads)
@@ -101,8 +104,9 @@ class Trainer:
         attach_proposals(cfg, "val", val_set)
         classes, category_ids = list(train_set.raw.classes), list(train_set.raw.category_ids)
         resolve_auto_anchors(cfg, train_set.raw)
-        model = build_detector(without_pretrained(cfg, trunk=False), len(classes))
-        report = load_pretrained(model, cfg, classes, category_ids) if cfg.model.weights else None
+        model = build_detector(without_pretrained(cfg, trunk=resumed is not None), len(classes))
+        report = (load_pretrained(model, cfg, classes, category_ids)
+                  if cfg.model.weights and resumed is None else None)
         model.to(device)
         if cfg.schedule.channels_last:
             runtime.convs_channels_last(model)  # before DDP builds its gradient buckets
@@ -117,8 +121,8 @@ class Trainer:
                                   cfg.log.images_score_thresh)
                         if cfg.log.images_every else None),
             events=None, is_main=is_main)
-        if cfg.resume:
-            trainer.resume(cfg.resume)
+        if resumed is not None:
+            trainer.restore(*resumed)
         trainer.events = EventLogger(run_dir, cfg.log.tensorboard, enabled=is_main)
         if report is not None and is_main:
             report.publish(run_dir, trainer.events.tensorboard)
@@ -126,9 +130,12 @@ class Trainer:
 
     def resume(self, target: str) -> None:
         found = resolve_resume(target, self.run_dir, self.cfg.ckpt_trust)
-        if found is None:
-            return
-        path, ckpt = found
+        if found is not None:
+            self.restore(*found)
+
+    def restore(self, path: Path, ckpt: dict) -> None:
+        """Continue from checkpoint ``ckpt`` (read from ``path``): weights, EMA, optimizer,
+        schedule, scaler, RNG and the data position."""
         check_resume_config(ckpt["config"], config_dict(self.cfg), path)
         self.model.load_state_dict(ckpt["model"])
         restore_ema(self.ema, ckpt, path)

@@ -126,6 +126,22 @@ def test_eval_and_predict_work_offline_after_the_weights_files_are_gone(finetune
     assert summary["images"] == 2
 
 
+def test_resume_continues_after_the_weights_files_are_gone(finetuned, tmp_path, monkeypatch):
+    """A requeued fine-tuning job: every weight comes from the checkpoint, the files named by
+    model.weights and backbone.weights (deleted by the fixture) are not read again."""
+    from rcnn_cli.io import load_checkpoint
+
+    block_network(monkeypatch, tmp_path)
+    root = finetuned.parent
+    over = TINY + SMALL + [f"model.weights={root / 'detector.pth'}",
+                           f"backbone.weights={root / 'trunk.pth'}",
+                           "model.weights_class_names=[triangle,ellipse,rectangle]",
+                           "schedule.max_iter=6", f"resume={finetuned}"]
+    metrics = train(compose_cfg("train", over), tmp_path / "continued")
+    assert metrics["iteration"] == 6
+    assert load_checkpoint(tmp_path / "continued" / "checkpoints" / "last.pt")["iteration"] == 6
+
+
 def test_shapes_checkpoint_fine_tuned_on_a_two_class_subset_maps_by_name(finetuned, tmp_path):
     """An rcnn-cli run directory as the source, loaded for [triangle, rectangle]."""
     from rcnn_cli.io import load_checkpoint

@@ -40,6 +40,7 @@ from rcnn_cli.evaluation.results import log_curves, save_evaluation
 from rcnn_cli.io import load_file
 from rcnn_cli.modeling import seeded_sampler
 from rcnn_cli.modeling.build import build_detector
+from rcnn_cli.modeling.weights import without_pretrained
 
 log = logging.getLogger("rcnn_cli")
 
@@ -80,10 +81,12 @@ class Run:
         return StageDir(self.run_dir, name)
 
     def detector(self, name: str | None = None) -> nn.Module:
-        """A full detector, with a stage's saved weights when ``name`` is given."""
-        model = build_detector(self.cfg, len(self.classes))
-        if name is not None:
-            model.load_state_dict(load_state(self.stage(name).path(MODEL)))
+        """A full detector: stage ``name``'s saved weights when it is given (no pretrained file
+        is read then), else ``model.weights`` with its classes mapped to the dataset's."""
+        if name is None:
+            return build_detector(self.cfg, len(self.classes), self.classes, self.category_ids)
+        model = build_detector(without_pretrained(self.cfg), len(self.classes))
+        model.load_state_dict(load_state(self.stage(name).path(MODEL)))
         return model
 
 

@@ -184,3 +184,27 @@ def test_a_crashed_training_stage_continues_from_its_checkpoint(program, program
     assert all(status[n] == "ran" for n in names[names.index(stage) + 1:])
     if not change:
         assert again["bbox/AP"] == pytest.approx(metrics["bbox/AP"], abs=1e-9)
+
+
+def test_a_stage_graph_maps_model_weights_to_the_datasets_classes_by_name(tmp_path):
+    """The 4-step program's initial detector loads ``model.weights`` as the joint trainer does:
+    rows of the class-dependent layers follow ``model.weights_class_names``; a stage's saved
+    weights then load without reading the file again."""
+    from rcnn_cli.modeling.build import build_architecture
+
+    classes = ["rectangle", "ellipse", "triangle"]
+    torch.manual_seed(0)
+    source = build_architecture(compose_cfg("train", ALT), 3).state_dict()
+    torch.save(source, tmp_path / "detector.pth")
+    cfg = compose_cfg("train", ALT + [f"model.weights={tmp_path / 'detector.pth'}",
+                                      "model.weights_class_names=[triangle,ellipse,rectangle]"])
+    run = Run(cfg=cfg, run_dir=tmp_path / "run", events=None, device=torch.device("cpu"),
+              classes=classes, category_ids=[1, 2, 3])
+    key = "roi_heads.box_predictor.cls_score.weight"
+    assert torch.equal(run.detector().state_dict()[key], source[key][[0, 3, 2, 1]])
+
+    stage = run.stage("init")
+    stage.dir.mkdir(parents=True)
+    torch.save(source, stage.path(graph.MODEL))
+    (tmp_path / "detector.pth").unlink()
+    assert torch.equal(run.detector("init").state_dict()[key], source[key])
