@@ -213,6 +213,9 @@ class EvalMainConf:
     compress: CompressConf = field(default_factory=CompressConf)
     device: Device = Device.auto
     threads: int = 0
+    # data-loading processes; null: the training run's dataset.num_workers, at most this
+    # machine's CPU count (a checkpoint from a cluster node asks for that node's count)
+    workers: int | None = None
     ckpt_trust: bool = False  # load pickles that need arbitrary globals (runs their code)
 
 

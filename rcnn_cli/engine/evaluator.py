@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -58,6 +59,15 @@ def check_classes(ckpt: dict, dataset_classes: list[str], source: str) -> None:
                               f"{list(dataset_classes)}")
 
 
+def eval_workers(cfg: DictConfig, train_cfg: DictConfig) -> int:
+    """``workers=``, else the training run's ``dataset.num_workers`` capped at the CPU count."""
+    if cfg.workers is None:
+        return min(train_cfg.dataset.num_workers, os.cpu_count() or 1)
+    if cfg.workers < 0:
+        raise ConfigError(f"workers={cfg.workers}: must be >= 0 (0 loads in the main process)")
+    return cfg.workers
+
+
 def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     validate(cfg)
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
@@ -70,6 +80,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
                           "eval.proposals, eval.tta and compress.* need the checkpoint")
     if cfg.dataset is not None:
         train_cfg.dataset = cfg.dataset
+    workers = eval_workers(cfg, train_cfg)
     runtime.set_threads(cfg.threads)
     device = runtime.select_device(cfg.device)
     masks = uses_masks(train_cfg.model.name)
@@ -80,7 +91,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
     model = build_trained_model(ckpt, train_cfg, device)
     e = cfg.eval
     detector = tta.wrap(model, e.tta, list(e.tta_scales), e.tta_merge, e.tta_iou, masks)
-    loader = eval_loader(dataset, cfg.eval.batch_size, train_cfg.dataset.num_workers)
+    loader = eval_loader(dataset, cfg.eval.batch_size, workers)
     with make_progress() as progress:
         dets = predict(detector, loader, device, dataset.raw.category_ids, progress)
     metrics = evaluator.evaluate(dets)

@@ -50,3 +50,23 @@ def test_an_onnx_file_runs_on_the_commands_thread_count(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     model = build_trained_model({"onnx": path}, None, torch.device("cpu"))
     assert model.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_workers_default_to_the_runs_count_capped_at_this_machines_cpus(tmp_path, monkeypatch):
+    """A checkpoint trained with 4 loader processes, evaluated on a 1-CPU machine: 1 process;
+    ``workers=`` overrides without naming a dataset; a negative count fails before any work."""
+    from rcnn_cli.engine import evaluator
+
+    ckpt = make_export(tmp_path / "run", ["dataset.num_workers=4"])
+    used = []
+    monkeypatch.setattr(evaluator, "eval_loader",
+                        lambda view, batch, workers: used.append(workers) or [])
+    monkeypatch.setattr(evaluator, "predict", lambda *a, **k: [])
+    monkeypatch.setattr(evaluator.os, "cpu_count", lambda: 1)
+    base = [f"ckpt={ckpt}"]  # the checkpoint's own (tiny) dataset config
+    for extra, expected in (([], 1), (["workers=0"], 0), (["workers=3"], 3)):
+        evaluator.evaluate_checkpoint(compose_cfg("eval", base + extra), tmp_path / "e")
+        assert used.pop() == expected
+    monkeypatch.setattr(evaluator, "build_dataset", lambda *a, **k: pytest.fail("read data"))
+    with pytest.raises(ConfigError, match=r"^workers=-1: must be >= 0"):
+        evaluator.evaluate_checkpoint(compose_cfg("eval", base + ["workers=-1"]), tmp_path / "e")
