@@ -12,6 +12,7 @@ from rich.table import Table
 
 from rcnn_cli.data.annotations import AnnotationStore, coco_ground_truth
 from rcnn_cli.data.loader import sample_seed
+from rcnn_cli.engine.runtime import table_console
 from rcnn_cli.errors import ConfigError, DataError
 
 # box side sqrt(w*h) buckets: COCO small / medium / large, then very large
@@ -77,7 +78,7 @@ def decode_all(store: AnnotationStore) -> list[str]:
 
 
 def check(cfg, console: Console | None = None) -> dict:
-    console = console or Console()
+    console = console or table_console()
     result = {}
     for split in cfg.splits:
         stats = split_stats(split_store(cfg.dataset, split))

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from rcnn_cli.engine.runtime import table_console
 from rcnn_cli.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("rcnn_cli")
@@ -239,7 +240,7 @@ def print_summary(rows: list[dict], metric: str, title: str,
         table.add_column(name, overflow="fold")
     for line, row in zip(body, rows):
         table.add_row(*line, style=None if row["status"] == "completed" else "red")
-    console = console or Console()
+    console = console or table_console()
     console.print(table)
     for row in rows:
         if row["status"] != "completed":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from rcnn_cli.engine.runtime import table_console
 from rcnn_cli.evaluation.build import PerClass
 from rcnn_cli.evaluation.coco import STAT_NAMES
 
@@ -50,7 +51,7 @@ def per_class_markdown(tables: list[PerClass], heading: str) -> str:
 
 def print_metrics(metrics: dict, title: str, per_class: list[PerClass] | None = None,
                   console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or table_console()
     console.print(metrics_table(metrics, title))
     for pc in per_class or []:
         console.print(per_class_table(pc))

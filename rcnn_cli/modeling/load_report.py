@@ -52,16 +52,18 @@ class LoadReport:
 
     def log_table(self) -> None:
         """One rich table on the console (and the log)."""
-        from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"model.weights={self.source} ({self.kind})")
+        from rcnn_cli.engine.runtime import table_console
+
+        log.info("model.weights=%s (%s)", self.source, self.kind)  # a path: no folding
+        table = Table(title="model.weights, tensor by tensor")
         for col in ("tensors", "count", "parameters", "meaning"):
             table.add_column(col)
         for name, meaning in CATEGORIES.items():
             table.add_row(name, str(len(getattr(self, name))), f"{self.params.get(name, 0):,}",
                           meaning)
-        Console(stderr=True).print(table)
+        table_console(stderr=True).print(table)
         for name in CATEGORIES:
             log.info("weights %s: %d tensors, %d parameters", name, len(getattr(self, name)),
                      self.params.get(name, 0))

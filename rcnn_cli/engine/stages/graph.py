@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from rich.console import Console
 from rich.table import Table
 from torch import nn
 
@@ -189,7 +187,7 @@ def show(run: Run, stages: Sequence[Stage]) -> None:
         wall = f"{run.timing[s.name]:.1f} s" if s.name in run.timing else ""
         iters = "" if s.iterations is None else str(s.iterations)
         table.add_row(s.name, f"[{style[st]}]{st}[/]", iters, wall)
-    Console(file=sys.stderr).print(table)
+    runtime.table_console(stderr=True).print(table)
 
 
 class StageEvents:
