@@ -305,6 +305,20 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return {k: float(v) / env.world_size for k, v in zip(keys, t.tolist())}
 
 
+def image_weighted_mean(values: dict[str, float], images: int) -> dict[str, float]:
+    """Each rank's ``values`` (means over its ``images`` validation images) as one mean over
+    all of them, on every rank: evaluation shards differ by an image, and a rank with none
+    (fewer images than ranks) has no keys at all."""
+    env = current()
+    if not env.enabled:
+        return values
+    parts: list = [None] * env.world_size
+    dist.all_gather_object(parts, (values, images))
+    total = sum(n for _, n in parts)
+    keys = sorted({k for v, n in parts if n for k in v})
+    return {k: sum(v[k] * n for v, n in parts if n) / total for k in keys}
+
+
 def gather_detections(dets: list[dict], image_ids: list) -> list[dict]:
     """Rank 0 gets every rank's detections in dataset order (others get []).
     ``image_ids`` is the dataset's image order."""

@@ -253,8 +253,8 @@ class Trainer:
         dets = distributed.gather_detections(dets, list(self.val_set.raw.image_ids))
         metrics = distributed.on_main(lambda: self.evaluator.evaluate(dets))
         if self.cfg.eval.val_loss:
-            val = distributed.mean_over_ranks(validation_loss(
-                self.eval_model, faults.UntilStop(loader), self.device, self.cfg.seed))
+            val = distributed.image_weighted_mean(validation_loss(
+                self.eval_model, faults.UntilStop(loader), self.device, self.cfg.seed), len(shard))
             self.stop_if_requested("during the validation loss ")
             metrics = {**metrics, **val}
             if val:

@@ -94,12 +94,14 @@ def test_accumulating_two_micro_batches_equals_one_double_batch(tmp_path):
 
 
 def test_two_process_ddp_equals_one_process_with_the_global_batch(tmp_path):
-    train(compose_cfg("train", DET + ["schedule.batch_size=4"]), tmp_path / "single")
+    """3 validation images: evaluation shards of 2 and 1 (the validation loss is image-weighted)."""
+    det = DET + ["dataset.val_size=3"]
+    train(compose_cfg("train", det + ["schedule.batch_size=4"]), tmp_path / "single")
     ddp_cwd = tmp_path / "ddp"
     ddp_cwd.mkdir()
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "rcnn_cli.train", *DET, "schedule.batch_size=2"],
+         "-m", "rcnn_cli.train", *det, "schedule.batch_size=2"],
         capture_output=True, text=True, env=env(), cwd=ddp_cwd, timeout=900)
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
     runs = [p for p in (ddp_cwd / "outputs" / "train").iterdir()]
@@ -130,6 +132,23 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(tmp_path):
     assert [d["image_id"] for d in da] == [d["image_id"] for d in db]
     for x, y in zip(da, db):
         assert y["bbox"] == pytest.approx(x["bbox"], abs=1e-3)
+
+
+def test_validation_loss_mean_weights_ranks_by_images_and_a_rank_may_have_none():
+    """Shards of 2 and 1 images; then more ranks than images (rank 1 evaluated nothing, so its
+    loss dict is empty): every rank gets the mean over all images."""
+    cases = [[({"val/loss": 1.0}, 2), ({"val/loss": 3.0, "val/total_loss": 5.0}, 1)],
+             [({"val/loss": 4.0}, 1), ({}, 0)]]
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, str(WORKER.with_name("ddp_mean_worker.py")),
+                               str(rank), port, json.dumps(cases)], env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    for out, _ in outs:
+        assert json.loads(out.strip().splitlines()[-1]) == [
+            {"val/loss": 2.0}, {"val/loss": 3.0, "val/total_loss": 5.0}]
 
 
 def launch_pair(tmp_path: Path, mode: str) -> tuple[list, list[str], dict, float]:
