@@ -10,9 +10,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from rcnn_cli.console import table_console
 from rcnn_cli.data.annotations import AnnotationStore, coco_ground_truth
 from rcnn_cli.data.loader import sample_seed
-from rcnn_cli.engine.runtime import table_console
 from rcnn_cli.errors import ConfigError, DataError
 
 # box side sqrt(w*h) buckets: COCO small / medium / large, then very large

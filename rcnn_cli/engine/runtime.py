@@ -3,14 +3,12 @@ resolved config as a dict, the Hydra run directory and the console progress bar.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -113,18 +111,6 @@ def hydra_run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
-
-
-LOG_WIDTH = 200  # columns of a rich table written to a file, CI or a SLURM log
-
-
-def table_console(stderr: bool = False) -> Console:
-    """Where rich tables go: a terminal at its own width (or ``COLUMNS``); elsewhere at
-    ``LOG_WIDTH``, since rich would fold and cut rows at 80 columns there."""
-    console = Console(stderr=stderr)
-    if console.is_terminal or os.environ.get("COLUMNS"):
-        return console
-    return Console(stderr=stderr, width=LOG_WIDTH)
 
 
 def make_progress(disable: bool = False) -> Progress:

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from rcnn_cli.engine.runtime import table_console
+from rcnn_cli.console import table_console
 from rcnn_cli.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("rcnn_cli")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from rcnn_cli.engine.runtime import table_console
+from rcnn_cli.console import table_console
 from rcnn_cli.evaluation.build import PerClass
 from rcnn_cli.evaluation.coco import STAT_NAMES
 

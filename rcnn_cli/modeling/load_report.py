@@ -54,7 +54,7 @@ class LoadReport:
         """One rich table on the console (and the log)."""
         from rich.table import Table
 
-        from rcnn_cli.engine.runtime import table_console
+        from rcnn_cli.console import table_console
 
         log.info("model.weights=%s (%s)", self.source, self.kind)  # a path: no folding
         table = Table(title="model.weights, tensor by tensor")

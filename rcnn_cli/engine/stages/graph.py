@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 from torch import nn
 
+from rcnn_cli.console import table_console
 from rcnn_cli.data.build import build_dataset, check_same_classes
 from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.engine import distributed, faults, runtime
@@ -187,7 +188,7 @@ def show(run: Run, stages: Sequence[Stage]) -> None:
         wall = f"{run.timing[s.name]:.1f} s" if s.name in run.timing else ""
         iters = "" if s.iterations is None else str(s.iterations)
         table.add_row(s.name, f"[{style[st]}]{st}[/]", iters, wall)
-    runtime.table_console(stderr=True).print(table)
+    table_console(stderr=True).print(table)
 
 
 class StageEvents:
