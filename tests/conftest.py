@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
 import rcnn_cli.config  # noqa: F401
+from rcnn_cli.benchmark import FP32_PLAIN_STEP
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -27,7 +28,7 @@ TINY = [
     "dataset.num_workers=0",  # no worker start-up in tiny runs (shapes default: 2)
     # fp32 and the plain optimizer step whatever the CPU (the shapes recipe picks bf16 where the
     # CPU has it natively, and torch's fused AdamW): the same numbers on every CI machine
-    "schedule.amp=none", "schedule.fused_optimizer=false", "schedule.channels_last=false",
+    *FP32_PLAIN_STEP,
 ]
 # SGD without momentum keeps no optimizer state, so a checkpoint is the model alone: a third of
 # one with the recipe's AdamW (two moments per weight, ~160 MB for the default model). A tiny run
