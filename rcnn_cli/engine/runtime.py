@@ -3,6 +3,7 @@ resolved config as a dict, the Hydra run directory and the console progress bar.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -52,18 +53,38 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+# oneDNN's instruction-set bit masks (``dnnl_cpu_isa_t``); a cap set with ONEDNN_MAX_CPU_ISA
+# allows an instruction set when it holds all of that set's bits.
+ONEDNN_ISA_BITS = {
+    "SSE41": 0x1, "AVX": 0x3, "AVX2": 0x7, "AVX2_VNNI": 0xF, "AVX2_VNNI_2": 0x1F,
+    "AVX512_CORE": 0x27, "AVX512_CORE_VNNI": 0x67, "AVX512_CORE_BF16": 0xE7,
+    "AVX10_1_512": 0x1EF, "AVX512_CORE_FP16": 0x1EF, "AVX10_1_512_AMX": 0xFEF,
+    "AVX512_CORE_AMX": 0xFEF, "AVX10_1_512_AMX_FP16": 0x1FEF, "AVX512_CORE_AMX_FP16": 0x1FEF}
+
+
 def cpu_bf16_feature() -> str | None:
     """The CPU feature that runs bf16 matrix work natively (AMX-BF16 or AVX512-BF16), or None.
 
-    Without one, bf16 autocast on the CPU converts in software and is slower than fp32."""
-    probes = (("AMX-BF16", "_is_amx_tile_supported", "amx_bf16"),
-              ("AVX512-BF16", "_is_avx512_bf16_supported", "avx512_bf16"))
+    Without one, bf16 autocast on the CPU converts in software and is slower than fp32. A
+    feature the CPU has but oneDNN is told not to use (``ONEDNN_MAX_CPU_ISA=AVX2``) counts as
+    absent: there bf16 convolutions ran about 100x slower than fp32."""
+    probes = (("AMX-BF16", "_is_amx_tile_supported", "amx_bf16", "AVX512_CORE_AMX"),
+              ("AVX512-BF16", "_is_avx512_bf16_supported", "avx512_bf16", "AVX512_CORE_BF16"))
     flags = _cpuinfo_flags()
-    for name, probe, flag in probes:
+    for name, probe, flag, isa in probes:
         check = getattr(torch.cpu, probe, None)
-        if (check() if check is not None else flag in flags):
+        if (check() if check is not None else flag in flags) and onednn_allows(isa):
             return name
     return None
+
+
+def onednn_allows(isa: str) -> bool:
+    """Whether oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``, formerly ``DNNL_MAX_CPU_ISA``; unset or
+    ``ALL``: no cap) lets it use ``isa``."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "")
+    cap_bits = ONEDNN_ISA_BITS.get(cap.strip().upper())
+    need = ONEDNN_ISA_BITS[isa]
+    return cap_bits is None or cap_bits & need == need
 
 
 def _cpuinfo_flags() -> set[str]:

@@ -12,6 +12,8 @@ from tests.conftest import compose_cfg
 @pytest.mark.parametrize(("amx", "avx512_bf16", "expected"), [
     (True, False, "bf16"), (False, True, "bf16"), (True, True, "bf16"), (False, False, "none")])
 def test_auto_on_cpu_follows_native_bf16(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16,
                         raising=False)
@@ -23,12 +25,31 @@ def test_auto_on_cpu_follows_native_bf16(monkeypatch, amx, avx512_bf16, expected
 
 
 def test_cpuinfo_flags_when_torch_has_no_probe(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.setattr(runtime, "_cpuinfo_flags", lambda: {"avx2", "avx512_bf16"})
     assert runtime.cpu_bf16_feature() == "AVX512-BF16"
     monkeypatch.setattr(runtime, "_cpuinfo_flags", lambda: {"avx2", "fma"})
     assert runtime.cpu_bf16_feature() is None
+
+
+@pytest.mark.parametrize(("variable", "cap", "expected"), [
+    ("ONEDNN_MAX_CPU_ISA", "AVX2", None), ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI", None),
+    ("DNNL_MAX_CPU_ISA", "avx512_core_bf16", "AVX512-BF16"),
+    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", "AMX-BF16"),
+    ("ONEDNN_MAX_CPU_ISA", "AVX10_1_512_AMX_FP16", "AMX-BF16"),
+    ("ONEDNN_MAX_CPU_ISA", "ALL", "AMX-BF16")])
+def test_a_onednn_isa_cap_below_bf16_means_fp32(monkeypatch, variable, cap, expected):
+    """A CPU with AMX whose oneDNN is capped below the bf16 instructions trains in fp32."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setenv(variable, cap)
+    assert runtime.cpu_bf16_feature() == expected
+    assert runtime.choose_amp(torch.device("cpu"))[0] == ("none" if expected is None else "bf16")
 
 
 @pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16"), (False, "fp16")])
