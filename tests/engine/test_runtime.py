@@ -10,8 +10,8 @@ from tests.conftest import compose_cfg
 
 
 @pytest.mark.parametrize(("amx", "avx512_bf16", "expected"), [
-    (True, False, "bf16"), (False, True, "bf16"), (True, True, "bf16"), (False, False, "none")])
-def test_auto_on_cpu_follows_native_bf16(monkeypatch, amx, avx512_bf16, expected):
+    (True, False, "bf16"), (False, True, "none"), (True, True, "bf16"), (False, False, "none")])
+def test_auto_on_cpu_is_bf16_with_amx_only(monkeypatch, amx, avx512_bf16, expected):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
@@ -49,7 +49,7 @@ def test_a_onednn_isa_cap_below_bf16_means_fp32(monkeypatch, variable, cap, expe
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     monkeypatch.setenv(variable, cap)
     assert runtime.cpu_bf16_feature() == expected
-    assert runtime.choose_amp(torch.device("cpu"))[0] == ("none" if expected is None else "bf16")
+    assert runtime.choose_amp(torch.device("cpu"))[0] == ("bf16" if expected == "AMX-BF16" else "none")
 
 
 @pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16"), (False, "fp16")])
