@@ -5,6 +5,7 @@ Five rungs, one recipe and budget (``experiment=shapes_masks_ladder``), each at 
     python benchmarks/htc_ladder.py --seeds 0 1 --out outputs/htc_ladder --jobs 2
     python benchmarks/htc_ladder.py --smoke  # a few iterations per rung: the program runs
     python benchmarks/htc_ladder.py --rungs htc detectors --seeds 0  # some rungs only
+    python benchmarks/htc_ladder.py --time-iters 30  # s/iter of each rung alone on the machine
 
 Resumable: each run lives in ``<out>/<rung>_seed<S>/`` (rcnn-train's run directory) and ends
 with its ``record.json``; a run with a record is not run again (one recorded with other
@@ -16,8 +17,11 @@ dataset.num_workers=1``; each run's console goes to its ``console.log``), costli
 
 s/iter is the mean training step time (data wait included) over the logging windows, the first
 window of each start or resumed start left out (it holds the start-up). With ``--jobs`` it is a
-one-thread time on a shared machine. Writes ``<out>/ladder.json`` (the records of the requested
-runs) and prints a markdown table of the means.
+one-thread time on a shared machine. ``--time-iters N`` measures s/iter again with nothing
+beside it: each rung trains N fresh iterations alone (``--time-threads``, default one thread)
+into ``<out>/timing/`` and ``<out>/timing.json``; the table shows both columns. Writes
+``<out>/ladder.json`` (the records of the requested runs) and prints a markdown table of the
+means.
 """
 
 from __future__ import annotations
@@ -45,9 +49,11 @@ RUNGS = {  # id: (row name, overrides)
                   ["model=detectors", "backbone.sac=true", "backbone.sac_deformable=true",
                    "backbone.rfp_steps=2"]),
 }
-SMOKE = ["schedule.max_iter=4", "schedule.warmup_iters=2", "dataset.train_size=8",
-         "dataset.val_size=4", "dataset.image_size=64", "log.period=2"]
+SMOKE_DATA = ["dataset.train_size=8", "dataset.image_size=64"]
+SMOKE = ["schedule.max_iter=4", "schedule.warmup_iters=2", "dataset.val_size=4", "log.period=2",
+         *SMOKE_DATA]
 ONE_THREAD = ["threads=1", "dataset.num_workers=1"]
+TIME_WINDOW = 5  # iterations per logged window of a timing run
 RECORD = "record.json"
 STARTS = "starts.json"  # per run: the metrics.jsonl line at which each start began
 
@@ -144,20 +150,62 @@ def mean(records: list[dict], key: str) -> str:
     return f"{statistics.mean(values):.3f}" if values else "-"
 
 
-def table(records: list[dict]) -> str:
-    rows = ["| rung | box AP | mask AP | s/iter | seeds |", "|---|---|---|---|---|"]
+def table(records: list[dict], timing: dict | None = None) -> str:
+    """The means per rung; ``timing`` (rung: s/iter alone) adds its column."""
+    timing = timing or {}
+    rows = ["| rung | box AP | mask AP | s/iter (training) | s/iter (alone) | seeds |",
+            "|---|---|---|---|---|---|"]
     for rung, (name, _) in RUNGS.items():
         rs = [r for r in records if r["rung"] == rung]
-        if rs:
+        if rs or rung in timing:
+            alone = f"{timing[rung]['s_per_iter']:.3f}" if rung in timing else "-"
             rows.append(f"| {name} | {mean(rs, 'box_AP')} | {mean(rs, 'mask_AP')} | "
-                        f"{mean(rs, 's_per_iter')} | {len(rs)} |")
+                        f"{mean(rs, 's_per_iter')} | {alone} | {len(rs)} |")
     return "\n".join(rows)
+
+
+def time_rung(rung: str, overrides: list[str], out: Path, iters: int, threads: int) -> dict:
+    """s/iter of one rung trained alone: ``iters`` fresh iterations at seed 0, logged every
+    ``TIME_WINDOW``; the first window (start-up) is left out. The warm-up is shortened and the
+    final evaluation is on 4 images: neither is timed."""
+    run_dir = out / "timing" / rung
+    shutil.rmtree(run_dir, ignore_errors=True)
+    command = [*train_command(overrides, 0, run_dir, iters, False, []),
+               f"schedule.max_iter={iters}", "schedule.warmup_iters=1", "dataset.val_size=4",
+               f"log.period={TIME_WINDOW}", f"threads={threads}", "dataset.num_workers=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    run_dir.mkdir(parents=True)
+    with open(run_dir / "console.log", "w") as log:
+        subprocess.run(command, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return {"s_per_iter": step_time(run_dir), "iters": iters, "threads": threads}
+
+
+def time_all(rungs: list[str], out: Path, iters: int, threads: int, extra: list[str]) -> dict:
+    """Every rung timed alone, one after another; ``timing.json`` rewritten after each."""
+    path = out / "timing.json"
+    timing = json.loads(path.read_text()) if path.is_file() else {}
+    for rung in rungs:
+        timing[rung] = time_rung(rung, RUNGS[rung][1] + extra, out, iters, threads)
+        atomic_write_json(path, timing)
+        print(f"{rung}: {timing[rung]['s_per_iter']:.3f} s/iter alone", flush=True)
+    return timing
 
 
 def collect(out: Path, plan: list[tuple[str, list[str], int]]) -> list[dict]:
     """The records on disk for the planned runs, in plan order."""
     records = (finished(out / f"{rung}_seed{seed}", ov) for rung, ov, seed in plan)
     return [r for r in records if r is not None]
+
+
+def collect_any(out: Path, seeds: list[int]) -> list[dict]:
+    """The records on disk for every rung at these seeds, whatever their overrides."""
+    paths = (out / f"{rung}_seed{seed}" / RECORD for rung in RUNGS for seed in seeds)
+    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+
+
+def load_timing(out: Path) -> dict:
+    path = out / "timing.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def run_all(plan: list[tuple[str, list[str], int]], out: Path, jobs: int,
@@ -205,15 +253,25 @@ def main() -> None:
                         help="runs side by side, one thread each (default 1: all threads)")
     parser.add_argument("--checkpoint-every", type=int, default=200,
                         help="iterations between checkpoints (a stopped run resumes there)")
+    parser.add_argument("--time-iters", type=int, default=0,
+                        help="time each rung alone for this many iterations (no ladder runs)")
+    parser.add_argument("--time-threads", type=int, default=1)
     args = parser.parse_args()
-    if args.jobs < 1 or args.checkpoint_every < 1:
-        parser.error("--jobs and --checkpoint-every must be >= 1")
+    if min(args.jobs, args.checkpoint_every, args.time_threads) < 1 or args.time_iters < 0:
+        parser.error("--jobs, --checkpoint-every and --time-threads must be >= 1")
+    if args.time_iters:
+        if args.time_iters < 2 * TIME_WINDOW:
+            parser.error(f"--time-iters must be >= {2 * TIME_WINDOW} (two logged windows)")
+        timing = time_all(args.rungs, args.out, args.time_iters, args.time_threads,
+                          SMOKE_DATA if args.smoke else [])
+        print(table(collect_any(args.out, args.seeds), timing))
+        return
     plan = [(rung, RUNGS[rung][1] + (SMOKE if args.smoke else []), seed)
             for rung, seed in run_order(args.rungs, args.seeds, args.jobs)]
     for rung, overrides, seed in plan:  # refuse a foreign record before any training
         finished(args.out / f"{rung}_seed{seed}", overrides)
     failures = run_all(plan, args.out, args.jobs, args.checkpoint_every)
-    print(table(collect(args.out, plan)))
+    print(table(collect(args.out, plan), load_timing(args.out)))
     if failures:
         raise SystemExit("failed (re-run to resume them):\n  " + "\n  ".join(failures))
 

@@ -33,7 +33,8 @@ def test_one_rung_gives_a_record_and_a_table_row_and_is_skipped_when_run_again(t
     assert record["s_per_iter"] > 0 and record["starts"] == 1 and record["threads"] == 1
     assert (run_dir / "console.log").is_file() and (run_dir / "checkpoints" / "last.pt").exists()
     row = "| Cascade Mask R-CNN (last-stage mask) |"
-    assert "| rung | box AP | mask AP | s/iter | seeds |" in out and row in out
+    assert "| rung | box AP | mask AP | s/iter (training) | s/iter (alone) | seeds |" in out
+    assert row in out
 
     again = run_program("htc_ladder", *args, timeout=120)
     assert "finished before, skipped" in again and row in again
@@ -87,3 +88,26 @@ def test_side_by_side_runs_start_with_the_costliest_rungs():
     assert ladder.run_order(rungs, [0, 1], 2) == [
         ("detectors", 0), ("detectors", 1), ("htc", 0), ("htc", 1),
         ("cascade_mask_last", 0), ("cascade_mask_last", 1)]
+
+
+def test_timing_alone_writes_timing_json_and_its_column(tmp_path):
+    out = run_program("htc_ladder", "--smoke", "--time-iters", "10", "--rungs",
+                      "cascade_mask_last", "--out", str(tmp_path), timeout=300)
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert set(timing) == {"cascade_mask_last"}
+    assert timing["cascade_mask_last"]["s_per_iter"] > 0
+    assert timing["cascade_mask_last"]["iters"] == 10
+    metrics = (tmp_path / "timing" / "cascade_mask_last" / "metrics.jsonl").read_text()
+    assert [json.loads(x)["iteration"] for x in metrics.splitlines()
+            if "step_time" in json.loads(x)] == [5, 10]
+    alone = f"{timing['cascade_mask_last']['s_per_iter']:.3f}"
+    assert f"| Cascade Mask R-CNN (last-stage mask) | - | - | - | {alone} | 0 |" in out
+    assert not (tmp_path / "cascade_mask_last_seed0").exists()  # no ladder run
+
+
+def test_table_shows_the_timing_column_beside_the_logged_one():
+    records = [{"rung": "htc", "box_AP": 0.5, "mask_AP": 0.4, "s_per_iter": 3.0},
+               {"rung": "htc", "box_AP": 0.7, "mask_AP": 0.6, "s_per_iter": 5.0}]
+    text = ladder.table(records, {"htc": {"s_per_iter": 2.5}})
+    assert "| HTC | 0.600 | 0.500 | 4.000 | 2.500 | 2 |" in text
+    assert "Cascade" not in text
