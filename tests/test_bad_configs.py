@@ -22,6 +22,7 @@ BAD = {
     "dataset.min_size=0": "dataset.min_size",
     "dataset.train_min_sizes=[0]": "dataset.train_min_sizes",
     "dataset.flip_prob=2": "dataset.flip_prob",
+    "dataset.vflip_prob=-0.5": "dataset.vflip_prob",
     "dataset.color_jitter=-1": "dataset.color_jitter",
     "dataset.repeat_factor_threshold=-0.1": "dataset.repeat_factor_threshold",
     "schedule.momentum=2": "schedule.momentum",

@@ -34,6 +34,8 @@ class DatasetConf:
     scale_jitter: list[float] = field(default_factory=list)
     scale_jitter_crop: bool = False
     iou_crop: bool = False
+    # vertical flip probability: for images with no up and down (cells, aerial, parts on a belt)
+    vflip_prob: float = 0.0
 
 
 @dataclass

@@ -146,7 +146,7 @@ class EvalConf:
     # rcnn-train: the training losses on the validation set at every evaluation (val/*)
     val_loss: bool = True
     confusion_score: float = 0.5  # detections counted in confusion.{md,png}
-    # rcnn-eval test-time augmentation (rcnn_cli.evaluation.tta): none | flip | scales
+    # rcnn-eval test-time augmentation (rcnn_cli.evaluation.tta): none | flip | flips | scales
     tta: str = "none"
     tta_scales: list[int] = field(default_factory=list)  # shorter sides for tta=scales
     tta_merge: str = "nms"  # nms | wbf (weighted box fusion)

@@ -57,7 +57,8 @@ POSITIVE_KEYS = [("schedule.max_iter", 1), ("schedule.batch_size", 1),
                  ("schedule.early_stop.patience", 0)]
 
 # (key, low, high, low inclusive): float keys checked when present and set.
-INTERVAL_KEYS = [("dataset.flip_prob", 0.0, 1.0, True), ("dataset.color_jitter", 0.0, None, True),
+INTERVAL_KEYS = [("dataset.flip_prob", 0.0, 1.0, True), ("dataset.vflip_prob", 0.0, 1.0, True),
+                 ("dataset.color_jitter", 0.0, None, True),
                  ("schedule.momentum", 0.0, 1.0, True), ("schedule.weight_decay", 0.0, None, True),
                  ("schedule.gamma", 0.0, None, False), ("schedule.clip_grad_norm", 0.0, None, False),
                  ("schedule.warmup_factor", 0.0, 1.0, True),

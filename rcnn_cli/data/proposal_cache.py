@@ -41,7 +41,7 @@ log = logging.getLogger("rcnn_cli")
 
 FORMAT = "rcnn-cli-proposals/1"
 # Dataset keys that change which images/pixels a split holds (not how they are loaded).
-LOADING_KEYS = {"flip_prob", "num_workers", "min_size", "max_size", "train_min_sizes",
+LOADING_KEYS = {"flip_prob", "vflip_prob", "num_workers", "min_size", "max_size", "train_min_sizes",
                 "color_jitter", "aspect_grouping", "with_masks"}
 
 

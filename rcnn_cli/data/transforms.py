@@ -52,6 +52,8 @@ class Augment:
     instead of ``train_min_sizes``; ``scale_jitter_crop``: then crop (and pad) to
     ``min_size x max_size``, the large-scale jitter of Ghiasi et al. 2021 (Copy-Paste, §3).
     ``iou_crop``: SSD's minimum-IoU random crop (``v2.RandomIoUCrop``) before resizing.
+    ``vflip``: probability of a vertical flip (``v2.RandomVerticalFlip``), after the horizontal
+    one: both together give the four flips of an image with no up or down.
     Boxes, masks and proposals move with the pixels; boxes left degenerate by a crop are
     dropped with their labels and masks (``v2.SanitizeBoundingBoxes``).
     """
@@ -60,6 +62,7 @@ class Augment:
     scale_jitter: tuple[float, float] | None = None
     scale_jitter_crop: bool = False
     iou_crop: bool = False
+    vflip: float = 0.0
 
     @property
     def crops(self) -> bool:
@@ -76,7 +79,8 @@ def augment_from_config(cfg) -> Augment:
         raise ConfigError("dataset.scale_jitter_crop=true needs dataset.scale_jitter=[lo,hi]")
     return Augment(float(cfg.get("photometric_distort", 0.0)),
                    (float(jitter[0]), float(jitter[1])) if jitter else None,
-                   bool(cfg.get("scale_jitter_crop", False)), bool(cfg.get("iou_crop", False)))
+                   bool(cfg.get("scale_jitter_crop", False)), bool(cfg.get("iou_crop", False)),
+                   float(cfg.get("vflip_prob", 0.0)))
 
 
 def build_transforms(train: bool, flip_prob: float, min_sizes: list[int] | None = None,
@@ -95,6 +99,8 @@ def build_transforms(train: bool, flip_prob: float, min_sizes: list[int] | None 
         steps.append(v2.RandomShortestSize(list(min_sizes), max_size))
     if train and flip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(flip_prob))
+    if train and augment.vflip > 0:
+        steps.append(v2.RandomVerticalFlip(augment.vflip))
     if train and augment.photometric > 0:
         steps.append(v2.RandomPhotometricDistort(p=augment.photometric))
     if train and color_jitter > 0:

@@ -1,8 +1,10 @@
 """Test-time augmentation: one detector run per view of the image, boxes merged.
 
-Views: ``flip`` = the image and its horizontal mirror; ``scales`` = the image resized to each
-shorter side in ``eval.tta_scales`` (the longer-side cap scaled alike). The model already maps
-its boxes (and masks) back to original image coordinates; mirrored outputs are mirrored back.
+Views: ``flip`` = the image and its horizontal mirror; ``flips`` = the four flips (none,
+horizontal, vertical, both), for images with no up or down (trained with
+``dataset.vflip_prob``); ``scales`` = the image resized to each shorter side in
+``eval.tta_scales`` (the longer-side cap scaled alike). The model already maps its boxes (and
+masks) back to original image coordinates; mirrored outputs are mirrored back.
 Merging is per class: NMS (``batched_nms``) or weighted box fusion (Solovyev et al. 2021,
 "Weighted boxes fusion", §2: clusters of boxes above ``tta_iou`` become their score-weighted
 mean box with the mean score, scaled by ``min(views, cluster size) / views``).
@@ -18,14 +20,17 @@ from torchvision.ops import batched_nms, box_iou
 
 from rcnn_cli.errors import ConfigError
 
-MODES = ("none", "flip", "scales")
+MODES = ("none", "flip", "flips", "scales")
+FLIPS = {"flip": [(False, False), (True, False)],
+         "flips": [(False, False), (True, False), (False, True), (True, True)]}
 MERGES = ("nms", "wbf")
 
 
 class TTADetector(nn.Module):
-    """Wraps an eval-mode detector; ``views`` are ``(flip, shorter side or None)`` pairs."""
+    """Wraps an eval-mode detector; ``views`` are ``(horizontal flip, vertical flip, shorter
+    side or None)``."""
 
-    def __init__(self, model: nn.Module, views: list[tuple[bool, int | None]], merge: str,
+    def __init__(self, model: nn.Module, views: list[tuple[bool, bool, int | None]], merge: str,
                  iou: float, detections_per_img: int):
         super().__init__()
         self.model, self.views = model, views
@@ -35,14 +40,15 @@ class TTADetector(nn.Module):
     def forward(self, images: list[torch.Tensor], **kwargs) -> list[dict]:
         if kwargs:
             raise ConfigError("eval.tta does not support external proposals (model=fast)")
-        per_view = [self.run_view(images, flip, size) for flip, size in self.views]
+        per_view = [self.run_view(images, *view) for view in self.views]
         return [self.combine([v[i] for v in per_view]) for i in range(len(images))]
 
-    def run_view(self, images, flip: bool, size: int | None) -> list[dict]:
+    def run_view(self, images, hflip: bool, vflip: bool, size: int | None) -> list[dict]:
+        dims = [d for d, on in ((-1, hflip), (-2, vflip)) if on]
         with resized(self.model, size):
-            outs = self.model([im.flip(-1) if flip else im for im in images])
-        if flip:
-            outs = [mirror(o, im.shape[-1]) for o, im in zip(outs, images)]
+            outs = self.model([im.flip(dims) if dims else im for im in images])
+        for dim in dims:
+            outs = [mirror(o, im.shape[dim], dim) for o, im in zip(outs, images)]
         return outs
 
     def combine(self, outs: list[dict]) -> dict:
@@ -66,11 +72,16 @@ def resized(model: nn.Module, size: int | None):
         t.min_size, t.max_size = saved
 
 
-def mirror(out: dict, width: int) -> dict:
+def mirror(out: dict, extent: int, dim: int = -1) -> dict:
+    """Detections of a flipped image mapped back: along the width (``dim=-1``) or height (-2)."""
     b = out["boxes"]
-    out = {**out, "boxes": torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], 1)}
+    if dim == -1:
+        boxes = torch.stack([extent - b[:, 2], b[:, 1], extent - b[:, 0], b[:, 3]], 1)
+    else:
+        boxes = torch.stack([b[:, 0], extent - b[:, 3], b[:, 2], extent - b[:, 1]], 1)
+    out = {**out, "boxes": boxes}
     if "masks" in out:
-        out["masks"] = out["masks"].flip(-1)
+        out["masks"] = out["masks"].flip(dim)
     return out
 
 
@@ -123,6 +134,7 @@ def wrap(model: nn.Module, mode: str, scales: list[int], merge: str, iou: float,
         raise ConfigError("eval.tta_merge=wbf fuses boxes only; use eval.tta_merge=nms for masks")
     if mode == "scales" and not scales:
         raise ConfigError("eval.tta=scales needs eval.tta_scales (shorter sides, e.g. [600,800])")
-    views = [(False, None), (True, None)] if mode == "flip" else [(False, s) for s in scales]
+    views = ([(h, v, None) for h, v in FLIPS[mode]] if mode in FLIPS
+             else [(False, False, s) for s in scales])
     top = model.roi_heads.detections_per_img
     return TTADetector(model, views, merge, iou, top).eval()

@@ -17,6 +17,8 @@ CASES = {
     "iou_crop": Augment(iou_crop=True),
     "all": Augment(1.0, (0.1, 2.0), True, True),
     "jitter_and_photometric": Augment(1.0, (0.1, 2.0), True, False),
+    "vflip": Augment(vflip=0.5),
+    "all_and_vflip": Augment(1.0, (0.1, 2.0), True, True, 0.5),
 }
 
 

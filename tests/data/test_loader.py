@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from rcnn_cli.data.loader import DetectionView, IterationBatchSampler, train_loader
 from rcnn_cli.data.shapes import ShapesDataset
+from rcnn_cli.data.transforms import Augment
 
 
 def test_resumed_sampler_continues_with_the_same_batches():
@@ -39,6 +41,21 @@ def test_flip_moves_boxes_with_pixels():
     b = plain[1]["boxes"]
     expected = torch.stack([64 - b[:, 2], b[:, 1], 64 - b[:, 0], b[:, 3]], 1)
     assert torch.equal(flipped[1]["boxes"], expected)
+
+
+def test_vertical_flip_moves_boxes_masks_and_proposals_with_pixels():
+    raw = ShapesDataset("train", 4, 64, with_masks=True)
+    plain_view = DetectionView(raw, train=False, flip_prob=0.0)
+    flip_view = DetectionView(raw, train=True, flip_prob=0.0, augment=Augment(vflip=1.0))
+    for v in (plain_view, flip_view):
+        v.proposals = {iid: np.array([[0, 5, 50, 20]], dtype=np.float32) for iid in raw.image_ids}
+    plain, flipped = plain_view[(0, 0)], flip_view[(0, 0)]
+    assert torch.equal(flipped[0], plain[0].flip(-2))
+    b = plain[1]["boxes"]
+    expected = torch.stack([b[:, 0], 64 - b[:, 3], b[:, 2], 64 - b[:, 1]], 1)
+    assert torch.equal(flipped[1]["boxes"], expected)
+    assert torch.equal(flipped[1]["masks"], plain[1]["masks"].flip(-2))
+    assert torch.equal(flipped[1]["proposals"], torch.tensor([[0.0, 44, 50, 59]]))
 
 
 def test_loader_yields_lists_of_images_and_targets():

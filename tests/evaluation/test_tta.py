@@ -29,7 +29,7 @@ def test_one_identity_view_reproduces_plain_evaluation(setup):
     loader = eval_loader(view, 2, 0)
     ids = list(view.raw.category_ids)
     plain = predict(model, loader, torch.device("cpu"), ids)
-    tta = TTADetector(model, [(False, None)], "nms", model.roi_heads.nms_thresh,
+    tta = TTADetector(model, [(False, False, None)], "nms", model.roi_heads.nms_thresh,
                       model.roi_heads.detections_per_img)
     merged = predict(tta, loader, torch.device("cpu"), ids)
     assert len(plain) > 50 and plain == merged
@@ -40,28 +40,42 @@ def test_one_identity_view_reproduces_plain_evaluation(setup):
 def test_a_view_at_the_models_own_scale_is_the_plain_view(setup):
     model, view = setup
     images = [view[(0, 0)][0]]
-    own = TTADetector(model, [(False, model.transform.min_size[-1])], "nms", 0.5, 100)
+    size = model.transform.min_size[-1]
+    own = TTADetector(model, [(False, False, size)], "nms", 0.5, 100)
     with torch.no_grad():
-        a, b = model(images)[0], own.run_view(images, False, model.transform.min_size[-1])[0]
+        a, b = model(images)[0], own.run_view(images, False, False, size)[0]
     assert torch.equal(a["boxes"], b["boxes"])
     assert model.transform.min_size == (64,)  # restored
 
 
-def test_flip_view_maps_boxes_back(setup):
+@pytest.mark.parametrize(("hflip", "vflip"), [(True, False), (False, True), (True, True)])
+def test_flip_views_map_boxes_back(setup, hflip, vflip):
     model, view = setup
     image = view[(1, 0)][0]
-    mirrored = image.flip(-1)
-    # the flip view of the mirrored image runs the model on the original image: its boxes,
-    # mapped back, are the original image's boxes mirrored into the mirrored image
+    dims = [d for d, on in ((-1, hflip), (-2, vflip)) if on]
+    flipped = image.flip(dims)
+    # the flip view of the flipped image runs the model on the original image: its boxes,
+    # mapped back, are the original image's boxes flipped into the flipped image
     with torch.no_grad():
-        got = TTADetector(model, [], "nms", 0.5, 100).run_view([mirrored], True, None)[0]
+        got = TTADetector(model, [], "nms", 0.5, 100).run_view([flipped], hflip, vflip, None)[0]
         plain = model([image])[0]
     assert len(plain["boxes"]) > 0
-    assert torch.allclose(got["boxes"], mirror(plain, 64)["boxes"], atol=1e-4)
+    expected = plain
+    for dim in dims:
+        expected = mirror(expected, image.shape[dim], dim)
+    assert torch.allclose(got["boxes"], expected["boxes"], atol=1e-4)
     assert torch.equal(got["scores"], plain["scores"])
+
+
+def test_mirror_along_either_side():
     b = torch.tensor([[1.0, 2.0, 5.0, 9.0]])
     assert torch.equal(mirror(mirror({"boxes": b}, 20), 20)["boxes"], b)
     assert torch.equal(mirror({"boxes": b}, 20)["boxes"], torch.tensor([[15.0, 2, 19, 9]]))
+    assert torch.equal(mirror({"boxes": b}, 30, -2)["boxes"], torch.tensor([[1.0, 21, 5, 28]]))
+    masks = torch.zeros(1, 1, 4, 3)
+    masks[..., 0, 2] = 1
+    out = mirror({"boxes": b, "masks": masks}, 4, -2)
+    assert out["masks"][0, 0, 3, 2] == 1 and out["masks"].sum() == 1
 
 
 def test_weighted_box_fusion():
@@ -82,3 +96,5 @@ def test_bad_combinations_are_refused(setup):
     with pytest.raises(ConfigError, match="wbf"):
         wrap(model, "flip", [], "wbf", 0.5, True)
     assert len(wrap(model, "scales", [48, 64, 96], "wbf", 0.5, False).views) == 3
+    assert wrap(model, "flips", [], "nms", 0.5, True).views == [
+        (False, False, None), (True, False, None), (False, True, None), (True, True, None)]
