@@ -47,7 +47,9 @@ VARIANTS = {  # name: overrides (the plain recipe is experiment=shapes_cpu, the 
     "+iou_crop": ["experiment=shapes_cpu", "dataset.iou_crop=true"],
     "+repeat_factor": ["experiment=shapes_cpu", "dataset.repeat_factor_threshold=0.8"],
     "+anchors_auto": ["experiment=shapes_cpu", "anchors=auto"],
+    "+vflip": ["experiment=shapes_cpu", "dataset.vflip_prob=0.5"],
 }
+TTA_SCORES = {"test_best_flip": "flip", "test_best_flips": "flips"}  # record key: eval.tta
 CLASSES = ["Platelets", "RBC", "WBC"]
 SMOKE = ["schedule.warmup_iters=2", "log.period=2", "dataset.min_size=96", "dataset.max_size=128"]
 
@@ -123,16 +125,18 @@ def score(key, run_dir: Path, wall: float | None, args) -> None:
               "train_wall_s": wall, "curve": curve(run_dir),
               "test_best": test_scores(run_dir, "best", args),
               "test_last": test_scores(run_dir, "last", args),
-              "test_best_flip": test_scores(run_dir, "best", args, "flip")}
+              **{key: test_scores(run_dir, "best", args, tta) for key, tta in TTA_SCORES.items()}}
     atomic_write_json(run_dir / "record.json", record)
 
 
-def backfill_flip(out: Path, args: argparse.Namespace) -> None:
-    """Adds the flip-TTA test score to records written before it was measured."""
+def backfill_tta(out: Path, args: argparse.Namespace) -> None:
+    """Adds the TTA test scores to records written before they were measured."""
     for path in sorted(out.glob("*/record.json")):
         record = json.loads(path.read_text())
-        if "test_best_flip" not in record:
-            record["test_best_flip"] = test_scores(path.parent, "best", args, "flip")
+        missing = {key: tta for key, tta in TTA_SCORES.items() if key not in record}
+        for key, tta in missing.items():
+            record[key] = test_scores(path.parent, "best", args, tta)
+        if missing:
             atomic_write_json(path, record)
 
 
@@ -182,7 +186,8 @@ def report(out: Path) -> str:
     """One row per (variant, init): test metrics of best.pt (per seed in brackets)."""
     recs = records(out)
     head = ["variant", "init", "seeds", "test AP", "AP50", "AP75", *CLASSES,
-            "AP (last.pt)", "AP (flip TTA)", "best val AP", "s/iter", "train wall s"]
+            "AP (last.pt)", "AP (flip TTA)", "AP (4-flip TTA)", "best val AP", "s/iter",
+            "train wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups = sorted({(r["variant"], r["init"]) for r in recs},
                     key=lambda g: (g[1], list(VARIANTS).index(g[0])))
@@ -191,6 +196,7 @@ def report(out: Path) -> str:
         cells = [fmt([r["test_best"][k] for r in rs]) for k in ("AP", "AP50", "AP75", *CLASSES)]
         cells += [fmt([r["test_last"]["AP"] for r in rs]),
                   fmt([r.get("test_best_flip", {}).get("AP") for r in rs]),
+                  fmt([r.get("test_best_flips", {}).get("AP") for r in rs]),
                   fmt([max(c["val_AP"] for c in r["curve"]) for r in rs]),
                   fmt([r["s_per_iter"] for r in rs]),
                   fmt_wall([r["train_wall_s"] for r in rs])]
@@ -229,11 +235,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/small_data_bccd"))
     parser.add_argument("--smoke", action="store_true", help="tiny images, for the test")
     parser.add_argument("--report", action="store_true", help="only print the table of --out")
-    parser.add_argument("--backfill-flip", action="store_true",
-                        help="only add the flip-TTA test score to finished runs without it")
+    parser.add_argument("--backfill-tta", action="store_true",
+                        help="only add the TTA test scores to finished runs without them")
     args = parser.parse_args()
-    if args.backfill_flip:
-        backfill_flip(args.out, args)
+    if args.backfill_tta:
+        backfill_tta(args.out, args)
     elif not args.report:
         if not (Path(args.root) / "ImageSets").is_dir():
             parser.error(f"--root {args.root}: no Pascal VOC dataset there")

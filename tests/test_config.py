@@ -56,6 +56,14 @@ def test_eval_config_composes_with_and_without_dataset():
     assert cfg.dataset.name == "shapes"
 
 
+@pytest.mark.parametrize("mode", ["none", "flip", "flips", "scales"])
+def test_every_tta_mode_passes_validation_and_others_are_named(mode):
+    """The start-up check knows the modes that rcnn_cli.evaluation.tta builds."""
+    validate(compose_cfg("eval", ["ckpt=x.pt", f"eval.tta={mode}"]))
+    with pytest.raises(ConfigError, match="eval.tta"):
+        validate(compose_cfg("eval", ["ckpt=x.pt", "eval.tta=mirror"]))
+
+
 def test_cli_typo_fails_naming_the_key():
     with pytest.raises(ConfigCompositionException, match="schedule.lrr"):
         compose_cfg("train", ["schedule.lrr=0.1"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rcnn_cli.config.data import CocoConf, DatasetConf, ShapesConf, VocConf
 from rcnn_cli.config.model import ModelConf, RegionModelConf
 from rcnn_cli.config.run import GROUP_SCHEMAS, AlternatingScheduleConf, ScheduleConf, TrainConf
+from rcnn_cli.evaluation import tta
 
 
 def validate(cfg) -> None:
@@ -69,8 +70,8 @@ INTERVAL_KEYS = [("dataset.flip_prob", 0.0, 1.0, True), ("dataset.vflip_prob", 0
 
 # (key, allowed values): checked when the key is present.
 CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools")),
-               ("eval.tta", ("none", "flip", "scales")), ("eval.tta_merge", ("nms", "wbf")),
-               ("tta", ("none", "flip", "scales")), ("tta_merge", ("nms", "wbf"))]
+               ("eval.tta", tta.MODES), ("eval.tta_merge", tta.MERGES),
+               ("tta", tta.MODES), ("tta_merge", tta.MERGES)]
 
 
 def _check_ranges(cfg) -> None:

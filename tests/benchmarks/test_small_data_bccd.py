@@ -27,8 +27,8 @@ def test_table_means_seeds_and_finished_runs_are_not_started_again(tmp_path, mon
     table = program.report(tmp_path)
     assert "| plain | finetuned | 2 | 0.450 (0.400 / 0.500) | 0.750 (0.700 / 0.800) |" in table
     assert "| small_data | finetuned | 1 | 0.600 |" in table
-    # WBC missing, last.pt AP, flip TTA (not measured), best val AP, s/iter, wall
-    assert "| - | 0.590 | - | 0.300 | - | 100 |" in table
+    # WBC missing, last.pt AP, flip and 4-flip TTA (not measured), best val AP, s/iter, wall
+    assert "| - | 0.590 | - | - | 0.300 | - | 100 |" in table
     assert "- plain finetuned seed 1: 150: 0.900, 300: 0.700" in table
 
     def start(*_):
@@ -51,7 +51,7 @@ def test_smoke_run_gives_a_record_with_val_loss_and_test_scores(tmp_path):
     assert [c["iteration"] for c in rec["curve"]] == [2, 4]
     assert all(c["val_loss"] is not None for c in rec["curve"])
     assert rec["test_last"]["iteration"] == 4 and rec["test_best"]["AP"] is not None
-    assert rec["test_best_flip"]["AP"] is not None
+    assert rec["test_best_flip"]["AP"] is not None and rec["test_best_flips"]["AP"] is not None
     assert "| plain | scratch | 1 |" in out
 
 
@@ -66,3 +66,18 @@ def test_a_trained_but_unscored_run_is_scored_without_training(tmp_path, monkeyp
     args = type("Args", (), {"out": tmp_path, "jobs": 2})
     program.run_all([("plain", "scratch", 0), ("plain", "scratch", 1)], args)
     assert scored == [("plain", "scratch", 0)] and started == [("plain", "scratch", 1)]
+
+
+def test_backfill_adds_only_the_missing_tta_scores(tmp_path, monkeypatch):
+    program = load_program("small_data_bccd")
+    path = tmp_path / "plain_finetuned_seed0" / "record.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({**record("plain", 0, 0.4), "test_best_flip": {"AP": 0.41}}))
+    calls = []
+    monkeypatch.setattr(program, "test_scores",
+                        lambda run_dir, name, args, tta: calls.append((name, tta)) or {"AP": 0.42})
+    program.backfill_tta(tmp_path, None)
+    program.backfill_tta(tmp_path, None)  # nothing left to add
+    rec = json.loads(path.read_text())
+    assert calls == [("best", "flips")]
+    assert rec["test_best_flip"] == {"AP": 0.41} and rec["test_best_flips"] == {"AP": 0.42}
