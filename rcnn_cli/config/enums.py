@@ -19,7 +19,7 @@ class Norm(Enum):
 
 
 class Amp(Enum):
-    auto = "auto"  # bf16 where the device runs it natively, fp16 on older CUDA, else fp32
+    auto = "auto"  # bf16 on AMX-BF16 CPUs and bf16 GPUs, fp16 on older CUDA, else fp32
     none = "none"
     bf16 = "bf16"
     fp16 = "fp16"
