@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +91,7 @@ def test_side_by_side_runs_start_with_the_costliest_rungs():
         ("cascade_mask_last", 0), ("cascade_mask_last", 1)]
 
 
+@pytest.mark.slow
 def test_timing_alone_writes_timing_json_and_its_column(tmp_path):
     out = run_program("htc_ladder", "--smoke", "--time-iters", "10", "--rungs",
                       "cascade_mask_last", "--out", str(tmp_path), timeout=300)
@@ -111,3 +113,25 @@ def test_table_shows_the_timing_column_beside_the_logged_one():
     text = ladder.table(records, {"htc": {"s_per_iter": 2.5}})
     assert "| HTC | 0.600 | 0.500 | 4.000 | 2.500 | 2 |" in text
     assert "Cascade" not in text
+
+
+def test_timing_runs_each_rung_alone_with_its_overrides(tmp_path, monkeypatch):
+    commands = []
+
+    def fake_run(command, check, env, stdout, stderr):
+        commands.append((command, env["OMP_NUM_THREADS"]))
+        run_dir = Path(next(c for c in command if c.startswith("hydra.run.dir=")).split("=", 1)[1])
+        write_metrics(run_dir, [{"iteration": 5, "step_time": 9.0},
+                                {"iteration": 10, "step_time": 2.0},
+                                {"iteration": 15, "step_time": 4.0}])
+
+    monkeypatch.setattr(ladder.subprocess, "run", fake_run)
+    timing = ladder.time_all(["htc", "detectors"], tmp_path, 15, 2, [])
+    assert timing == {rung: {"s_per_iter": 3.0, "iters": 15, "threads": 2}
+                      for rung in ("htc", "detectors")}  # the first window left out
+    assert json.loads((tmp_path / "timing.json").read_text()) == timing
+    (htc, htc_threads), (detectors, _) = commands
+    assert htc_threads == "2" and {"model=htc", "schedule.max_iter=15", "threads=2",
+                                   "log.period=5", "seed=0"} <= set(htc)
+    assert not any(c.startswith("resume=") for c in htc)
+    assert "backbone.rfp_steps=2" in detectors
