@@ -16,7 +16,9 @@ import contextlib
 
 import torch
 from torch import nn
+from torchvision import tv_tensors
 from torchvision.ops import batched_nms, box_iou
+from torchvision.transforms.v2 import functional as F
 
 from rcnn_cli.errors import ConfigError
 
@@ -24,6 +26,7 @@ MODES = ("none", "flip", "flips", "scales")
 FLIPS = {"flip": [(False, False), (True, False)],
          "flips": [(False, False), (True, False), (False, True), (True, True)]}
 MERGES = ("nms", "wbf")
+FLIP_BOXES = {-1: F.horizontal_flip_bounding_boxes, -2: F.vertical_flip_bounding_boxes}
 
 
 class TTADetector(nn.Module):
@@ -48,7 +51,7 @@ class TTADetector(nn.Module):
         with resized(self.model, size):
             outs = self.model([im.flip(dims) if dims else im for im in images])
         for dim in dims:
-            outs = [mirror(o, im.shape[dim], dim) for o, im in zip(outs, images)]
+            outs = [mirror(o, tuple(im.shape[-2:]), dim) for o, im in zip(outs, images)]
         return outs
 
     def combine(self, outs: list[dict]) -> dict:
@@ -72,13 +75,11 @@ def resized(model: nn.Module, size: int | None):
         t.min_size, t.max_size = saved
 
 
-def mirror(out: dict, extent: int, dim: int = -1) -> dict:
-    """Detections of a flipped image mapped back: along the width (``dim=-1``) or height (-2)."""
-    b = out["boxes"]
-    if dim == -1:
-        boxes = torch.stack([extent - b[:, 2], b[:, 1], extent - b[:, 0], b[:, 3]], 1)
-    else:
-        boxes = torch.stack([b[:, 0], extent - b[:, 3], b[:, 2], extent - b[:, 1]], 1)
+def mirror(out: dict, canvas_size: tuple[int, int], dim: int = -1) -> dict:
+    """Detections of a flipped ``(height, width)`` image mapped back: along the width
+    (``dim=-1``) or the height (-2)."""
+    boxes = FLIP_BOXES[dim](out["boxes"], format=tv_tensors.BoundingBoxFormat.XYXY,
+                            canvas_size=canvas_size)
     out = {**out, "boxes": boxes}
     if "masks" in out:
         out["masks"] = out["masks"].flip(dim)

@@ -62,19 +62,20 @@ def test_flip_views_map_boxes_back(setup, hflip, vflip):
     assert len(plain["boxes"]) > 0
     expected = plain
     for dim in dims:
-        expected = mirror(expected, image.shape[dim], dim)
+        expected = mirror(expected, tuple(image.shape[-2:]), dim)
     assert torch.allclose(got["boxes"], expected["boxes"], atol=1e-4)
     assert torch.equal(got["scores"], plain["scores"])
 
 
 def test_mirror_along_either_side():
     b = torch.tensor([[1.0, 2.0, 5.0, 9.0]])
-    assert torch.equal(mirror(mirror({"boxes": b}, 20), 20)["boxes"], b)
-    assert torch.equal(mirror({"boxes": b}, 20)["boxes"], torch.tensor([[15.0, 2, 19, 9]]))
-    assert torch.equal(mirror({"boxes": b}, 30, -2)["boxes"], torch.tensor([[1.0, 21, 5, 28]]))
+    assert torch.equal(mirror(mirror({"boxes": b}, (30, 20)), (30, 20))["boxes"], b)
+    assert torch.equal(mirror({"boxes": b}, (30, 20))["boxes"], torch.tensor([[15.0, 2, 19, 9]]))
+    assert torch.equal(mirror({"boxes": b}, (30, 20), -2)["boxes"],
+                       torch.tensor([[1.0, 21, 5, 28]]))
     masks = torch.zeros(1, 1, 4, 3)
     masks[..., 0, 2] = 1
-    out = mirror({"boxes": b, "masks": masks}, 4, -2)
+    out = mirror({"boxes": b, "masks": masks}, (4, 3), -2)
     assert out["masks"][0, 0, 3, 2] == 1 and out["masks"].sum() == 1
 
 
