@@ -55,7 +55,8 @@ SMOKE = ["schedule.max_iter=4", "schedule.warmup_iters=2", "dataset.val_size=4",
 ONE_THREAD = ["threads=1", "dataset.num_workers=1"]
 TIME_WINDOW = 5  # iterations per logged window of a timing run
 RECORD = "record.json"
-STARTS = "starts.json"  # per run: the metrics.jsonl line at which each start began
+STARTS = "starts.json"
+TIMING = "timing.json"  # per rung: s/iter trained alone (--time-iters)  # per run: the metrics.jsonl line at which each start began
 
 
 def segments(run_dir: Path) -> list[list[dict]]:
@@ -182,11 +183,10 @@ def time_rung(rung: str, overrides: list[str], out: Path, iters: int, threads: i
 
 def time_all(rungs: list[str], out: Path, iters: int, threads: int, extra: list[str]) -> dict:
     """Every rung timed alone, one after another; ``timing.json`` rewritten after each."""
-    path = out / "timing.json"
-    timing = json.loads(path.read_text()) if path.is_file() else {}
+    timing = load_timing(out)
     for rung in rungs:
         timing[rung] = time_rung(rung, RUNGS[rung][1] + extra, out, iters, threads)
-        atomic_write_json(path, timing)
+        atomic_write_json(out / TIMING, timing)
         print(f"{rung}: {timing[rung]['s_per_iter']:.3f} s/iter alone", flush=True)
     return timing
 
@@ -204,7 +204,7 @@ def collect_any(out: Path, seeds: list[int]) -> list[dict]:
 
 
 def load_timing(out: Path) -> dict:
-    path = out / "timing.json"
+    path = out / TIMING
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -257,11 +257,11 @@ def main() -> None:
                         help="time each rung alone for this many iterations (no ladder runs)")
     parser.add_argument("--time-threads", type=int, default=1)
     args = parser.parse_args()
-    if min(args.jobs, args.checkpoint_every, args.time_threads) < 1 or args.time_iters < 0:
+    if min(args.jobs, args.checkpoint_every, args.time_threads) < 1:
         parser.error("--jobs, --checkpoint-every and --time-threads must be >= 1")
+    if args.time_iters < 0 or 0 < args.time_iters < 2 * TIME_WINDOW:
+        parser.error(f"--time-iters must be >= {2 * TIME_WINDOW} (two logged windows), or 0")
     if args.time_iters:
-        if args.time_iters < 2 * TIME_WINDOW:
-            parser.error(f"--time-iters must be >= {2 * TIME_WINDOW} (two logged windows)")
         timing = time_all(args.rungs, args.out, args.time_iters, args.time_threads,
                           SMOKE_DATA if args.smoke else [])
         print(table(collect_any(args.out, args.seeds), timing))
