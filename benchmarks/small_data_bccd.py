@@ -50,6 +50,7 @@ VARIANTS = {  # name: overrides (the plain recipe is experiment=shapes_cpu, the 
     "+vflip": ["experiment=shapes_cpu", "dataset.vflip_prob=0.5"],
 }
 TTA_SCORES = {"test_best_flip": "flip", "test_best_flips": "flips"}  # record key: eval.tta
+TTA_KEYS = ("test_best", "test_last", *TTA_SCORES)
 CLASSES = ["Platelets", "RBC", "WBC"]
 SMOKE = ["schedule.warmup_iters=2", "log.period=2", "dataset.min_size=96", "dataset.max_size=128"]
 
@@ -182,6 +183,30 @@ def fmt_wall(values: list[float | None]) -> str:
     return f"{statistics.mean(values):.0f}" if values else "-"
 
 
+def margins(recs: list[dict], base: str = "plain", preset: str = "small_data") -> list[str]:
+    """``preset`` minus ``base`` in test AP (best.pt, and best.pt with four-flip TTA against
+    ``base``'s best of its plain and TTA scores), per init over the seeds both have run."""
+    lines = []
+    for init in ("scratch", "finetuned"):
+        runs = {(r["variant"], r["seed"]): r for r in recs if r["init"] == init}
+        seeds = sorted(s for v, s in runs if v == preset and (base, s) in runs)
+        if not seeds:
+            continue
+        plain = [runs[base, s]["test_best"]["AP"] for s in seeds]
+        ours = [runs[preset, s]["test_best"]["AP"] for s in seeds]
+        tta = [runs[preset, s].get("test_best_flips", {}).get("AP") for s in seeds]
+        best_base = [max(filter(None, (runs[base, s][k].get("AP") for k in TTA_KEYS
+                                       if k in runs[base, s]))) for s in seeds]
+        delta = [o - p for o, p in zip(ours, plain)]
+        line = (f"- {init}: {preset} - {base}, test AP: {statistics.mean(delta):+.3f} "
+                f"(seed {', '.join(f'{s}: {d:+.3f}' for s, d in zip(seeds, delta))})")
+        if None not in tta:
+            line += (f"; {preset} with 4-flip TTA - {base}'s best score: "
+                     f"{statistics.mean(t - b for t, b in zip(tta, best_base)):+.3f}")
+        lines.append(line)
+    return ["", *lines] if lines else []
+
+
 def report(out: Path) -> str:
     """One row per (variant, init): test metrics of best.pt (per seed in brackets)."""
     recs = records(out)
@@ -201,6 +226,9 @@ def report(out: Path) -> str:
                   fmt([r["s_per_iter"] for r in rs]),
                   fmt_wall([r["train_wall_s"] for r in rs])]
         lines.append(f"| {variant} | {init} | {len(rs)} | " + " | ".join(cells) + " |")
+    lines += margins(recs)
+    lines += [f"- {r['variant']} {r['init']} seed {r['seed']} is reused: {r['reused_from']}"
+              for r in recs if r.get("reused_from")]
     lines += ["", "Validation loss at each evaluation (seed order):", ""]
     for r in recs:
         points = ", ".join(f"{c['iteration']}: {c['val_loss']:.3f}" for c in r["curve"]

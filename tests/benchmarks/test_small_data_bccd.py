@@ -23,8 +23,13 @@ def test_table_means_seeds_and_finished_runs_are_not_started_again(tmp_path, mon
     for variant, seed, ap in (("plain", 0, 0.40), ("plain", 1, 0.50), ("small_data", 0, 0.6)):
         path = tmp_path / f"{variant}_finetuned_seed{seed}" / "record.json"
         path.parent.mkdir()
-        path.write_text(json.dumps(record(variant, seed, ap)))
+        rec = record(variant, seed, ap)
+        if variant == "small_data":
+            rec["reused_from"] = "OTHER/+vflip_finetuned_seed0"
+        path.write_text(json.dumps(rec))
     table = program.report(tmp_path)
+    assert "- small_data finetuned seed 0 is reused: OTHER/+vflip_finetuned_seed0" in table
+    assert "- finetuned: small_data - plain, test AP: +0.200 (seed 0: +0.200)" in table
     assert "| plain | finetuned | 2 | 0.450 (0.400 / 0.500) | 0.750 (0.700 / 0.800) |" in table
     assert "| small_data | finetuned | 1 | 0.600 |" in table
     # WBC missing, last.pt AP, flip and 4-flip TTA (not measured), best val AP, s/iter, wall
@@ -37,6 +42,20 @@ def test_table_means_seeds_and_finished_runs_are_not_started_again(tmp_path, mon
     monkeypatch.setattr(program, "start", start)
     args = type("Args", (), {"out": tmp_path, "jobs": 2})
     program.run_all([("plain", "finetuned", 0), ("small_data", "finetuned", 0)], args)
+
+
+def test_margins_pair_seeds_and_compare_tta_with_the_plain_runs_best_score(tmp_path):
+    program = load_program("small_data_bccd")
+    recs = [record("plain", 0, 0.40), record("plain", 1, 0.50), record("small_data", 0, 0.45),
+            record("small_data", 1, 0.48), record("small_data", 2, 0.9)]  # seed 2: no plain
+    for r, flips in zip(recs, (0.38, 0.52, 0.47, 0.50, 0.9)):
+        r["test_best_flips"] = {"AP": flips}
+    recs[2]["reused_from"] = "another run"
+    [line] = [x for x in program.margins(recs) if x]
+    # plain's best scores: 0.40 (best.pt) and 0.52 (4-flip TTA); the preset's TTA: 0.47, 0.50
+    assert line == ("- finetuned: small_data - plain, test AP: +0.015 (seed 0: +0.050, "
+                    "1: -0.020); small_data with 4-flip TTA - plain's best score: +0.025")
+    assert program.margins([r for r in recs if r["variant"] == "plain"]) == []
 
 
 @pytest.mark.slow
