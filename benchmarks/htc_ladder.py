@@ -55,8 +55,8 @@ SMOKE = ["schedule.max_iter=4", "schedule.warmup_iters=2", "dataset.val_size=4",
 ONE_THREAD = ["threads=1", "dataset.num_workers=1"]
 TIME_WINDOW = 5  # iterations per logged window of a timing run
 RECORD = "record.json"
-STARTS = "starts.json"
-TIMING = "timing.json"  # per rung: s/iter trained alone (--time-iters)  # per run: the metrics.jsonl line at which each start began
+STARTS = "starts.json"  # per run: the metrics.jsonl line at which each start began
+TIMING = "timing.json"  # per rung: s/iter trained alone (--time-iters)
 
 
 def segments(run_dir: Path) -> list[list[dict]]:
