@@ -24,7 +24,10 @@ table shows the mean, a second table each seed). Under the table, the papers' cl
 checked one by one on this data (``claims``), with the numbers.
 
 Usage (one process runs the systems one after another; a finished run is reused on a re-run
-unless --fresh or its config changed; an unfinished one is trained again from the start):
+unless --fresh or its config changed; a stopped one continues from its newest checkpoint or
+finished stage, and its training time is the sum of its starts, each up to what it saved;
+two processes may share an --out with different --seeds, and a last one with all the seeds
+then times them together):
     python benchmarks/lineage.py --out outputs/lineage_shapes --dataset shapes --seeds 0 1 \
         --backbone-weights alexnet=FILE --backbone-weights r18_fpn=FILE \
         [--systems R-CNN,FPN] [--budget-scale 0.5] [--baseline OTHER/lineage.json] \
@@ -163,6 +166,7 @@ DATASETS = {
 PAPER_ORDER = ["R-CNN", "SPPNet", "Fast R-CNN (SS)", "Faster R-CNN"]
 PARTS = ("proposals", "cnn", "region", "other")
 HOOKED = {"backbone": "cnn", "rpn": "proposals", "roi_heads": "region"}
+PROGRESS = "lineage_progress.json"  # an unfinished run's config, starts and kept seconds
 METRICS = {"AP": "bbox/AP", "AP50": "bbox/AP50", "AP75": "bbox/AP75", "APs": "bbox/APs",
            "mask AP": "segm/AP"}
 
@@ -410,6 +414,22 @@ def metric(metrics: dict, key: str) -> float | None:
     return None if value is None or value < 0 else float(value)
 
 
+def stopped_progress(run_dir: Path, config: dict) -> dict | None:
+    """A stopped run that can continue: its ``PROGRESS`` with ``kept_s`` brought up to date,
+    the training seconds its starts kept. Each start counts up to its newest checkpoint or
+    stage manifest (what it did after that is trained again). None: no progress file, another
+    config, or nothing saved to continue from."""
+    try:
+        progress = json.loads((run_dir / PROGRESS).read_text())
+    except (OSError, ValueError):
+        return None
+    saved = [p.stat().st_mtime for p in run_dir.rglob("*")
+             if p.suffix == ".pt" or p.name == "manifest.json"]
+    if progress.get("config") != config or not saved:
+        return None
+    return {**progress, "kept_s": progress["kept_s"] + max(0.0, max(saved) - progress["started"])}
+
+
 def run_system(label: str, seed: int, overrides: list[str], cfg: DictConfig, out: Path,
                fresh: bool) -> dict:
     """Train one system at one seed (its wall time includes rcnn-train's final evaluation on
@@ -420,20 +440,32 @@ def run_system(label: str, seed: int, overrides: list[str], cfg: DictConfig, out
 
     run_dir = out / slug(label) / f"seed{seed}"
     record_path = run_dir / "lineage_record.json"
+    config = config_dict(cfg)
     if record_path.exists() and not fresh:
         record = json.loads(record_path.read_text())
-        if record.get("config") == config_dict(cfg):
+        if record.get("config") == config:
             log.info("lineage: %s seed %d: reusing %s", label, seed, record_path)
             return record
-    if run_dir.exists():  # an unfinished or outdated run: train afresh so its time is whole
+    progress = None if fresh else stopped_progress(run_dir, config)
+    if run_dir.exists() and progress is None:  # outdated, or stopped before saving anything
         log.info("lineage: %s seed %d: removing the unfinished run %s", label, seed, run_dir)
         shutil.rmtree(run_dir)
     proposal_cache_s = None
     if cfg.proposals.name == "selective_search":
         proposal_cache_s = warm_proposal_cache(cfg)
+    train_cfg, kept_s, starts = cfg, 0.0, 1
+    if progress is not None:
+        kept_s, starts = progress["kept_s"], progress["starts"] + 1
+        log.info("lineage: %s seed %d: continuing %s (start %d; %.0f s of training kept)",
+                 label, seed, run_dir, starts, kept_s)
+        train_cfg = copy.deepcopy(cfg)
+        train_cfg.resume = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / PROGRESS, {"config": config, "kept_s": kept_s,
+                                           "starts": starts, "started": time.time()})
     start = time.perf_counter()
-    metrics = train(cfg, run_dir)
-    train_s = time.perf_counter() - start
+    metrics = train(train_cfg, run_dir)
+    train_s = kept_s + time.perf_counter() - start
     ckpt = run_dir / "checkpoints" / "last.pt"
     ap_source = "rcnn-train's final evaluation"
     if "bbox/AP" not in metrics:  # no final evaluation in training: rcnn-eval's path
@@ -447,7 +479,7 @@ def run_system(label: str, seed: int, overrides: list[str], cfg: DictConfig, out
               "proposal_cache_s": proposal_cache_s,
               **{name: metric(metrics, key) for name, key in METRICS.items()},
               "ap_source": ap_source, "iteration": metrics.get("iteration"), "ckpt": str(ckpt),
-              "config": config_dict(cfg)}
+              "starts": starts, "config": config}
     atomic_write_json(record_path, record)
     return record
 

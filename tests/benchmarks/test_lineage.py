@@ -319,6 +319,47 @@ def test_an_interrupt_stops_the_table_and_a_rerun_continues(monkeypatch, tmp_pat
     assert lineage.main(args) == 0 and stub.trained == [("cascade_r_cnn", 0), ("htc", 0)]
 
 
+def test_a_stopped_run_continues_from_what_it_saved_and_sums_its_starts(monkeypatch, tmp_path):
+    import os
+
+    from rcnn_cli.engine import faults
+
+    stub, calls = StubTraining(monkeypatch), []
+    train = stub.train
+
+    def stop_after_a_checkpoint(cfg, run_dir, saved_after: float | None):
+        calls.append((run_dir.parent.name, cfg.resume))
+        if saved_after is not None:  # this start began 1000 s ago, saved after saved_after s
+            progress = json.loads((run_dir / lineage.PROGRESS).read_text())
+            started = progress["started"] = progress["started"] - 1000.0
+            (run_dir / lineage.PROGRESS).write_text(json.dumps(progress))
+            ckpt = run_dir / "checkpoints" / "model_0000003.pt"
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            ckpt.write_bytes(b"")
+            os.utime(ckpt, (started + saved_after, started + saved_after))
+        raise faults.Interrupted("SIGTERM at iteration 4")
+
+    args = ["--out", str(tmp_path), "--systems", "Cascade R-CNN", "--seeds", "0"]
+    run_dir = tmp_path / "cascade_r_cnn" / "seed0"
+    for saved_after in (100.0, None, 50.0):  # the second start saved nothing: it keeps 0 s
+        monkeypatch.setattr("rcnn_cli.engine.train.train",
+                            lambda cfg, d, s=saved_after: stop_after_a_checkpoint(cfg, d, s))
+        assert lineage.main(args) == faults.Interrupted.exit_code
+    assert calls == [("cascade_r_cnn", None), ("cascade_r_cnn", str(run_dir)),
+                     ("cascade_r_cnn", str(run_dir))]
+    monkeypatch.setattr("rcnn_cli.engine.train.train", train)
+    assert lineage.main(args) == 0 and stub.trained == [("cascade_r_cnn", 0)]
+    record = json.loads((run_dir / "lineage_record.json").read_text())
+    assert record["starts"] == 4 and 150.0 <= record["train_s"] < 160.0
+    # Another budget cannot continue that run's checkpoints: it starts afresh.
+    (run_dir / "lineage_record.json").unlink()
+    monkeypatch.setattr("rcnn_cli.engine.train.train",
+                        lambda cfg, d: stop_after_a_checkpoint(cfg, d, 10.0))
+    assert lineage.main(args) == faults.Interrupted.exit_code
+    assert lineage.main([*args, "--budget-scale", "0.5"]) == faults.Interrupted.exit_code
+    assert calls[-1] == ("cascade_r_cnn", None)
+
+
 def test_bccd_refuses_the_mask_rows_with_the_reason(monkeypatch, tmp_path):
     stub = StubTraining(monkeypatch)
     root = voc_tree(tmp_path, images={"a": [voc_object("RBC")], "b": [voc_object("WBC")]},
