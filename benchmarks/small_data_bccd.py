@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 from rcnn_cli.benchmark import FP32_PLAIN_STEP
@@ -52,6 +54,7 @@ VARIANTS = {  # name: overrides (the plain recipe is experiment=shapes_cpu, the 
 TTA_SCORES = {"test_best_flip": "flip", "test_best_flips": "flips"}  # record key: eval.tta
 TTA_KEYS = ("test_best", "test_last", *TTA_SCORES)
 CLASSES = ["Platelets", "RBC", "WBC"]
+LOG_STAMP = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\]")
 SMOKE = ["schedule.warmup_iters=2", "log.period=2", "dataset.min_size=96", "dataset.max_size=128"]
 
 
@@ -110,10 +113,21 @@ def start(key: tuple[str, str, int], args: argparse.Namespace):
     return proc, run_dir, log, time.perf_counter()
 
 
-def finish(key, proc, run_dir: Path, log, started: float, args) -> None:
+def exit_walls(running: list[tuple], poll_s: float = 0.5) -> list[float]:
+    """Each started run's wall time, taken when that run exits: the runs of a batch end in any
+    order, and the first to be scored must not add its scoring to the other's time."""
+    walls: dict[int, float] = {}
+    while len(walls) < len(running):
+        for i, (_, proc, _, _, started) in enumerate(running):
+            if i not in walls and proc.poll() is not None:
+                walls[i] = time.perf_counter() - started
+        time.sleep(poll_s)
+    return [walls[i] for i in range(len(running))]
+
+
+def finish(key, proc, run_dir: Path, log, wall: float, args) -> None:
     code = proc.wait()
     log.close()
-    wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"{run_dir.name}: rcnn-train exited with {code}; see {log.name}")
     score(key, run_dir, wall, args)
@@ -150,8 +164,8 @@ def run_all(keys: list[tuple[str, str, int]], args: argparse.Namespace) -> None:
     while todo:
         batch, todo = todo[:args.jobs], todo[args.jobs:]
         running = [(k, *start(k, args)) for k in batch]
-        for job in running:
-            finish(*job, args)
+        for job, wall in zip(running, exit_walls(running)):
+            finish(*job[:4], wall, args)
 
 
 def step_time(run_dir: Path) -> float | None:
@@ -164,9 +178,20 @@ def step_time(run_dir: Path) -> float | None:
     return statistics.mean(times) if times else None
 
 
+def log_wall(run_dir: Path) -> float | None:
+    """rcnn-train's own wall time: from the first to the last timestamp of its train.log."""
+    try:
+        lines = (run_dir / "train.log").read_text().splitlines()
+    except OSError:
+        return None
+    stamps = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+              for m in map(LOG_STAMP.match, lines) if m]
+    return (stamps[-1] - stamps[0]).total_seconds() if stamps else None
+
+
 def records(out: Path) -> list[dict]:
-    return [{**json.loads(p.read_text()), "s_per_iter": step_time(p.parent)}
-            for p in sorted(out.glob("*/record.json"))]
+    return [{**json.loads(p.read_text()), "s_per_iter": step_time(p.parent),
+             "log_wall_s": log_wall(p.parent)} for p in sorted(out.glob("*/record.json"))]
 
 
 def fmt(values: list[float | None]) -> str:
@@ -212,7 +237,7 @@ def report(out: Path) -> str:
     recs = records(out)
     head = ["variant", "init", "seeds", "test AP", "AP50", "AP75", *CLASSES,
             "AP (last.pt)", "AP (flip TTA)", "AP (4-flip TTA)", "best val AP", "s/iter",
-            "train wall s"]
+            "train wall s (train.log)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups = sorted({(r["variant"], r["init"]) for r in recs},
                     key=lambda g: (g[1], list(VARIANTS).index(g[0])))
@@ -224,7 +249,7 @@ def report(out: Path) -> str:
                   fmt([r.get("test_best_flips", {}).get("AP") for r in rs]),
                   fmt([max(c["val_AP"] for c in r["curve"]) for r in rs]),
                   fmt([r["s_per_iter"] for r in rs]),
-                  fmt_wall([r["train_wall_s"] for r in rs])]
+                  fmt_wall([r["log_wall_s"] or r["train_wall_s"] for r in rs])]
         lines.append(f"| {variant} | {init} | {len(rs)} | " + " | ".join(cells) + " |")
     lines += margins(recs)
     lines += [f"- {r['variant']} {r['init']} seed {r['seed']} is reused: {r['reused_from']}"

@@ -44,6 +44,18 @@ def test_table_means_seeds_and_finished_runs_are_not_started_again(tmp_path, mon
     program.run_all([("plain", "finetuned", 0), ("small_data", "finetuned", 0)], args)
 
 
+def test_the_wall_time_is_the_runs_own_log_span(tmp_path):
+    program = load_program("small_data_bccd")
+    run_dir = tmp_path / "plain_finetuned_seed0"
+    run_dir.mkdir()
+    (run_dir / "record.json").write_text(json.dumps(record("plain", 0, 0.4)))  # 100 s recorded
+    (run_dir / "train.log").write_text("[2026-12-06 17:32:44,082][rcnn_cli][INFO] start\n"
+                                       "a line without a time\n"
+                                       "[2026-12-06 18:32:30,582][rcnn_cli][INFO] done\n")
+    assert program.log_wall(run_dir) == pytest.approx(3586.5)
+    assert program.report(tmp_path).splitlines()[2].endswith("| 3586 |")
+
+
 def test_margins_pair_seeds_and_compare_tta_with_the_plain_runs_best_score(tmp_path):
     program = load_program("small_data_bccd")
     recs = [record("plain", 0, 0.40), record("plain", 1, 0.50), record("small_data", 0, 0.45),
@@ -82,9 +94,24 @@ def test_a_trained_but_unscored_run_is_scored_without_training(tmp_path, monkeyp
     monkeypatch.setattr(program, "score", lambda key, run_dir, wall, args: scored.append(key))
     monkeypatch.setattr(program, "start", lambda key, args: started.append(key) or (0, 0, 0, 0))
     monkeypatch.setattr(program, "finish", lambda *job: None)
+    monkeypatch.setattr(program, "exit_walls", lambda running: [1.0] * len(running))
     args = type("Args", (), {"out": tmp_path, "jobs": 2})
     program.run_all([("plain", "scratch", 0), ("plain", "scratch", 1)], args)
     assert scored == [("plain", "scratch", 0)] and started == [("plain", "scratch", 1)]
+
+
+def test_each_run_of_a_batch_is_timed_at_its_own_exit():
+    """The second run ended first: its time must not wait for the first (nor its scoring)."""
+    import subprocess
+    import sys
+    import time
+
+    program = load_program("small_data_bccd")
+    now = time.perf_counter()
+    running = [(key, subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({s})"]),
+                None, None, now) for key, s in (("slow", 2.0), ("fast", 0.1))]
+    slow, fast = program.exit_walls(running, poll_s=0.05)
+    assert fast < 1.5 <= slow
 
 
 def test_backfill_adds_only_the_missing_tta_scores(tmp_path, monkeypatch):
