@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from rcnn_cli.engine import trainer as trainer_mod
-from rcnn_cli.engine.resume import config_differences
+from rcnn_cli.engine.resume import check_resume_config, config_differences
+from rcnn_cli.engine.runtime import config_dict
 from rcnn_cli.engine.train import train
 from rcnn_cli.errors import ConfigError
 from tests.conftest import TINY, compose_cfg
@@ -113,6 +114,20 @@ def test_whitelisted_keys_may_change():
     assert config_differences(saved, current) == []
     assert config_differences(saved, {**current, "schedule": {"max_iter": 20, "lr": 0.2}}) == [
         "schedule.lr: 0.1 -> 0.2"]
+
+
+def test_a_key_newer_than_the_checkpoint_differs_only_from_its_schema_default():
+    """A checkpoint written before dataset.vflip_prob and schedule.ema existed resumes with
+    their defaults (what the code did then), not with vertical flips or an EMA."""
+    cfg = compose_cfg("train", FLAT)
+    saved = config_dict(cfg)
+    del saved["dataset"]["vflip_prob"], saved["schedule"]["ema"], saved["optimized_mode"]
+    check_resume_config(saved, cfg, config_dict(cfg), "old.pt")
+    flips = compose_cfg("train", FLAT + ["dataset.vflip_prob=0.5", "schedule.ema.decay=0.99"])
+    with pytest.raises(ConfigError) as err:
+        check_resume_config(saved, flips, config_dict(flips), "old.pt")
+    assert str(err.value).splitlines()[1:] == ["  dataset.vflip_prob: 0.0 -> 0.5",
+                                               "  schedule.ema.decay: 0.0 -> 0.99"]
 
 
 # Row 8 (through train): resume=auto takes the latest run beside this one, or starts fresh.
