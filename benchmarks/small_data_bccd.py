@@ -208,6 +208,12 @@ def fmt_wall(values: list[float | None]) -> str:
     return f"{statistics.mean(values):.0f}" if values else "-"
 
 
+def best_score(record: dict) -> float | None:
+    """The run's best test AP over its checkpoints and TTA modes (chosen on test: generous)."""
+    scores = [record[k].get("AP") for k in TTA_KEYS if k in record]
+    return max((v for v in scores if v is not None), default=None)
+
+
 def margins(recs: list[dict], base: str = "plain", preset: str = "small_data") -> list[str]:
     """``preset`` minus ``base`` in test AP (best.pt, and best.pt with four-flip TTA against
     ``base``'s best of its plain and TTA scores), per init over the seeds both have run."""
@@ -220,12 +226,11 @@ def margins(recs: list[dict], base: str = "plain", preset: str = "small_data") -
         plain = [runs[base, s]["test_best"]["AP"] for s in seeds]
         ours = [runs[preset, s]["test_best"]["AP"] for s in seeds]
         tta = [runs[preset, s].get("test_best_flips", {}).get("AP") for s in seeds]
-        best_base = [max(filter(None, (runs[base, s][k].get("AP") for k in TTA_KEYS
-                                       if k in runs[base, s]))) for s in seeds]
+        best_base = [best_score(runs[base, s]) for s in seeds]
         delta = [o - p for o, p in zip(ours, plain)]
         line = (f"- {init}: {preset} - {base}, test AP: {statistics.mean(delta):+.3f} "
                 f"(seed {', '.join(f'{s}: {d:+.3f}' for s, d in zip(seeds, delta))})")
-        if None not in tta:
+        if None not in tta + best_base:
             line += (f"; {preset} with 4-flip TTA - {base}'s best score: "
                      f"{statistics.mean(t - b for t, b in zip(tta, best_base)):+.3f}")
         lines.append(line)
