@@ -66,9 +66,12 @@ def config_differences(saved: dict, current: dict, defaults: dict | None = None)
             and not any(k == m or (m.endswith(".") and k.startswith(m)) for m in MAY_CHANGE)]
 
 
-def check_resume_config(saved: dict, cfg: DictConfig, current: dict, path) -> None:
-    """Refuses to resume ``cfg`` (``current``: its plain dict) from a checkpoint trained with
-    another model or data config (``saved``)."""
+def check_resume_config(saved: dict, cfg: DictConfig, path) -> None:
+    """Refuses to resume ``cfg`` from a checkpoint trained with another model or data config
+    (``saved``)."""
+    from rcnn_cli.engine.runtime import config_dict
+
+    current = config_dict(cfg)
     newer = set(flatten(current)) - set(flatten(saved))
     diff = config_differences(saved, current, schema_defaults(cfg, newer))
     if diff:

@@ -136,7 +136,7 @@ class Trainer:
     def restore(self, path: Path, ckpt: dict) -> None:
         """Continue from checkpoint ``ckpt`` (read from ``path``): weights, EMA, optimizer,
         schedule, scaler, RNG and the data position."""
-        check_resume_config(ckpt["config"], self.cfg, config_dict(self.cfg), path)
+        check_resume_config(ckpt["config"], self.cfg, path)
         self.model.load_state_dict(ckpt["model"])
         restore_ema(self.ema, ckpt, path)
         if self.early_stop is not None and "early_stop" in ckpt:
