@@ -24,7 +24,8 @@ table shows the mean, a second table each seed). Under the table, the papers' cl
 checked one by one on this data (``claims``), with the numbers.
 
 Usage (one process runs the systems one after another; a finished run is reused on a re-run
-unless --fresh or its config changed; a stopped one continues from its newest checkpoint or
+unless --fresh or its config changed, a key added to the schemas since counting as its
+default; a stopped one continues from its newest checkpoint or
 finished stage, and its training time is the sum of its starts, each up to what it saved;
 two processes may share an --out with different --seeds, and a last one with all the seeds
 then times them together):
@@ -56,12 +57,14 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import rcnn_cli.config  # noqa: F401  (registers the schemas)
 from rcnn_cli.benchmark import FP32_PLAIN_STEP
 from rcnn_cli.config import validate
 from rcnn_cli.engine import faults
+from rcnn_cli.engine.resume import saved_config_differences
+from rcnn_cli.engine.runtime import config_dict
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -404,8 +407,10 @@ def warm_proposal_cache(cfg: DictConfig) -> float:
     return time.perf_counter() - start
 
 
-def config_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+def same_config(saved: dict | None, cfg: DictConfig) -> bool:
+    """Whether a stored run's config is ``cfg``'s, every key included; a key the stored config
+    lacks (added to the schemas since) counts as its schema default."""
+    return saved is not None and not saved_config_differences(saved, cfg, may_change=())
 
 
 def metric(metrics: dict, key: str) -> float | None:
@@ -414,7 +419,7 @@ def metric(metrics: dict, key: str) -> float | None:
     return None if value is None or value < 0 else float(value)
 
 
-def stopped_progress(run_dir: Path, config: dict) -> dict | None:
+def stopped_progress(run_dir: Path, cfg: DictConfig) -> dict | None:
     """A stopped run that can continue: its ``PROGRESS`` with ``kept_s`` brought up to date,
     the training seconds its starts kept. Each start counts up to its newest checkpoint or
     stage manifest (what it did after that is trained again). None: no progress file, another
@@ -425,7 +430,7 @@ def stopped_progress(run_dir: Path, config: dict) -> dict | None:
         return None
     saved = [p.stat().st_mtime for p in run_dir.rglob("*")
              if p.suffix == ".pt" or p.name == "manifest.json"]
-    if progress.get("config") != config or not saved:
+    if not saved or not same_config(progress.get("config"), cfg):
         return None
     return {**progress, "kept_s": progress["kept_s"] + max(0.0, max(saved) - progress["started"])}
 
@@ -443,10 +448,10 @@ def run_system(label: str, seed: int, overrides: list[str], cfg: DictConfig, out
     config = config_dict(cfg)
     if record_path.exists() and not fresh:
         record = json.loads(record_path.read_text())
-        if record.get("config") == config:
+        if same_config(record.get("config"), cfg):
             log.info("lineage: %s seed %d: reusing %s", label, seed, record_path)
             return record
-    progress = None if fresh else stopped_progress(run_dir, config)
+    progress = None if fresh else stopped_progress(run_dir, cfg)
     if run_dir.exists() and progress is None:  # outdated, or stopped before saving anything
         log.info("lineage: %s seed %d: removing the unfinished run %s", label, seed, run_dir)
         shutil.rmtree(run_dir)

@@ -54,26 +54,35 @@ def schema_defaults(cfg: DictConfig, keys) -> dict:
     return out
 
 
-def config_differences(saved: dict, current: dict, defaults: dict | None = None) -> list[str]:
-    """``key: saved -> current`` for every key that may not change; a key absent from
-    ``saved`` stands for its entry in ``defaults`` (the schema default), if it has one."""
+def config_differences(saved: dict, current: dict, defaults: dict | None = None,
+                       may_change: tuple[str, ...] = MAY_CHANGE) -> list[str]:
+    """``key: saved -> current`` for every key not in ``may_change`` (a key, or a prefix
+    ending in "."); a key absent from ``saved`` stands for its entry in ``defaults`` (the
+    schema default), if it has one."""
     a, b = flatten(saved), flatten(current)
     for key, value in (defaults or {}).items():
         a.setdefault(key, value)
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys
             if a.get(k, "<absent>") != b.get(k, "<absent>")
-            and not any(k == m or (m.endswith(".") and k.startswith(m)) for m in MAY_CHANGE)]
+            and not any(k == m or (m.endswith(".") and k.startswith(m)) for m in may_change)]
+
+
+def saved_config_differences(saved: dict, cfg: DictConfig,
+                             may_change: tuple[str, ...] = MAY_CHANGE) -> list[str]:
+    """``config_differences`` between a stored plain config (``saved``) and ``cfg``, the keys
+    ``saved`` lacks counting as their schema defaults."""
+    from rcnn_cli.engine.runtime import config_dict
+
+    current = config_dict(cfg)
+    newer = set(flatten(current)) - set(flatten(saved))
+    return config_differences(saved, current, schema_defaults(cfg, newer), may_change)
 
 
 def check_resume_config(saved: dict, cfg: DictConfig, path) -> None:
     """Refuses to resume ``cfg`` from a checkpoint trained with another model or data config
     (``saved``)."""
-    from rcnn_cli.engine.runtime import config_dict
-
-    current = config_dict(cfg)
-    newer = set(flatten(current)) - set(flatten(saved))
-    diff = config_differences(saved, current, schema_defaults(cfg, newer))
+    diff = saved_config_differences(saved, cfg)
     if diff:
         raise ConfigError(f"resume={path}: the model/data config differs from the checkpoint's:\n  "
                           + "\n  ".join(diff))

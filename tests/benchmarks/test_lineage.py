@@ -105,6 +105,19 @@ def test_systems_budgets_and_the_order_of_overrides():
     assert lineage.compose_system(faster, bccd).proposals.name == "rpn"
 
 
+def test_a_run_older_than_a_schema_key_is_reused_while_that_key_is_its_default():
+    fpn, shapes = lineage.select_systems("FPN")[0], lineage.DATASETS["shapes"]
+    cfg = lineage.compose_system(fpn, shapes)
+    saved = lineage.config_dict(cfg)
+    assert lineage.same_config(saved, cfg) and not lineage.same_config(None, cfg)
+    del saved["dataset"]["vflip_prob"]  # written before vertical flips existed
+    assert lineage.same_config(saved, cfg)
+    assert not lineage.same_config(saved, lineage.compose_system(
+        fpn, shapes, extra=["dataset.vflip_prob=0.5"]))
+    # every other key counts, run settings included (they change the wall time)
+    assert not lineage.same_config(saved, lineage.compose_system(fpn, shapes, extra=["threads=1"]))
+
+
 def test_a_missing_system_is_a_clear_error_naming_it(monkeypatch, capsys, tmp_path):
     tardis = lineage.System("Time machine", ("model=tardis",), {"shapes": 1, "bccd": 1})
     with pytest.raises(ConfigError, match="system 'Time machine' cannot be set up"):
