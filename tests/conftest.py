@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -97,6 +96,20 @@ def compose_cfg(name: str = "train", overrides: list[str] | None = None):
 
 
 def run_cli(tool: str, *args: str, cwd: Path | None = None, timeout: int = 600):
+    """``tool ARGS`` as a user runs it (in a fork of the preloaded helper: ``tests/preloaded``)."""
+    from importlib.metadata import entry_points
+
+    from tests import preloaded
+
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
-    return subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=timeout)
+    (entry,) = entry_points(group="console_scripts", name=tool)
+    return preloaded.run([str(BIN / tool), *args], f"entry:{entry.value}", env, cwd, timeout)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def preloaded_helper():
+    """The preloaded helper ends with the session."""
+    from tests import preloaded
+
+    yield
+    preloaded.close()

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 from types import ModuleType
 
+from tests import preloaded
 from tests.conftest import REPO
 
 
 def run_program(name: str, *args: str, timeout: int = 300) -> str:
     """``python benchmarks/<name>.py ARGS``; fails the test with its stderr, returns stdout."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{name}.py"), *args],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+    script = REPO / "benchmarks" / f"{name}.py"
+    done = preloaded.run([sys.executable, str(script), *args], f"script:{script}", env, REPO,
+                         timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
