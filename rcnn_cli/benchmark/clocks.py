@@ -4,13 +4,16 @@ The parts are those of the Faster R-CNN paper's timing table (§4, Table 5 split
 / region-wise time): ``transform`` (normalise, batch), ``backbone``, ``rpn``, ``roi_heads``
 (without post-processing) and ``postprocess`` (per-class NMS + mapping boxes back). They are
 timed with forward hooks, so the model code is untouched and the same clock fits torchvision's
-``FasterRCNN`` and ours.
+``FasterRCNN`` and ours. ``ExclusiveClock`` times any named submodules of any detector (the
+lineage's systems differ in structure), each charged its own time only where one runs inside
+another.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
 
@@ -89,3 +92,42 @@ def phase(times: dict, name: str, device: torch.device | None = None):
     finally:
         _sync(device)
         times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+
+
+class ExclusiveClock:
+    """Exclusive wall time per named submodule, from forward pre/post hooks.
+
+    A stack of open calls: when a call ends, its time minus the time of the hooked calls it
+    contained is added to its part, and its whole time to its caller's "children" total.
+    """
+
+    def __init__(self, modules: dict[str, torch.nn.Module],
+                 clock: Callable[[], float] = time.perf_counter):
+        self.clock, self.totals = clock, dict.fromkeys(modules, 0.0)
+        self._stack: list[list] = []
+        self._handles = []
+        for name, module in modules.items():
+            self._handles.append(module.register_forward_pre_hook(self._enter(name)))
+            self._handles.append(module.register_forward_hook(self._leave(name)))
+
+    def _enter(self, name: str):
+        def hook(_module, _args):
+            self._stack.append([name, self.clock(), 0.0])
+        return hook
+
+    def _leave(self, name: str):
+        def hook(_module, _args, _output):
+            opened, start, children = self._stack.pop()
+            assert opened == name, f"hook order: closed {name} while {opened} was open"
+            elapsed = self.clock() - start
+            self.totals[name] += elapsed - children
+            if self._stack:
+                self._stack[-1][2] += elapsed
+        return hook
+
+    def reset(self) -> None:
+        self.totals = dict.fromkeys(self.totals, 0.0)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()

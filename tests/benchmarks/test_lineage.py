@@ -1,6 +1,7 @@
-"""benchmarks/lineage.py: the timing split, the budgets and their overrides, the tables and the
-papers' claims, the whole program with a stubbed training (every row, two seeds, the plot,
-resume, BCCD's refused mask rows), and (slow) a tiny end-to-end run of every system."""
+"""benchmarks/lineage.py: reusing and continuing runs, the smaller-budget baseline, the whole
+program with a stubbed training (every row, two seeds, the plot, resume, BCCD's refused mask
+rows), and (slow) a tiny end-to-end run of every system. The systems, timing, tables and claims
+it is built from are tested in tests/benchmark/lineage/."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import sys
 import pytest
 import torch
 import torchvision
-from torch import nn
 
+from rcnn_cli.benchmark.lineage import systems
+from rcnn_cli.benchmark.lineage.timing import PARTS
 from rcnn_cli.errors import ConfigError
+from tests.benchmark.lineage.records import lineage_records
 from tests.conftest import REPO
 from tests.data.helpers import voc_object, voc_tree
 
@@ -27,184 +30,28 @@ def load_script():
 
 
 lineage = load_script()
-LABELS = [s.label for s in lineage.SYSTEMS]
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Spend(nn.Module):
-    """Advances the fake clock by ``before``, runs ``inner``, then advances by ``after``."""
-
-    def __init__(self, clock: FakeClock, before: float, inner: nn.Module | None = None,
-                 after: float = 0.0):
-        super().__init__()
-        self.clock, self.before, self.inner, self.after = clock, before, inner, after
-
-    def forward(self, x):
-        self.clock.now += self.before
-        if self.inner is not None:
-            x = self.inner(x)
-        self.clock.now += self.after
-        return x
-
-
-def test_part_timer_charges_nested_modules_exclusively():
-    clock = FakeClock()
-    backbone = Spend(clock, 2.0)
-    roi_heads = Spend(clock, 1.0, inner=backbone, after=0.5)  # R-CNN-like: CNN inside heads
-    timer = lineage.PartTimer({"backbone": backbone, "roi_heads": roi_heads}, clock)
-    roi_heads(torch.zeros(1))
-    backbone(torch.zeros(1))
-    assert timer.totals == {"backbone": 4.0, "roi_heads": 1.5}
-    timer.reset()
-    assert timer.totals == {"backbone": 0.0, "roi_heads": 0.0}
-    timer.remove()
-    roi_heads(torch.zeros(1))
-    assert timer.totals == {"backbone": 0.0, "roi_heads": 0.0}
-
-
-def test_split_times_for_rpn_and_external_proposals():
-    rpn = lineage.split_times(1.0, {"backbone": 0.5, "rpn": 0.2, "roi_heads": 0.25}, None)
-    assert rpn == pytest.approx({"proposals": 0.2, "cnn": 0.5, "region": 0.25, "other": 0.05,
-                                 "total": 1.0})
-    ss = lineage.split_times(1.0, {"backbone": 0.6, "roi_heads": 0.3}, 2.0)
-    assert ss == pytest.approx({"proposals": 2.0, "cnn": 0.6, "region": 0.3, "other": 0.1,
-                                "total": 3.0})
-
-
-def test_systems_budgets_and_the_order_of_overrides():
-    assert len(set(LABELS)) == len(LABELS) and set(lineage.PAPER_ORDER) <= set(LABELS)
-    assert {"Cascade Mask R-CNN", "HTC", "DetectoRS"} <= set(LABELS)
-    assert all(set(s.iters) == set(lineage.DATASETS) for s in lineage.SYSTEMS)
-    assert lineage.split_iterations(2000, (3, 9, 2, 2)) == [375, 1125, 250, 250]
-    assert lineage.split_iterations(10, (3, 9, 2, 2)) == [2, 6, 1, 1]
-    assert lineage.split_iterations(2, (3, 9, 2, 2)) == [1, 2, 1, 1]  # every stage runs
-    assert [s.label for s in lineage.select_systems("fpn,R-CNN")] == ["FPN", "R-CNN"]
-    with pytest.raises(ConfigError, match="unknown system 'Yolo'"):
-        lineage.select_systems("Yolo")
-    shapes, bccd = lineage.DATASETS["shapes"], lineage.DATASETS["bccd"]
-    four_step = lineage.select_systems("Faster R-CNN 4-step")[0]
-    cfg = lineage.compose_system(four_step, shapes, scale=0.5, seed=3)
-    assert (cfg.schedule.max_iter, cfg.seed, cfg.dataset.min_size) == (1000, 3, 320)
-    assert lineage.budget_text(cfg) == "1000 x 4 (188/562/125/125)"
-    # the dataset's settings < the system's own < its budget < the user's overrides
-    fpn = lineage.select_systems("FPN")[0]
-    cfg = lineage.compose_system(fpn, shapes, extra=["schedule.max_iter=7"])
-    assert (cfg.schedule.max_iter, cfg.dataset.min_size, cfg.dataset.train_size) == (7, 128, 1000)
-    assert lineage.budget_text(lineage.compose_system(fpn, bccd, 0.5)) == "300 x 4"
-    # BCCD's selective-search settings reach the rows on external proposals only
-    fast, faster = lineage.select_systems("Fast R-CNN (SS),Faster R-CNN")
-    on_ss = lineage.compose_system(fast, bccd)
-    assert (on_ss.proposals.scale, on_ss.proposals.max_proposals) == (0.5, 500)
-    assert lineage.compose_system(faster, bccd).proposals.name == "rpn"
+LABELS = [s.label for s in systems.SYSTEMS]
 
 
 def test_a_run_older_than_a_schema_key_is_reused_while_that_key_is_its_default():
-    fpn, shapes = lineage.select_systems("FPN")[0], lineage.DATASETS["shapes"]
-    cfg = lineage.compose_system(fpn, shapes)
+    fpn, shapes = systems.select_systems("FPN")[0], systems.DATASETS["shapes"]
+    cfg = systems.compose_system(fpn, shapes)
     saved = lineage.config_dict(cfg)
     assert lineage.same_config(saved, cfg) and not lineage.same_config(None, cfg)
     del saved["dataset"]["vflip_prob"]  # written before vertical flips existed
     assert lineage.same_config(saved, cfg)
-    assert not lineage.same_config(saved, lineage.compose_system(
+    assert not lineage.same_config(saved, systems.compose_system(
         fpn, shapes, extra=["dataset.vflip_prob=0.5"]))
     # every other key counts, run settings included (they change the wall time)
-    assert not lineage.same_config(saved, lineage.compose_system(fpn, shapes, extra=["threads=1"]))
+    assert not lineage.same_config(saved, systems.compose_system(fpn, shapes, extra=["threads=1"]))
 
 
-def test_a_missing_system_is_a_clear_error_naming_it(monkeypatch, capsys, tmp_path):
-    tardis = lineage.System("Time machine", ("model=tardis",), {"shapes": 1, "bccd": 1})
-    with pytest.raises(ConfigError, match="system 'Time machine' cannot be set up"):
-        lineage.compose_system(tardis, lineage.DATASETS["shapes"])
-    monkeypatch.setattr(lineage, "SYSTEMS", [*lineage.SYSTEMS, tardis])
+def test_a_missing_system_stops_the_program_before_training(monkeypatch, capsys, tmp_path):
+    tardis = systems.System("Time machine", ("model=tardis",), {"shapes": 1, "bccd": 1})
+    monkeypatch.setattr(systems, "SYSTEMS", [*systems.SYSTEMS, tardis])
     assert lineage.main(["--out", str(tmp_path), "--systems", "FPN,Time machine"]) == 1
     assert "system 'Time machine' cannot be set up" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was trained
-
-
-def run_record(label: str, seed: int = 0, ap=0.5, total=100.0, **metrics) -> dict:
-    values = {"AP": ap, "AP50": 0.8, "AP75": 0.5, "APs": 0.3, "mask AP": None, **metrics}
-    return {"label": label, "seed": seed, "overrides": [f"x={label}"], "budget": "10 x 2",
-            "train_s": 120.0, "proposal_cache_s": None, **values,
-            "test": {"params": 2e6, "proposals_ms": 1.0, "cnn_ms": 2.0, "region_ms": 3.0,
-                     "other_ms": total - 6.0, "total_ms": total}}
-
-
-def test_rows_are_means_over_seeds_and_the_table_has_every_column():
-    records = [run_record("FPN", 0, ap=0.4, total=40.0), run_record("FPN", 1, ap=0.6, total=60.0),
-               {"label": "HTC", "seed": 0, "overrides": [], "refused": "no masks here"},
-               {"label": "SPPNet", "seed": 0, "overrides": [], "error": "RuntimeError: boom\nx"}]
-    rows = lineage.summarize(records)
-    assert [r["label"] for r in rows] == ["FPN", "HTC", "SPPNet"]
-    assert rows[0]["seeds"] == [0, 1] and rows[0]["AP"] == pytest.approx(0.5)
-    assert rows[0]["test"]["total_ms"] == pytest.approx(50.0)
-    table = lineage.format_table(rows).splitlines()
-    assert table[0] == ("| system | budget (it x img) | params | train | proposals ms/img | "
-                        "CNN ms/img | region-wise ms/img | other ms/img | total ms/img | AP | "
-                        "AP50 | AP75 | APs | mask AP |")
-    assert table[2] == ("| FPN | 10 x 2 | 2.0 M | 2.0 min | 1.0 | 2.0 | 3.0 | 44.0 | 50.0 | "
-                        "0.500 | 0.800 | 0.500 | 0.300 | n/a |")
-    assert table[3] == "| HTC | refused: no masks here |" + " |" * 12
-    assert table[4] == "| SPPNet | failed: RuntimeError: boom |" + " |" * 12
-    seeds = lineage.format_seed_table(records).splitlines()
-    assert seeds[2:] == ["| FPN | 0 | 2.0 min | 40.0 | 0.400 | 0.800 | 0.500 | 0.300 | n/a |",
-                         "| FPN | 1 | 2.0 min | 60.0 | 0.600 | 0.800 | 0.500 | 0.300 | n/a |"]
-
-
-def lineage_records(**changes) -> list[dict]:
-    """One run per system in the papers' story (each step faster and more accurate)."""
-    values = {"R-CNN": (0.40, 900.0), "SPPNet": (0.35, 300.0), "Fast R-CNN (SS)": (0.45, 80.0),
-              "Faster R-CNN": (0.50, 60.0), "Faster R-CNN 4-step": (0.49, 60.0),
-              "FPN": (0.60, 40.0), "Mask R-CNN": (0.60, 110.0), "Cascade R-CNN": (0.65, 80.0),
-              "Cascade Mask R-CNN": (0.66, 150.0), "HTC": (0.68, 300.0),
-              "DetectoRS": (0.70, 600.0)}
-    records = []
-    for label, (ap, total) in values.items():
-        change = dict(changes.get(label, {}))
-        total = change.pop("total", total)
-        extra = {"AP50": ap + 0.3, "AP75": ap, "APs": ap - 0.1,
-                 "mask AP": ap - 0.05 if label in ("Mask R-CNN", "Cascade Mask R-CNN", "HTC",
-                                                   "DetectoRS") else None}
-        records.append(run_record(label, ap=ap, total=total, **{**extra, **change}))
-    return records
-
-
-def test_the_papers_claims_hold_or_not_with_their_numbers():
-    lines = lineage.claims(lineage_records(), min_ap50=0.5)
-    assert lines[0] == ("- test time falls from R-CNN to Faster R-CNN: holds (R-CNN 900.0 -> "
-                        "SPPNet 300.0 -> Fast R-CNN (SS) 80.0 -> Faster R-CNN 60.0 ms/img)")
-    assert lines[1:4] == ["  - R-CNN / SPPNet: 3.00x per test image",
-                          "  - SPPNet / Fast R-CNN (SS): 3.75x per test image",
-                          "  - Fast R-CNN (SS) / Faster R-CNN: 1.33x per test image"]
-    assert lines[4:] == [
-        "- Fast R-CNN (SS) >= R-CNN in AP: holds (0.450 vs 0.400)",
-        "- Faster R-CNN >= Fast R-CNN (SS) in AP: holds (0.500 vs 0.450)",
-        "- Faster R-CNN 4-step within 0.05 AP50 of Faster R-CNN: holds (0.790 vs 0.800, gap 0.010)",
-        "- FPN >= Faster R-CNN in APs (small objects; Faster R-CNN: one stride-16 map): holds "
-        "(0.500 vs 0.400)",
-        "- Cascade R-CNN >= FPN in AP75: holds (0.650 vs 0.600)",
-        "- HTC >= Mask R-CNN in mask AP: holds (0.630 vs 0.550)",
-        "- HTC >= Cascade Mask R-CNN in mask AP: holds (0.630 vs 0.610)",
-        "- every run's AP50 >= 0.5: holds (lowest: SPPNet seed 0 0.650)"]
-    broken = lineage.claims(lineage_records(**{
-        "SPPNet": {"total": 1000.0, "AP50": 0.3},
-        "Faster R-CNN 4-step": {"AP50": 0.6}, "HTC": {"mask AP": None}}), min_ap50=0.5)
-    assert broken[0].startswith("- test time falls from R-CNN to Faster R-CNN: does not hold")
-    assert "  - R-CNN / SPPNet: 0.90x per test image" in broken
-    assert ("- Faster R-CNN 4-step within 0.05 AP50 of Faster R-CNN: does not hold "
-            "(0.600 vs 0.800, gap 0.200)") in broken
-    assert ("- HTC >= Mask R-CNN in mask AP: not checkable here (no mask AP for HTC)") in broken
-    assert broken[-1] == "- every run's AP50 >= 0.5: does not hold (below: SPPNet seed 0 0.300)"
-    few = lineage.claims([run_record("FPN")])
-    assert few[0] == ("- test time falls from R-CNN to Faster R-CNN: not checkable here "
-                      "(timed: none)")
-    assert all("not checkable" in line for line in few)
 
 
 def test_a_smaller_budget_run_is_the_baseline_of_the_learned_check(tmp_path):
@@ -220,32 +67,6 @@ def test_a_smaller_budget_run_is_the_baseline_of_the_learned_check(tmp_path):
     for dataset, scale in (("shapes", 1.0), ("bccd", 0.5)):
         with pytest.raises(ConfigError, match="needs dataset"):
             lineage.load_baseline(tmp_path / "lineage.json", dataset, scale)
-
-
-def test_systems_are_timed_interleaved_image_by_image(monkeypatch):
-    calls = []
-
-    class FakeTimer:
-        def __init__(self, ckpt, images):
-            if ckpt == "broken.pt":
-                raise RuntimeError("no such checkpoint")
-            self.ckpt, self.items = ckpt, list(range(min(images, 3 if ckpt == "a.pt" else 2)))
-
-        def run(self, index):
-            calls.append(("warm-up", self.ckpt, index))
-
-        def time_image(self, index):
-            calls.append((self.ckpt, index))
-
-        def result(self):
-            return {"images": len(self.items)}
-
-    monkeypatch.setattr(lineage, "SystemTimer", FakeTimer)
-    results = lineage.time_systems({"A": "a.pt", "X": "broken.pt", "B": "b.pt"}, 5, warmup=1)
-    assert calls == [("warm-up", "a.pt", 0), ("warm-up", "b.pt", 0), ("a.pt", 0), ("b.pt", 0),
-                     ("a.pt", 1), ("b.pt", 1), ("a.pt", 2)]
-    assert results == {"A": {"images": 3}, "B": {"images": 2},
-                       "X": {"error": "RuntimeError: no such checkpoint"}}
 
 
 class StubTraining:
@@ -408,7 +229,7 @@ def test_tiny_lineage_of_every_system_and_resume(tmp_path, monkeypatch):
         t = r["test"]
         assert t["images"] == 2 and r["train_s"] > 0 and 0 <= r["AP50"] <= 1 and t["params"] > 0
         assert t["cnn_ms"] > 0 and t["region_ms"] > 0 and t["proposals_ms"] > 0
-        assert t["total_ms"] == pytest.approx(sum(t[f"{p}_ms"] for p in lineage.PARTS))
+        assert t["total_ms"] == pytest.approx(sum(t[f"{p}_ms"] for p in PARTS))
         assert (r["proposal_cache_s"] is not None) == (r["proposals"] == "selective_search")
         assert (r["mask AP"] is not None) == (r["label"] in ("Mask R-CNN", "Cascade Mask R-CNN",
                                                             "HTC", "DetectoRS"))

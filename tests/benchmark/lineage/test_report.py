@@ -1,0 +1,30 @@
+"""The lineage's tables: rows are means over seeds, every column, refused and failed rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from rcnn_cli.benchmark.lineage import report as lineage
+from tests.benchmark.lineage.records import run_record
+
+
+def test_rows_are_means_over_seeds_and_the_table_has_every_column():
+    records = [run_record("FPN", 0, ap=0.4, total=40.0), run_record("FPN", 1, ap=0.6, total=60.0),
+               {"label": "HTC", "seed": 0, "overrides": [], "refused": "no masks here"},
+               {"label": "SPPNet", "seed": 0, "overrides": [], "error": "RuntimeError: boom\nx"}]
+    rows = lineage.summarize(records)
+    assert [r["label"] for r in rows] == ["FPN", "HTC", "SPPNet"]
+    assert rows[0]["seeds"] == [0, 1] and rows[0]["AP"] == pytest.approx(0.5)
+    assert rows[0]["test"]["total_ms"] == pytest.approx(50.0)
+    table = lineage.format_table(rows).splitlines()
+    assert table[0] == ("| system | budget (it x img) | params | train | proposals ms/img | "
+                        "CNN ms/img | region-wise ms/img | other ms/img | total ms/img | AP | "
+                        "AP50 | AP75 | APs | mask AP |")
+    assert table[2] == ("| FPN | 10 x 2 | 2.0 M | 2.0 min | 1.0 | 2.0 | 3.0 | 44.0 | 50.0 | "
+                        "0.500 | 0.800 | 0.500 | 0.300 | n/a |")
+    assert table[3] == "| HTC | refused: no masks here |" + " |" * 12
+    assert table[4] == "| SPPNet | failed: RuntimeError: boom |" + " |" * 12
+    seeds = lineage.format_seed_table(records).splitlines()
+    assert seeds[2:] == ["| FPN | 0 | 2.0 min | 40.0 | 0.400 | 0.800 | 0.500 | 0.300 | n/a |",
+                         "| FPN | 1 | 2.0 min | 60.0 | 0.600 | 0.800 | 0.500 | 0.300 | n/a |"]
+
