@@ -1,4 +1,5 @@
-"""The wheel ships the config tree: console scripts work from outside the source tree."""
+"""The wheel ships every module and the config tree: console scripts work from outside the
+source tree."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ def test_wheel_build_prints_no_warning_and_ships_every_config(built):
     expected = {"rcnn_cli/conf/" + p.relative_to(REPO / "conf").as_posix()
                 for p in (REPO / "conf").rglob("*.yaml")}
     assert shipped == expected, sorted(expected ^ shipped)
+    modules = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+    sources = {p.relative_to(REPO).as_posix() for p in (REPO / "rcnn_cli").rglob("*.py")} | {
+        "rcnn_cli/conf/" + p.relative_to(REPO / "conf").as_posix()
+        for p in (REPO / "conf").rglob("*.py")}
+    assert modules == sources, sorted(sources ^ modules)  # every subpackage is listed
 
 
 @pytest.fixture(scope="module")
