@@ -4,10 +4,8 @@ are the benchmark's, docs/benchmarks.md)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from tests.conftest import REPO
+from tests.benchmarks.programs import run_program
 
 TINY = ["--threads", "1", "--override", "dataset.train_size=16", "--override",
         "dataset.num_workers=0", "--override", "schedule.batch_size=2"]
@@ -15,10 +13,7 @@ TINY = ["--threads", "1", "--override", "dataset.train_size=16", "--override",
 
 def run_bench(tmp_path, *args: str) -> list[dict]:
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "vs_torchvision.py"), *args,
-                           "--json", str(out), "--tag", "t"], capture_output=True, text=True,
-                          cwd=REPO, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_program("vs_torchvision", *args, "--json", str(out), "--tag", "t", timeout=600)
     return json.loads(out.read_text())
 
 
