@@ -122,6 +122,8 @@ def child(request: dict) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         tempfile.tempdir = None
+        if "numpy" in sys.modules:  # a fresh interpreter seeds it from the OS (``random``
+            sys.modules["numpy"].random.seed()  # reseeds itself in a fork)
         for fd, path, flags in ((0, os.devnull, os.O_RDONLY),
                                 (1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
                                 (2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
