@@ -19,16 +19,16 @@ runs are trained first, then timed together, interleaved image by image, so that
 the machine's load affects every system alike.
 
 Each row has its own budget (``System.iters`` in ``rcnn_cli/benchmark/lineage/systems.py``:
-training iterations on each dataset, stated in the table), scaled by ``--budget-scale``; ``--seeds`` trains every system once per seed (the
-table shows the mean, a second table each seed). Under the table, the papers' claims are
-checked one by one on this data (``claims``), with the numbers.
+training iterations on each dataset, stated in the table), scaled by ``--budget-scale``;
+``--seeds`` trains every system once per seed (the table shows the mean, a second table each
+seed). Under the table, the papers' claims are checked one by one on this data (``claims``),
+with the numbers.
 
 Usage (one process runs the systems one after another; a finished run is reused on a re-run
-unless --fresh or its config changed, a key added to the schemas since counting as its
-default; a stopped one continues from its newest checkpoint or
-finished stage, and its training time is the sum of its starts, each up to what it saved;
-two processes may share an --out with different --seeds, and a last one with all the seeds
-then times them together):
+unless --fresh or its config changed, a key added to the schemas since counting as its default;
+a stopped one continues from its newest checkpoint or finished stage, and its training time is
+the sum of its starts, each up to what it saved; two processes may share an --out with
+different --seeds, and a last one with all the seeds then times them together):
     python benchmarks/lineage.py --out outputs/lineage_shapes --dataset shapes --seeds 0 1 \
         --backbone-weights alexnet=FILE --backbone-weights r18_fpn=FILE \
         [--systems R-CNN,FPN] [--budget-scale 0.5] [--baseline OTHER/lineage.json] \

@@ -41,7 +41,8 @@ def within(rows: dict[str, dict], a: str, b: str, key: str, tolerance: float) ->
     if absent := unchecked(rows, [a, b], key, claim):
         return absent
     x, y = rows[a][key], rows[b][key]
-    return f"- {claim}: {verdict(abs(x - y) <= tolerance)} ({x:.3f} vs {y:.3f}, gap {abs(x - y):.3f})"
+    gap = abs(x - y)
+    return f"- {claim}: {verdict(gap <= tolerance)} ({x:.3f} vs {y:.3f}, gap {gap:.3f})"
 
 
 def time_falls(rows: dict[str, dict], order: list[str] = PAPER_ORDER) -> list[str]:
