@@ -1,7 +1,7 @@
 """Run the CLIs and the benchmark programs in forks of one preloaded interpreter.
 
 A program the tests start pays ~3 s before its first line, importing torch and torchvision
-(whose ``ops`` import ``torch._dynamo``); the suite starts about a hundred. Each test worker
+(whose ``ops`` import ``torch._dynamo``); the suite starts dozens. Each test worker
 therefore keeps one helper interpreter that imports the heavy libraries once, computes nothing
 and starts no thread, and forks a child per run. The child takes the run's argv, environment,
 working directory, stdin (/dev/null) and stdout/stderr (files), then calls what the real start
