@@ -7,9 +7,15 @@ Five rungs, one recipe and budget (``experiment=shapes_masks_ladder``), each at 
     python benchmarks/htc_ladder.py --rungs htc detectors --seeds 0  # some rungs only
     python benchmarks/htc_ladder.py --time-iters 30  # s/iter of each rung alone on the machine
 
+    python benchmarks/htc_ladder.py --table  # the table of the kept records, nothing trained
+
 Resumable: each run lives in ``<out>/<rung>_seed<S>/`` (rcnn-train's run directory) and ends
 with its ``record.json``; a run with a record is not run again (one recorded with other
-overrides is refused: use another ``--out``). A run stopped mid-training (Ctrl-C, a killed
+overrides is refused: use another ``--out``). A finished run's record, with its config and
+CPU, is also kept in ``--keep`` (default ``benchmarks/results/htc_ladder/``, committed), so
+that the ladder outlives the machine it ran on: a run kept with the config the ladder would
+train now is not trained again (one kept with another config is trained again and replaces
+it). A run stopped mid-training (Ctrl-C, a killed
 job) checkpoints every ``--checkpoint-every`` iterations and continues from its newest
 checkpoint (``resume=<run dir>``); one stopped before its first checkpoint starts afresh.
 ``--jobs N`` trains N runs side by side, one thread each (``OMP_NUM_THREADS=1 threads=1
@@ -19,7 +25,7 @@ s/iter is the mean training step time (data wait included) over the logging wind
 window of each start or resumed start left out (it holds the start-up). With ``--jobs`` it is a
 one-thread time on a shared machine. ``--time-iters N`` measures s/iter again with nothing
 beside it: each rung trains N fresh iterations alone (``--time-threads``, default one thread)
-into ``<out>/timing/`` and ``<out>/timing.json``; the table shows both columns. Writes
+into ``<out>/timing/`` and ``<keep>/timing.json``; the table shows both columns. Writes
 ``<out>/ladder.json`` (the records of the requested runs) and prints a markdown table of the
 means.
 """
@@ -37,6 +43,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+import rcnn_cli.config  # noqa: F401  (registers the schemas)
+from rcnn_cli.engine.resume import saved_config_differences
+from rcnn_cli.engine.runtime import config_dict, cpu_model
 from rcnn_cli.io import atomic_write_json
 
 RUNGS = {  # id: (row name, overrides)
@@ -54,9 +66,14 @@ SMOKE = ["schedule.max_iter=4", "schedule.warmup_iters=2", "dataset.val_size=4",
          *SMOKE_DATA]
 ONE_THREAD = ["threads=1", "dataset.num_workers=1"]
 TIME_WINDOW = 5  # iterations per logged window of a timing run
+RECIPE = "experiment=shapes_masks_ladder"
+KEEP = Path(__file__).resolve().parent / "results" / "htc_ladder"
 RECORD = "record.json"
 STARTS = "starts.json"  # per run: the metrics.jsonl line at which each start began
 TIMING = "timing.json"  # per rung: s/iter trained alone (--time-iters)
+# keys that change how a run executes, not what it learns: a kept run may differ in them
+EXECUTION = ("schedule.checkpoint_period", "schedule.keep_checkpoints", "dataset.num_workers",
+             "threads", "log.", "resume")
 
 
 def segments(run_dir: Path) -> list[list[dict]]:
@@ -101,8 +118,7 @@ def train_command(overrides: list[str], seed: int, run_dir: Path, checkpoint_eve
     """rcnn-train (``python -m rcnn_cli.train``) on the ladder recipe; the checkpoint period,
     threads and ``resume`` only change how the run executes (rcnn-train's resume check lets
     them differ between starts)."""
-    return [sys.executable, "-m", "rcnn_cli.train", "experiment=shapes_masks_ladder",
-            *overrides, f"seed={seed}", "log.tensorboard=false", f"hydra.run.dir={run_dir}",
+    return [sys.executable, "-m", "rcnn_cli.train", RECIPE, *overrides, f"seed={seed}", "log.tensorboard=false", f"hydra.run.dir={run_dir}",
             f"schedule.checkpoint_period={checkpoint_every}", "schedule.keep_checkpoints=1",
             *(ONE_THREAD if one_thread else []), *resume]
 
@@ -119,14 +135,53 @@ def finished(run_dir: Path, overrides: list[str]) -> dict | None:
     return record
 
 
-def run(rung: str, overrides: list[str], seed: int, out: Path, checkpoint_every: int,
-        one_thread: bool) -> dict:
-    """One rung at one seed: skipped when it has a record, resumed when it has a checkpoint."""
+def planned_config(overrides: list[str], seed: int) -> DictConfig:
+    """The config rcnn-train composes for this run (what a kept record must match)."""
+    with initialize_config_module(version_base="1.3", config_module="rcnn_cli.conf"):
+        return compose("train", overrides=[RECIPE, *overrides, f"seed={seed}"])
+
+
+def kept_path(keep: Path, rung: str, seed: int) -> Path:
+    return keep / f"{rung}_seed{seed}.json"
+
+
+def kept(keep: Path, rung: str, seed: int, cfg: DictConfig) -> dict | None:
+    """The kept record of this run if it trained with ``cfg`` (``EXECUTION`` keys may differ:
+    the budget, recipe, model and seed may not); None otherwise."""
+    path = kept_path(keep, rung, seed)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    diff = saved_config_differences(record["config"], cfg, may_change=EXECUTION)
+    if diff:
+        print(f"{path}: kept with another config, trained again:\n  " + "\n  ".join(diff),
+              flush=True)
+        return None
+    return record
+
+
+def keep_record(keep: Path, record: dict, cfg: DictConfig) -> dict:
+    """The finished run's record with its config (and this machine's CPU, for one finished
+    by an earlier version of this program) into ``keep``."""
+    record = {"cpu": cpu_model(), **record, "config": config_dict(cfg)}
+    keep.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(kept_path(keep, record["rung"], record["seed"]), record)
+    return record
+
+
+def run(rung: str, overrides: list[str], seed: int, cfg: DictConfig, out: Path, keep: Path,
+        checkpoint_every: int, one_thread: bool) -> dict:
+    """One rung at one seed (``cfg``: its ``planned_config``): skipped when kept or when it
+    has a record (then kept), resumed when it has a checkpoint."""
+    record = kept(keep, rung, seed, cfg)
+    if record is not None:
+        print(f"{kept_path(keep, rung, seed)}: kept, skipped", flush=True)
+        return record
     run_dir = out / f"{rung}_seed{seed}"
     record = finished(run_dir, overrides)
     if record is not None:
         print(f"{run_dir}: finished before, skipped", flush=True)
-        return record
+        return keep_record(keep, record, cfg)
     resume = resume_args(run_dir)
     command = train_command(overrides, seed, run_dir, checkpoint_every, one_thread, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -141,9 +196,9 @@ def run(rung: str, overrides: list[str], seed: int, out: Path, checkpoint_every:
     record = {"rung": rung, "overrides": overrides, "seed": seed, "run_dir": str(run_dir),
               "box_AP": metrics.get("bbox/AP"), "mask_AP": metrics.get("segm/AP"),
               "s_per_iter": step_time(run_dir), "starts": len(segments(run_dir)),
-              "threads": 1 if one_thread else None}
+              "threads": 1 if one_thread else None, "cpu": cpu_model()}
     atomic_write_json(run_dir / RECORD, record)
-    return record
+    return keep_record(keep, record, cfg)
 
 
 def mean(records: list[dict], key: str) -> str:
@@ -181,47 +236,52 @@ def time_rung(rung: str, overrides: list[str], out: Path, iters: int, threads: i
     return {"s_per_iter": step_time(run_dir), "iters": iters, "threads": threads}
 
 
-def time_all(rungs: list[str], out: Path, iters: int, threads: int, extra: list[str]) -> dict:
-    """Every rung timed alone, one after another; ``timing.json`` rewritten after each."""
-    timing = load_timing(out)
+def time_all(rungs: list[str], out: Path, keep: Path, iters: int, threads: int,
+             extra: list[str]) -> dict:
+    """Every rung timed alone, one after another; ``<keep>/timing.json`` rewritten after each."""
+    timing = load_timing(keep)
     for rung in rungs:
-        timing[rung] = time_rung(rung, RUNGS[rung][1] + extra, out, iters, threads)
-        atomic_write_json(out / TIMING, timing)
+        timing[rung] = {**time_rung(rung, RUNGS[rung][1] + extra, out, iters, threads),
+                        "cpu": cpu_model()}
+        keep.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(keep / TIMING, timing)
         print(f"{rung}: {timing[rung]['s_per_iter']:.3f} s/iter alone", flush=True)
     return timing
 
 
-def collect(out: Path, plan: list[tuple[str, list[str], int]]) -> list[dict]:
-    """The records on disk for the planned runs, in plan order."""
-    records = (finished(out / f"{rung}_seed{seed}", ov) for rung, ov, seed in plan)
-    return [r for r in records if r is not None]
-
-
-def collect_any(out: Path, seeds: list[int]) -> list[dict]:
-    """The records on disk for every rung at these seeds, whatever their overrides."""
-    paths = (out / f"{rung}_seed{seed}" / RECORD for rung in RUNGS for seed in seeds)
+def collect(keep: Path, plan: list[tuple[str, list[str], int]]) -> list[dict]:
+    """The kept records of the planned runs, in plan order."""
+    paths = (kept_path(keep, rung, seed) for rung, _, seed in plan)
     return [json.loads(p.read_text()) for p in paths if p.is_file()]
 
 
-def load_timing(out: Path) -> dict:
-    path = out / TIMING
+def collect_any(keep: Path, seeds: list[int]) -> list[dict]:
+    """The kept records of every rung at these seeds, whatever their config."""
+    paths = (kept_path(keep, rung, seed) for rung in RUNGS for seed in seeds)
+    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+
+
+def load_timing(keep: Path) -> dict:
+    path = keep / TIMING
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def run_all(plan: list[tuple[str, list[str], int]], out: Path, jobs: int,
+def run_all(plan: list[tuple[str, list[str], int]], out: Path, keep: Path, jobs: int,
             checkpoint_every: int) -> list[str]:
     """Every planned run, ``jobs`` at a time; ``ladder.json`` rewritten as each one ends.
     Returns the failures (the other runs go on)."""
     failures, lock = [], threading.Lock()
+    configs = {(rung, seed): planned_config(ov, seed) for rung, ov, seed in plan}
 
     def one(item):
         rung, overrides, seed = item
         try:
-            run(rung, overrides, seed, out, checkpoint_every, one_thread=jobs > 1)
+            run(rung, overrides, seed, configs[rung, seed], out, keep, checkpoint_every,
+                one_thread=jobs > 1)
         except (subprocess.CalledProcessError, OSError) as e:
             failures.append(f"{rung} seed {seed}: {e}")
         with lock:
-            atomic_write_json(out / "ladder.json", collect(out, plan))
+            atomic_write_json(out / "ladder.json", collect(keep, plan))
 
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
@@ -256,22 +316,31 @@ def main() -> None:
     parser.add_argument("--time-iters", type=int, default=0,
                         help="time each rung alone for this many iterations (no ladder runs)")
     parser.add_argument("--time-threads", type=int, default=1)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help=f"where finished runs' records are kept (default {KEEP}; "
+                             "<out>/kept with --smoke)")
+    parser.add_argument("--table", action="store_true",
+                        help="print the table of the kept records and timing, train nothing")
     args = parser.parse_args()
+    keep = args.keep or (args.out / "kept" if args.smoke else KEEP)
     if min(args.jobs, args.checkpoint_every, args.time_threads) < 1:
         parser.error("--jobs, --checkpoint-every and --time-threads must be >= 1")
     if args.time_iters < 0 or 0 < args.time_iters < 2 * TIME_WINDOW:
         parser.error(f"--time-iters must be >= {2 * TIME_WINDOW} (two logged windows), or 0")
+    if args.table:
+        print(table(collect_any(keep, args.seeds), load_timing(keep)))
+        return
     if args.time_iters:
-        timing = time_all(args.rungs, args.out, args.time_iters, args.time_threads,
+        timing = time_all(args.rungs, args.out, keep, args.time_iters, args.time_threads,
                           SMOKE_DATA if args.smoke else [])
-        print(table(collect_any(args.out, args.seeds), timing))
+        print(table(collect_any(keep, args.seeds), timing))
         return
     plan = [(rung, RUNGS[rung][1] + (SMOKE if args.smoke else []), seed)
             for rung, seed in run_order(args.rungs, args.seeds, args.jobs)]
     for rung, overrides, seed in plan:  # refuse a foreign record before any training
         finished(args.out / f"{rung}_seed{seed}", overrides)
-    failures = run_all(plan, args.out, args.jobs, args.checkpoint_every)
-    print(table(collect(args.out, plan), load_timing(args.out)))
+    failures = run_all(plan, args.out, keep, args.jobs, args.checkpoint_every)
+    print(table(collect(keep, plan), load_timing(keep)))
     if failures:
         raise SystemExit("failed (re-run to resume them):\n  " + "\n  ".join(failures))
 

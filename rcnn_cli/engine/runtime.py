@@ -4,6 +4,7 @@ resolved config as a dict, the Hydra run directory and the console progress bar.
 from __future__ import annotations
 
 import os
+import platform
 import random
 from pathlib import Path
 
@@ -85,6 +86,17 @@ def onednn_allows(isa: str) -> bool:
     cap_bits = ONEDNN_ISA_BITS.get(cap.strip().upper())
     need = ONEDNN_ISA_BITS[isa]
     return cap_bits is None or cap_bits & need == need
+
+
+def cpu_model() -> str:
+    """The CPU's model name as ``lscpu`` shows it (``platform.machine()`` where /proc/cpuinfo
+    has none), for the records of timed runs."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    line = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
+    return line.partition(":")[2].strip() or platform.machine()
 
 
 def _cpuinfo_flags() -> set[str]:

@@ -1,14 +1,17 @@
-"""benchmarks/htc_ladder.py: a smoke-size rung through rcnn-train (its record and row, skipped
-when run again), the resume decision and s/iter across a resumed run."""
+"""benchmarks/htc_ladder.py: a smoke-size rung through rcnn-train (its record and row, kept,
+skipped when run again), the resume decision, which kept records count and s/iter across a
+resumed run."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from rcnn_cli.engine.runtime import config_dict, cpu_model
 from tests.benchmarks.programs import run_program
 from tests.conftest import REPO
 
@@ -23,12 +26,17 @@ def load_script():
 ladder = load_script()
 
 
-def test_one_rung_gives_a_record_and_a_table_row_and_is_skipped_when_run_again(tmp_path):
+def test_one_rung_gives_a_kept_record_and_a_table_row_and_is_skipped_when_run_again(tmp_path):
     args = ("--smoke", "--seeds", "0", "--rungs", "cascade_mask_last", "--out", str(tmp_path))
     out = run_program("htc_ladder", *args, "--jobs", "2", timeout=600)
     run_dir = tmp_path / "cascade_mask_last_seed0"
     [record] = json.loads((tmp_path / "ladder.json").read_text())
-    assert record == json.loads((run_dir / "record.json").read_text())
+    kept_file = tmp_path / "kept" / "cascade_mask_last_seed0.json"
+    assert record == json.loads(kept_file.read_text())
+    assert record == {**json.loads((run_dir / "record.json").read_text()),
+                      "config": record["config"]}
+    assert record["config"]["seed"] == 0 and record["config"]["schedule"]["max_iter"] == 4
+    assert record["cpu"] == cpu_model()
     assert record["rung"] == "cascade_mask_last" and record["seed"] == 0
     assert record["box_AP"] is not None and record["mask_AP"] is not None
     assert record["s_per_iter"] > 0 and record["starts"] == 1 and record["threads"] == 1
@@ -37,10 +45,13 @@ def test_one_rung_gives_a_record_and_a_table_row_and_is_skipped_when_run_again(t
     assert "| rung | box AP | mask AP | s/iter (training) | s/iter (alone) | seeds |" in out
     assert row in out
 
+    shutil.rmtree(run_dir)  # a new machine: only the kept record is left
     again = run_program("htc_ladder", *args, timeout=120)
-    assert "finished before, skipped" in again and row in again
-    assert json.loads((run_dir / "starts.json").read_text()) == [0]  # no second start
+    assert "kept, skipped" in again and row in again
+    assert not run_dir.exists()  # nothing trained
     assert json.loads((tmp_path / "ladder.json").read_text()) == [record]
+    table = run_program("htc_ladder", "--table", "--seeds", "0", "--keep", str(kept_file.parent))
+    assert row in table
 
 
 def write_metrics(run_dir, rows):
@@ -95,7 +106,7 @@ def test_side_by_side_runs_start_with_the_costliest_rungs():
 def test_timing_alone_writes_timing_json_and_its_column(tmp_path):
     out = run_program("htc_ladder", "--smoke", "--time-iters", "10", "--rungs",
                       "cascade_mask_last", "--out", str(tmp_path), timeout=300)
-    timing = json.loads((tmp_path / "timing.json").read_text())
+    timing = json.loads((tmp_path / "kept" / "timing.json").read_text())
     assert set(timing) == {"cascade_mask_last"}
     assert timing["cascade_mask_last"]["s_per_iter"] > 0
     assert timing["cascade_mask_last"]["iters"] == 10
@@ -126,12 +137,41 @@ def test_timing_runs_each_rung_alone_with_its_overrides(tmp_path, monkeypatch):
                                 {"iteration": 15, "step_time": 4.0}])
 
     monkeypatch.setattr(ladder.subprocess, "run", fake_run)
-    timing = ladder.time_all(["htc", "detectors"], tmp_path, 15, 2, [])
-    assert timing == {rung: {"s_per_iter": 3.0, "iters": 15, "threads": 2}
+    timing = ladder.time_all(["htc", "detectors"], tmp_path, tmp_path / "kept", 15, 2, [])
+    assert timing == {rung: {"s_per_iter": 3.0, "iters": 15, "threads": 2, "cpu": cpu_model()}
                       for rung in ("htc", "detectors")}  # the first window left out
-    assert json.loads((tmp_path / "timing.json").read_text()) == timing
+    assert json.loads((tmp_path / "kept" / "timing.json").read_text()) == timing
     (htc, htc_threads), (detectors, _) = commands
     assert htc_threads == "2" and {"model=htc", "schedule.max_iter=15", "threads=2",
                                    "log.period=5", "seed=0"} <= set(htc)
     assert not any(c.startswith("resume=") for c in htc)
     assert "backbone.rfp_steps=2" in detectors
+
+
+def test_a_run_finished_in_out_is_kept_with_its_config_without_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(ladder.subprocess, "run", pytest.fail)  # nothing may train
+    overrides = ladder.RUNGS["htc"][1]
+    cfg = ladder.planned_config(overrides, 1)
+    run_dir = tmp_path / "out" / "htc_seed1"
+    run_dir.mkdir(parents=True)
+    record = {"rung": "htc", "seed": 1, "overrides": overrides, "box_AP": 0.5}
+    (run_dir / "record.json").write_text(json.dumps(record))
+    keep = tmp_path / "kept"
+    got = ladder.run("htc", overrides, 1, cfg, tmp_path / "out", keep, 200, True)
+    assert got == {"cpu": cpu_model(), **record, "config": config_dict(cfg)}
+    assert json.loads((keep / "htc_seed1.json").read_text()) == got
+    assert ladder.run("htc", overrides, 1, cfg, tmp_path / "elsewhere", keep, 200, True) == got
+
+
+def test_a_kept_record_counts_only_with_the_same_config_but_for_how_it_executed(tmp_path, capsys):
+    overrides = ladder.RUNGS["htc_no_semantic"][1]
+    cfg = ladder.planned_config(overrides, 0)
+    ladder.keep_record(tmp_path, {"rung": "htc_no_semantic", "seed": 0}, cfg)
+    assert ladder.kept(tmp_path, "htc_no_semantic", 0, cfg) is not None
+    same = ladder.planned_config([*overrides, "threads=1", "schedule.checkpoint_period=7"], 0)
+    assert ladder.kept(tmp_path, "htc_no_semantic", 0, same) is not None
+    for other in (["schedule.max_iter=600"], ["model.htc.semantic=true"]):
+        assert ladder.kept(tmp_path, "htc_no_semantic", 0,
+                           ladder.planned_config([*overrides, *other], 0)) is None
+    assert "schedule.max_iter: 1200 -> 600" in capsys.readouterr().out
+    assert ladder.kept(tmp_path, "htc_no_semantic", 1, cfg) is None  # not kept at all
