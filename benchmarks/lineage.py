@@ -36,6 +36,14 @@ different --seeds, and a last one with all the seeds then times them together):
 Overrides apply to every system after the dataset's settings and the row's budget. Writes
 OUT/lineage.md and OUT/lineage.json, and one normal run directory per system and seed under
 OUT/<system>/seed<k>/.
+
+Kept runs: a finished run's record (metrics, config, the CPU, and its test time measured alone
+right after its training) is also kept in ``--keep`` (default
+``benchmarks/results/lineage/<dataset>_x<budget scale>/``, committed), and a run kept with the
+same config is not trained again on another machine: the table can be filled over several
+sessions whose run directories do not survive. Only when every run's checkpoint is on this
+machine are they timed again together, interleaved; otherwise each keeps its own timing, and
+the report names the CPU of each row (test times compare only on one CPU).
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ from rcnn_cli.benchmark.lineage.report import (
     failure_notes,
     format_seed_table,
     format_table,
+    machine_notes,
     plot_png,
     setup_notes,
     summarize,
@@ -78,13 +87,14 @@ from rcnn_cli.benchmark.lineage.systems import (
 from rcnn_cli.benchmark.lineage.timing import time_systems
 from rcnn_cli.engine import faults
 from rcnn_cli.engine.resume import saved_config_differences
-from rcnn_cli.engine.runtime import config_dict
+from rcnn_cli.engine.runtime import config_dict, cpu_model
 from rcnn_cli.errors import ConfigError
 from rcnn_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 log = logging.getLogger("rcnn_cli")
 
 PROGRESS = "lineage_progress.json"  # an unfinished run's config, starts and kept seconds
+KEEP = Path(__file__).resolve().parent / "results" / "lineage"
 
 
 def warm_proposal_cache(cfg: DictConfig) -> float:
@@ -101,9 +111,12 @@ def warm_proposal_cache(cfg: DictConfig) -> float:
 
 
 def same_config(saved: dict | None, cfg: DictConfig) -> bool:
-    """Whether a stored run's config is ``cfg``'s, every key included; a key the stored config
-    lacks (added to the schemas since) counts as its schema default."""
-    return saved is not None and not saved_config_differences(saved, cfg, may_change=())
+    """Whether a stored run's config is ``cfg``'s, every key included but the folder of the
+    selective search cache (inside ``--out``: its content depends only on the images and the
+    search's settings); a key the stored config lacks (added to the schemas since) counts as
+    its schema default."""
+    return saved is not None and not saved_config_differences(
+        saved, cfg, may_change=("proposals.cache_dir",))
 
 
 def metric(metrics: dict, key: str) -> float | None:
@@ -136,8 +149,8 @@ def run_system(label: str, seed: int, overrides: list[str], cfg: DictConfig, out
     from rcnn_cli.engine.evaluator import evaluate_checkpoint
     from rcnn_cli.engine.train import train
 
-    run_dir = out / slug(label) / f"seed{seed}"
-    record_path = run_dir / "lineage_record.json"
+    record_path = run_dir_record(out, label, seed)
+    run_dir = record_path.parent
     config = config_dict(cfg)
     if record_path.exists() and not fresh:
         record = json.loads(record_path.read_text())
@@ -177,9 +190,38 @@ def run_system(label: str, seed: int, overrides: list[str], cfg: DictConfig, out
               "proposal_cache_s": proposal_cache_s,
               **{name: metric(metrics, key) for name, key in METRICS.items()},
               "ap_source": ap_source, "iteration": metrics.get("iteration"), "ckpt": str(ckpt),
-              "starts": starts, "config": config}
+              "starts": starts, "cpu": cpu_model(), "config": config}
     atomic_write_json(record_path, record)
     return record
+
+def kept_path(keep: Path, label: str, seed: int) -> Path:
+    return keep / f"{slug(label)}_seed{seed}.json"
+
+
+def run_kept(label: str, seed: int, overrides: list[str], cfg: DictConfig, out: Path,
+             keep: Path, fresh: bool, images: int) -> dict:
+    """``run_system``, unless a run with the same config is kept; a new record is timed alone
+    (``images`` val images) on the machine it trained on and kept with that CPU's name."""
+    path = kept_path(keep, label, seed)
+    if path.is_file() and not fresh:
+        record = json.loads(path.read_text())
+        if same_config(record.get("config"), cfg):
+            log.info("lineage: %s seed %d: kept in %s", label, seed, path)
+            return record
+    record = run_system(label, seed, overrides, cfg, out, fresh)
+    if "test" not in record:
+        [test] = time_systems({(label, seed): Path(record["ckpt"])}, images).values()
+        record.update({"test": test, "timed": "alone"} if "error" not in test
+                      else {"error": f"timing: {test['error']}"})
+    record.setdefault("cpu", cpu_model())
+    atomic_write_json(run_dir_record(out, label, seed), record)
+    atomic_write_json(path, record)
+    return record
+
+
+def run_dir_record(out: Path, label: str, seed: int) -> Path:
+    return out / slug(label) / f"seed{seed}" / "lineage_record.json"
+
 
 def write_report(records: list[dict], out: Path, header: str, info: dict,
                  min_ap50: float | None = None, baseline: dict | None = None) -> str:
@@ -188,8 +230,8 @@ def write_report(records: list[dict], out: Path, header: str, info: dict,
     rows, checked = summarize(records), claims(records, min_ap50, baseline)
     text = "\n".join([header, "", format_table(rows), "", "The papers' claims on this data:", "",
                       *checked, "", "Each seed:", "", format_seed_table(records), "",
-                      *cache_notes(records), *failure_notes(records), *setup_notes(records),
-                      ""])
+                      *machine_notes(records), *cache_notes(records), *failure_notes(records),
+                      *setup_notes(records), ""])
     atomic_write_text(out / "lineage.md", text)
     runs = [{k: v for k, v in r.items() if k != "config"} for r in records]
     atomic_write_json(out / "lineage.json", {**info, "runs": runs, "rows": rows,
@@ -234,7 +276,8 @@ def plan(args, data: Dataset) -> list[tuple[System, int, DictConfig, str | None]
     return runs
 
 
-def train_all(runs, out: Path, fresh: bool, report: Callable[[list[dict]], None]) -> list[dict]:
+def train_all(runs, out: Path, keep: Path, fresh: bool, images: int,
+              report: Callable[[list[dict]], None]) -> list[dict]:
     """Train (or reuse) every run in turn; a refused system (no masks in the data) or a failed
     run is recorded and the others go on; the report is rewritten after each run."""
     records = []
@@ -244,8 +287,8 @@ def train_all(runs, out: Path, fresh: bool, report: Callable[[list[dict]], None]
             records.append({**base, "refused": refusal})
         else:
             try:
-                records.append(run_system(system.label, seed, list(system.overrides), cfg, out,
-                                          fresh))
+                records.append(run_kept(system.label, seed, list(system.overrides), cfg, out,
+                                        keep, fresh, images))
             except faults.Interrupted:
                 raise  # SIGTERM / Ctrl-C stop the table; a re-run continues from the finished
             except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
@@ -255,16 +298,22 @@ def train_all(runs, out: Path, fresh: bool, report: Callable[[list[dict]], None]
     return records
 
 
-def time_all(records: list[dict], images: int) -> None:
-    """Every finished run timed together; the result (or the failure) into its record."""
+def time_all(records: list[dict], images: int, keep: Path) -> None:
+    """Every finished run timed together, interleaved, when all their checkpoints are on this
+    machine; the result (or the failure) into its record, kept. Otherwise (runs kept from
+    other machines) each keeps the timing of its own machine."""
     trained = {(r["label"], r["seed"]): Path(r["ckpt"]) for r in records
                if "error" not in r and "refused" not in r}
+    if not all(ckpt.is_file() for ckpt in trained.values()):
+        log.info("lineage: runs kept from other machines: each keeps its own test time")
+        return
     for key, test in time_systems(trained, images).items():
         record = next(r for r in records if (r["label"], r["seed"]) == key)
         if "error" in test:
             record["error"] = f"timing: {test['error']}"
         else:
-            record["test"] = test
+            record.update({"test": test, "timed": "together", "cpu": cpu_model()})
+        atomic_write_json(kept_path(keep, *key), record)
 
 
 def describe(args, data: Dataset) -> tuple[str, dict]:
@@ -275,7 +324,8 @@ def describe(args, data: Dataset) -> tuple[str, dict]:
               f"{' '.join(map(str, args.seeds))}; pre-trained trunks: {weights}. train = "
               "rcnn-train wall time (its final evaluation included), mean over seeds; test time "
               f"per image: mean over {args.time_images} val images and the seeds, batch 1, "
-              f"{torch.get_num_threads()} thread(s), every run interleaved image by image")
+              f"{torch.get_num_threads()} thread(s); the CPU and the way each run was timed "
+              "are listed under the table")
     info = {"dataset": data.name, "budget_scale": args.budget_scale, "seeds": args.seeds,
             "shared_overrides": shared.split(), "backbone_weights": args.backbone_weights,
             "time_images": args.time_images, "threads": torch.get_num_threads()}
@@ -298,11 +348,14 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--backbone-weights", action="append", default=[], metavar="BACKBONE=FILE",
                     help="backbone.weights for every system on that backbone (repeatable)")
     ap.add_argument("--fresh", action="store_true", help="re-run finished systems")
+    ap.add_argument("--keep", type=Path, help="where finished runs are kept (default: "
+                    "benchmarks/results/lineage/<dataset>_x<budget scale>)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every system")
     args = ap.parse_args(argv)
     if args.budget_scale <= 0:
         ap.error("--budget-scale must be > 0")
     args.seeds = args.seeds or list(DATASETS[args.dataset].seeds)
+    args.keep = args.keep or KEEP / f"{args.dataset}_x{args.budget_scale:g}"
     return args
 
 
@@ -321,13 +374,14 @@ def main(argv: list[str] | None = None) -> int:
         return write_report(records, args.out, head, info, data.min_ap50, baseline)
 
     try:
-        records = train_all(runs, args.out, args.fresh, lambda rs: report(
+        records = train_all(runs, args.out, args.keep, args.fresh, args.time_images,
+                            lambda rs: report(
             rs, f"{header}\n\n{len(rs)}/{len(runs)} runs trained, test times follow"))
     except faults.Interrupted as e:
         print(f"interrupted: {e}\nThe same command continues from the finished runs.",
               file=sys.stderr)
         return e.exit_code
-    time_all(records, args.time_images)
+    time_all(records, args.time_images, args.keep)
     print(report(records))
     if args.plot is not None:
         atomic_write_bytes(args.plot, plot_png(summarize(records), f"{data.name}: "

@@ -1,6 +1,6 @@
-"""benchmarks/lineage.py: reusing and continuing runs, the smaller-budget baseline, the whole
-program with a stubbed training (every row, two seeds, the plot, resume, BCCD's refused mask
-rows), and (slow) a tiny end-to-end run of every system. The systems, timing, tables and claims
+"""benchmarks/lineage.py: reusing, keeping and continuing runs, the smaller-budget baseline, the
+whole program with a stubbed training (every row, two seeds, the plot, resume, runs kept from
+another machine, BCCD's refused mask rows), and (slow) a tiny end-to-end run of every system. The systems, timing, tables and claims
 it is built from are tested in tests/benchmark/lineage/."""
 
 from __future__ import annotations
@@ -31,6 +31,18 @@ def load_script():
 
 lineage = load_script()
 LABELS = [s.label for s in systems.SYSTEMS]
+
+
+@pytest.fixture(autouse=True)
+def kept_in_tmp(tmp_path, monkeypatch):
+    """Runs are kept under tmp_path, never in the repository's benchmarks/results/."""
+    monkeypatch.setattr(lineage, "KEEP", tmp_path / "kept")
+
+
+def forget(out, tmp_path, slug: str, seed: int, scale: str = "1") -> None:
+    """A run's result lost: its record in the run directory and the kept one."""
+    (out / slug / f"seed{seed}" / "lineage_record.json").unlink()
+    (tmp_path / "kept" / f"shapes_x{scale}" / f"{slug}_seed{seed}.json").unlink()
 
 
 def test_a_run_older_than_a_schema_key_is_reused_while_that_key_is_its_default():
@@ -123,13 +135,35 @@ def test_the_whole_table_with_a_stubbed_training_then_resume(monkeypatch, tmp_pa
     assert stub.trained == [("sppnet", 0), ("sppnet", 1)]
     assert [p.stat().st_mtime_ns for p in records] == mtimes
     # A lost result: only that run again; another budget: every run again.
-    (out / "fpn" / "seed1" / "lineage_record.json").unlink()
+    forget(out, tmp_path, "fpn", 1)
     stub.trained.clear()
     assert lineage.main(args) == 0 and stub.trained == [("fpn", 1)]
     stub.trained.clear()
     assert lineage.main([*args, "--systems", "FPN,HTC", "--budget-scale", "0.5"]) == 0
     assert stub.trained == [("fpn", 0), ("fpn", 1), ("htc", 0), ("htc", 1)]
     assert "| FPN | 600 x 8 |" in (out / "lineage.md").read_text()
+
+
+def test_runs_kept_from_another_machine_are_not_trained_and_keep_their_timing(monkeypatch,
+                                                                             tmp_path):
+    stub = StubTraining(monkeypatch)
+    args = ["--out", str(tmp_path / "a"), "--systems", "R-CNN,Faster R-CNN", "--seeds", "0"]
+    monkeypatch.setattr(lineage, "cpu_model", lambda: "CPU A")
+    assert lineage.main(args) == 0 and stub.trained == [("r_cnn", 0), ("faster_r_cnn", 0)]
+    kept = json.loads((tmp_path / "kept" / "shapes_x1" / "r_cnn_seed0.json").read_text())
+    assert kept["cpu"] == "CPU A" and kept["timed"] == "alone" and kept["test"]["total_ms"] == 10
+    assert kept["config"]["seed"] == 0
+    # Another session, another CPU, no run directory left: only the new row trains.
+    monkeypatch.setattr(lineage, "cpu_model", lambda: "CPU B")
+    stub.trained.clear()
+    args = ["--out", str(tmp_path / "b"), "--systems", "R-CNN,Faster R-CNN,FPN", "--seeds", "0"]
+    assert lineage.main(args) == 0 and stub.trained == [("fpn", 0)]
+    text = (tmp_path / "b" / "lineage.md").read_text()
+    assert "- CPU A, timed alone after training: R-CNN seed 0, Faster R-CNN seed 0" in text
+    assert "- CPU B, timed alone after training: FPN seed 0" in text
+    # A kept run whose config differs (another budget) is trained again.
+    stub.trained.clear()
+    assert lineage.main([*args, "--budget-scale", "0.5"]) == 0 and len(stub.trained) == 3
 
 
 def test_an_interrupt_stops_the_table_and_a_rerun_continues(monkeypatch, tmp_path, capsys):
@@ -186,7 +220,7 @@ def test_a_stopped_run_continues_from_what_it_saved_and_sums_its_starts(monkeypa
     record = json.loads((run_dir / "lineage_record.json").read_text())
     assert record["starts"] == 4 and 150.0 <= record["train_s"] < 160.0
     # Another budget cannot continue that run's checkpoints: it starts afresh.
-    (run_dir / "lineage_record.json").unlink()
+    forget(tmp_path, tmp_path, "cascade_r_cnn", 0)
     monkeypatch.setattr("rcnn_cli.engine.train.train",
                         lambda cfg, d: stop_after_a_checkpoint(cfg, d, 10.0))
     assert lineage.main(args) == faults.Interrupted.exit_code
@@ -245,5 +279,6 @@ def test_tiny_lineage_of_every_system_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "train",
                         lambda cfg, run_dir: trained.append(run_dir.parent.name) or real(cfg,
                                                                                          run_dir))
-    (out / "cascade_r_cnn" / "seed0" / "lineage_record.json").unlink()
+    forget(out, tmp_path, "cascade_r_cnn", 0, scale="0.005")
     assert lineage.main(args) == 0 and trained == ["cascade_r_cnn"]
+    assert json.loads((out / "lineage.json").read_text())["runs"][0]["timed"] == "together"

@@ -54,6 +54,10 @@ def time_falls(rows: dict[str, dict], order: list[str] = PAPER_ORDER) -> list[st
     claim = "test time falls from R-CNN to Faster R-CNN"
     if len(present) < 2:
         return [f"- {claim}: not checkable here (timed: {', '.join(present) or 'none'})"]
+    cpus = {label: rows[label].get("cpus", []) for label in present}
+    if len({cpu for c in cpus.values() for cpu in c}) > 1:
+        where = "; ".join(f"{label}: {', '.join(c)}" for label, c in cpus.items())
+        return [f"- {claim}: not checkable on one machine (timed on several CPUs: {where})"]
     ratios = [(a, b, total[a] / total[b] if total[b] > 0 else float("inf"))
               for a, b in zip(present, present[1:])]
     chain = " -> ".join(f"{label} {total[label]:.1f}" for label in present)

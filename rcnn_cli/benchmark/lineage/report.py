@@ -13,6 +13,9 @@ METRICS = {"AP": "bbox/AP", "AP50": "bbox/AP50", "AP75": "bbox/AP75", "APs": "bb
            "mask AP": "segm/AP"}
 
 
+UNKNOWN_CPU = "an unrecorded CPU"
+
+
 def mean(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.mean(values) if values else None
@@ -36,10 +39,11 @@ def summarize(records: list[dict]) -> list[dict]:
             continue
         row["budget"] = done[0]["budget"]
         row.update({k: mean([r.get(k) for r in done]) for k in ("train_s", *METRICS)})
-        timed = [r["test"] for r in done if "test" in r]
+        timed = [r for r in done if "test" in r]
         if timed:
-            row["test"] = {k: mean([t[k] for t in timed])
+            row["test"] = {k: mean([r["test"][k] for r in timed])
                            for k in ("params", *(f"{p}_ms" for p in (*PARTS, "total")))}
+            row["cpus"] = sorted({r.get("cpu", UNKNOWN_CPU) for r in timed})
         out.append(row)
     return out
 
@@ -107,6 +111,18 @@ def failure_notes(records: list[dict]) -> list[str]:
     return [f"- {r['label']} seed {r['seed']}: {'refused' if 'refused' in r else 'failed'}: "
             f"{(r.get('refused') or r['error']).splitlines()[0]}"
             for r in records if "error" in r or "refused" in r]
+
+
+def machine_notes(records: list[dict]) -> list[str]:
+    """The CPU each run was timed on, and how: together (every run interleaved, image by
+    image) or alone right after its training (a run kept from another session)."""
+    where: dict[tuple[str, str], list[str]] = {}
+    for r in records:
+        if "test" in r:
+            key = (r.get("cpu", UNKNOWN_CPU), r.get("timed", "together"))
+            where.setdefault(key, []).append(f"{r['label']} seed {r['seed']}")
+    how = {"together": "timed together, interleaved", "alone": "timed alone after training"}
+    return [f"- {cpu}, {how[timed]}: {', '.join(runs)}" for (cpu, timed), runs in where.items()]
 
 
 def setup_notes(records: list[dict]) -> list[str]:

@@ -37,3 +37,15 @@ def test_the_papers_claims_hold_or_not_with_their_numbers():
                       "(timed: none)")
     assert all("not checkable" in line for line in few)
 
+
+
+def test_test_times_from_several_cpus_are_not_compared():
+    records = lineage_records(**{"R-CNN": {"cpu": "CPU A"}, "Faster R-CNN": {"cpu": "CPU B"}})
+    [line] = [x for x in lineage.claims(records) if "test time" in x]
+    assert line == ("- test time falls from R-CNN to Faster R-CNN: not checkable on one machine "
+                    "(timed on several CPUs: R-CNN: CPU A; SPPNet: an unrecorded CPU; "
+                    "Fast R-CNN (SS): an unrecorded CPU; Faster R-CNN: CPU B)")
+    same = lineage_records(**{label: {"cpu": "CPU A"} for label in ("R-CNN", "SPPNet",
+                                                                     "Fast R-CNN (SS)",
+                                                                     "Faster R-CNN")})
+    assert lineage.claims(same)[0].startswith("- test time falls from R-CNN to Faster R-CNN: holds")
