@@ -97,6 +97,10 @@ PROGRESS = "lineage_progress.json"  # an unfinished run's config, starts and kep
 KEEP = Path(__file__).resolve().parent / "results" / "lineage"
 
 
+def run_dir_record(out: Path, label: str, seed: int) -> Path:
+    return out / slug(label) / f"seed{seed}" / "lineage_record.json"
+
+
 def warm_proposal_cache(cfg: DictConfig) -> float:
     """Selective search over the train and val splits into the cache (once for all systems on
     external proposals), so that their training time does not include it; returns seconds."""
@@ -194,6 +198,7 @@ def run_system(label: str, seed: int, overrides: list[str], cfg: DictConfig, out
     atomic_write_json(record_path, record)
     return record
 
+
 def kept_path(keep: Path, label: str, seed: int) -> Path:
     return keep / f"{slug(label)}_seed{seed}.json"
 
@@ -201,7 +206,8 @@ def kept_path(keep: Path, label: str, seed: int) -> Path:
 def run_kept(label: str, seed: int, overrides: list[str], cfg: DictConfig, out: Path,
              keep: Path, fresh: bool, images: int) -> dict:
     """``run_system``, unless a run with the same config is kept; a new record is timed alone
-    (``images`` val images) on the machine it trained on and kept with that CPU's name."""
+    (``images`` val images) on the machine it trained on and kept with that CPU's name (one
+    that could not be timed is not kept: it runs again)."""
     path = kept_path(keep, label, seed)
     if path.is_file() and not fresh:
         record = json.loads(path.read_text())
@@ -215,12 +221,9 @@ def run_kept(label: str, seed: int, overrides: list[str], cfg: DictConfig, out: 
                       else {"error": f"timing: {test['error']}"})
     record.setdefault("cpu", cpu_model())
     atomic_write_json(run_dir_record(out, label, seed), record)
-    atomic_write_json(path, record)
+    if "error" not in record:
+        atomic_write_json(path, record)
     return record
-
-
-def run_dir_record(out: Path, label: str, seed: int) -> Path:
-    return out / slug(label) / f"seed{seed}" / "lineage_record.json"
 
 
 def write_report(records: list[dict], out: Path, header: str, info: dict,
@@ -313,7 +316,7 @@ def time_all(records: list[dict], images: int, keep: Path) -> None:
             record["error"] = f"timing: {test['error']}"
         else:
             record.update({"test": test, "timed": "together", "cpu": cpu_model()})
-        atomic_write_json(kept_path(keep, *key), record)
+            atomic_write_json(kept_path(keep, *key), record)
 
 
 def describe(args, data: Dataset) -> tuple[str, dict]:

@@ -166,6 +166,20 @@ def test_runs_kept_from_another_machine_are_not_trained_and_keep_their_timing(mo
     assert lineage.main([*args, "--budget-scale", "0.5"]) == 0 and len(stub.trained) == 3
 
 
+def test_a_run_that_could_not_be_timed_is_not_kept(monkeypatch, tmp_path):
+    stub = StubTraining(monkeypatch)
+    monkeypatch.setattr(lineage, "time_systems",
+                        lambda ckpts, images: {key: {"error": "OSError: gone"} for key in ckpts})
+    args = ["--out", str(tmp_path / "a"), "--systems", "FPN", "--seeds", "0"]
+    assert lineage.main(args) == 1
+    assert "| FPN | failed: timing: OSError: gone |" in (tmp_path / "a" / "lineage.md").read_text()
+    assert not (tmp_path / "kept" / "shapes_x1" / "fpn_seed0.json").exists()
+    monkeypatch.setattr(lineage, "time_systems", stub.time)
+    stub.trained.clear()
+    assert lineage.main(["--out", str(tmp_path / "b"), *args[2:]]) == 0
+    assert stub.trained == [("fpn", 0)]
+
+
 def test_an_interrupt_stops_the_table_and_a_rerun_continues(monkeypatch, tmp_path, capsys):
     from rcnn_cli.engine import faults
 
