@@ -6,7 +6,6 @@ Five rungs, one recipe and budget (``experiment=shapes_masks_ladder``), each at 
     python benchmarks/htc_ladder.py --smoke  # a few iterations per rung: the program runs
     python benchmarks/htc_ladder.py --rungs htc detectors --seeds 0  # some rungs only
     python benchmarks/htc_ladder.py --time-iters 30  # s/iter of each rung alone on the machine
-
     python benchmarks/htc_ladder.py --table  # the table of the kept records, nothing trained
 
 Resumable: each run lives in ``<out>/<rung>_seed<S>/`` (rcnn-train's run directory) and ends
@@ -15,9 +14,9 @@ overrides is refused: use another ``--out``). A finished run's record, with its 
 CPU, is also kept in ``--keep`` (default ``benchmarks/results/htc_ladder/``, committed), so
 that the ladder outlives the machine it ran on: a run kept with the config the ladder would
 train now is not trained again (one kept with another config is trained again and replaces
-it). A run stopped mid-training (Ctrl-C, a killed
-job) checkpoints every ``--checkpoint-every`` iterations and continues from its newest
-checkpoint (``resume=<run dir>``); one stopped before its first checkpoint starts afresh.
+it). A run stopped mid-training (Ctrl-C, a killed job) checkpoints every ``--checkpoint-every``
+iterations and continues from its newest checkpoint (``resume=<run dir>``); one stopped before
+its first checkpoint starts afresh.
 ``--jobs N`` trains N runs side by side, one thread each (``OMP_NUM_THREADS=1 threads=1
 dataset.num_workers=1``; each run's console goes to its ``console.log``), costliest rungs first.
 
@@ -118,7 +117,8 @@ def train_command(overrides: list[str], seed: int, run_dir: Path, checkpoint_eve
     """rcnn-train (``python -m rcnn_cli.train``) on the ladder recipe; the checkpoint period,
     threads and ``resume`` only change how the run executes (rcnn-train's resume check lets
     them differ between starts)."""
-    return [sys.executable, "-m", "rcnn_cli.train", RECIPE, *overrides, f"seed={seed}", "log.tensorboard=false", f"hydra.run.dir={run_dir}",
+    return [sys.executable, "-m", "rcnn_cli.train", RECIPE, *overrides, f"seed={seed}",
+            "log.tensorboard=false", f"hydra.run.dir={run_dir}",
             f"schedule.checkpoint_period={checkpoint_every}", "schedule.keep_checkpoints=1",
             *(ONE_THREAD if one_thread else []), *resume]
 
