@@ -91,21 +91,21 @@ def onednn_allows(isa: str) -> bool:
 def cpu_model() -> str:
     """The CPU's model name as ``lscpu`` shows it (``platform.machine()`` where /proc/cpuinfo
     has none), for the records of timed runs."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    line = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
-    return line.partition(":")[2].strip() or platform.machine()
+    return _cpuinfo_field("model name").strip() or platform.machine()
 
 
 def _cpuinfo_flags() -> set[str]:
+    return set(_cpuinfo_field("flags").split())
+
+
+def _cpuinfo_field(name: str) -> str:
+    """The value of /proc/cpuinfo's first ``name`` line ("" where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
+        return ""
+    line = next((ln for ln in text.splitlines() if ln.startswith(name)), "")
+    return line.partition(":")[2]
 
 
 def choose_amp(device: torch.device) -> tuple[str, str]:
