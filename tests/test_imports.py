@@ -88,3 +88,16 @@ def test_lower_rooms_do_not_import_the_engine(room):
               if name == room or name.startswith(room + ".")
               for dep in deps if dep.startswith("rcnn_cli.engine")}
     assert not upward, sorted(upward)
+
+
+def test_entry_points_start_without_torch():
+    """``--help`` and a config error answer before torch is imported (2-3 s on a small CPU):
+    the entry points and the config schemas import neither torch nor torchvision."""
+    import subprocess
+    import sys
+
+    entry_points = ["train", "evaluate", "predict", "export", "data_cli"]
+    code = ("import sys\n" + "".join(f"import rcnn_cli.{m}\n" for m in entry_points)
+            + "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr

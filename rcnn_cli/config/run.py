@@ -134,6 +134,12 @@ class LogConf:
     images_score_thresh: float = 0.5
 
 
+# The choices of eval.tta / eval.tta_merge (rcnn_cli.evaluation.tta), here so that checking a
+# config does not import torch.
+TTA_MODES = ("none", "flip", "flips", "scales")
+TTA_MERGES = ("nms", "wbf")
+
+
 @dataclass
 class EvalConf:
     """``backend``: faster-coco-eval (C++) or pycocotools; same numbers, see docs/benchmarks.md."""

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from rcnn_cli.config.data import CocoConf, DatasetConf, ShapesConf, VocConf
 from rcnn_cli.config.model import ModelConf, RegionModelConf
-from rcnn_cli.config.run import GROUP_SCHEMAS, AlternatingScheduleConf, ScheduleConf, TrainConf
-from rcnn_cli.evaluation import tta
+from rcnn_cli.config.run import (
+    GROUP_SCHEMAS,
+    TTA_MERGES,
+    TTA_MODES,
+    AlternatingScheduleConf,
+    ScheduleConf,
+    TrainConf,
+)
 
 
 def validate(cfg) -> None:
@@ -70,8 +76,8 @@ INTERVAL_KEYS = [("dataset.flip_prob", 0.0, 1.0, True), ("dataset.vflip_prob", 0
 
 # (key, allowed values): checked when the key is present.
 CHOICE_KEYS = [("eval.backend", ("faster-coco-eval", "pycocotools")),
-               ("eval.tta", tta.MODES), ("eval.tta_merge", tta.MERGES),
-               ("tta", tta.MODES), ("tta_merge", tta.MERGES)]
+               ("eval.tta", TTA_MODES), ("eval.tta_merge", TTA_MERGES),
+               ("tta", TTA_MODES), ("tta_merge", TTA_MERGES)]
 
 
 def _check_ranges(cfg) -> None:

@@ -20,12 +20,11 @@ from torchvision import tv_tensors
 from torchvision.ops import batched_nms, box_iou
 from torchvision.transforms.v2 import functional as F
 
+from rcnn_cli.config.run import TTA_MERGES, TTA_MODES
 from rcnn_cli.errors import ConfigError
 
-MODES = ("none", "flip", "flips", "scales")
 FLIPS = {"flip": [(False, False), (True, False)],
          "flips": [(False, False), (True, False), (False, True), (True, True)]}
-MERGES = ("nms", "wbf")
 FLIP_BOXES = {-1: F.horizontal_flip_bounding_boxes, -2: F.vertical_flip_bounding_boxes}
 
 
@@ -122,10 +121,10 @@ def fuse(cat: dict, iou: float, views: int, top: int) -> dict:
 def wrap(model: nn.Module, mode: str, scales: list[int], merge: str, iou: float,
          masks: bool) -> nn.Module:
     """``eval.tta`` / ``tta_scales`` / ``tta_merge`` / ``tta_iou``; ``none`` returns the model."""
-    if mode not in MODES:
-        raise ConfigError(f"eval.tta={mode}: must be one of {', '.join(MODES)}")
-    if merge not in MERGES:
-        raise ConfigError(f"eval.tta_merge={merge}: must be one of {', '.join(MERGES)}")
+    if mode not in TTA_MODES:
+        raise ConfigError(f"eval.tta={mode}: must be one of {', '.join(TTA_MODES)}")
+    if merge not in TTA_MERGES:
+        raise ConfigError(f"eval.tta_merge={merge}: must be one of {', '.join(TTA_MERGES)}")
     if mode == "none":
         return model
     if not (hasattr(model, "transform") and hasattr(model, "roi_heads")):
