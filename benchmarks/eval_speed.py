@@ -106,7 +106,7 @@ def _time_predict(pcfg, label: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", default="5000", help="comma-separated counts (a scaling curve)")
     p.add_argument("--json", help="append one record per count to this JSON list")
     p.add_argument("--tag", default="", help="stored with each record (benchmarks/plot_scaling.py)")

@@ -48,7 +48,7 @@ def trained(args) -> tuple[dict, object]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", help="checkpoint or export (default: random weights)")
     ap.add_argument("--override", action="append", default=[], help="random-weight config")
     ap.add_argument("--size", type=int, default=800)

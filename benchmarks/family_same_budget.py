@@ -66,7 +66,7 @@ def report(out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-iter", type=int, default=1200)
     parser.add_argument("--models", default="faster,cascade,mask",

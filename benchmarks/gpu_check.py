@@ -224,7 +224,7 @@ def _mib(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes (what CI runs)")
     ap.add_argument("--out", default="outputs/bench/gpu_check.json")
     ap.add_argument("--skip", action="append", default=[], choices=["train", "infer", "ddp"])

@@ -304,7 +304,7 @@ def run_order(rungs: list[str], seeds: list[int], jobs: int) -> list[tuple[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=Path("outputs/htc_ladder"))
     parser.add_argument("--rungs", nargs="+", choices=list(RUNGS), default=list(RUNGS))

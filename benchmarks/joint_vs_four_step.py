@@ -47,7 +47,7 @@ def table(run_dirs: list[Path]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--schedule", choices=["joint", "alternating"])
     ap.add_argument("--out", type=Path)
     ap.add_argument("--table", nargs="+", type=Path)

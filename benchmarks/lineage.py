@@ -14,9 +14,10 @@ reports none), then timed per test image, split as in Faster R-CNN's Table 5:
 - region-wise: ``roi_heads`` (RoI pooling, fc layers, classifier, box regression, NMS; the
   mask branch, the cascade stages and HTC's semantic branch included);
 - other: the rest of the forward (resizing, normalisation, mapping boxes back).
-Times are exclusive: a hooked module running inside another is charged to itself only. All
-runs are trained first, then timed together, interleaved image by image, so that a change in
-the machine's load affects every system alike.
+Times are exclusive: a hooked module running inside another is charged to itself only. Each
+run is timed alone right after its training; when every run's checkpoint is on this machine,
+they are timed again together, interleaved image by image, so that a change in the machine's
+load affects every system alike (see "Kept runs" below).
 
 Each row has its own budget (``System.iters`` in ``rcnn_cli/benchmark/lineage/systems.py``:
 training iterations on each dataset, stated in the table), scaled by ``--budget-scale``;
@@ -336,7 +337,7 @@ def describe(args, data: Dataset) -> tuple[str, dict]:
 
 
 def parse_args(argv: list[str] | None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="shapes")
     ap.add_argument("--systems", help="comma-separated labels (default: all)")

@@ -49,7 +49,7 @@ def eval_series(records: list[dict]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", default="outputs/bench/scaling.json")
     ap.add_argument("--tag", default="scaling")
     ap.add_argument("--out", default="docs/images/scaling.png")

@@ -27,7 +27,7 @@ from rcnn_cli.modeling.build import build_detector
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("out", type=Path)
     args = ap.parse_args()

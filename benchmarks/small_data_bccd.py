@@ -277,7 +277,7 @@ def parse_run(text: str, parser: argparse.ArgumentParser) -> tuple[str, str, int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="../shared/data/BCCD")
     parser.add_argument("--weights", help="checkpoint for --inits finetuned")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["plain",

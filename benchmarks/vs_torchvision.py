@@ -283,7 +283,7 @@ def print_record(rec: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("mode", choices=["train", "infer"])
     ap.add_argument("--steps", type=int, default=50, help="train: timed steps")
     ap.add_argument("--warmup", type=int, default=3, help="train: untimed leading steps")

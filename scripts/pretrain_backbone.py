@@ -19,7 +19,7 @@ from rcnn_cli.engine.pretrain import PretrainParams, pretrain
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for f in fields(PretrainParams):
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     ap.add_argument("--out", required=True)

@@ -46,7 +46,7 @@ def render(ckpt_path: str, count: int, ncol: int, scale: int, score_thresh: floa
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("ckpt", help="checkpoint .pt or export directory")
     p.add_argument("out", help="PNG to write")
     p.add_argument("--count", type=int, default=8)
