@@ -91,8 +91,8 @@ def test_lower_rooms_do_not_import_the_engine(room):
 
 
 def test_entry_points_start_without_torch():
-    """``--help`` and a config error answer before torch is imported (2-3 s on a small CPU):
-    the entry points and the config schemas import neither torch nor torchvision."""
+    """``--help`` and a misspelt config key are answered before torch is imported (2-3 s on a
+    small CPU): the entry points and the config schemas import neither torch nor torchvision."""
     import subprocess
     import sys
 
