@@ -113,16 +113,35 @@ def failure_notes(records: list[dict]) -> list[str]:
             for r in records if "error" in r or "refused" in r]
 
 
+def busy_load(test: dict) -> float | None:
+    """The one-minute load seen while a run was timed, when it was above the timing's own
+    threads by more than half a core (another job shared the CPU); None otherwise, or when
+    the record has no load (kept before loads were recorded)."""
+    load = test.get("load")
+    if load is None or load <= test.get("threads", 1) + 0.5:
+        return None
+    return load
+
+
 def machine_notes(records: list[dict]) -> list[str]:
     """The CPU each run was timed on, and how: together (every run interleaved, image by
-    image) or alone right after its training (a run kept from another session)."""
+    image) or alone right after its training (a run kept from another session); and the runs
+    timed while another job used the CPU, with the load seen."""
     where: dict[tuple[str, str], list[str]] = {}
+    busy = []
     for r in records:
         if "test" in r:
             key = (r.get("cpu", UNKNOWN_CPU), r.get("timed", "together"))
             where.setdefault(key, []).append(f"{r['label']} seed {r['seed']}")
+            load = busy_load(r["test"])
+            if load is not None:
+                busy.append(f"{r['label']} seed {r['seed']} (load {load:g} on "
+                            f"{r['test'].get('threads', 1)} thread(s))")
     how = {"together": "timed together, interleaved", "alone": "timed alone after training"}
-    return [f"- {cpu}, {how[timed]}: {', '.join(runs)}" for (cpu, timed), runs in where.items()]
+    notes = [f"- {cpu}, {how[timed]}: {', '.join(runs)}" for (cpu, timed), runs in where.items()]
+    if busy:
+        notes.append(f"- timed while another job used the CPU: {', '.join(busy)}")
+    return notes
 
 
 def setup_notes(records: list[dict]) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -91,10 +92,20 @@ class SystemTimer:
                 **{f"{k}_ms": 1000 * v / max(self.timed, 1) for k, v in self.sums.items()}}
 
 
+def machine_load() -> float | None:
+    """The one-minute load average (None where the OS has none): a timing taken while another
+    job used the CPU shows as a load above the timing's own threads."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def time_systems(ckpts: dict, images: int, warmup: int = 2) -> dict:
     """Test time of every run, interleaved image by image (run 1 on image 0, run 2 on image 0,
     ...) so that a change in machine load hits all of them alike; ``warmup`` untimed passes on
-    image 0 first. A run that cannot be timed gets ``{"error": ...}``."""
+    image 0 first. Each result holds the highest one-minute load seen before and after the
+    timed images (``load``). A run that cannot be timed gets ``{"error": ...}``."""
     timers, results = {}, {}
     for key, ckpt in ckpts.items():
         try:
@@ -105,9 +116,12 @@ def time_systems(ckpts: dict, images: int, warmup: int = 2) -> dict:
             log.exception("lineage: %s cannot be timed", key)
             results[key] = {"error": f"{type(e).__name__}: {e}"}
             timers.pop(key, None)
+    loads = [machine_load()]
     for index in range(max((len(t.items) for t in timers.values()), default=0)):
         for timer in timers.values():
             if index < len(timer.items):
                 timer.time_image(index)
-    return {**results, **{key: timer.result() for key, timer in timers.items()}}
+    loads.append(machine_load())
+    load = max((v for v in loads if v is not None), default=None)
+    return {**results, **{key: {**timer.result(), "load": load} for key, timer in timers.items()}}
 

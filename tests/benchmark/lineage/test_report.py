@@ -28,3 +28,16 @@ def test_rows_are_means_over_seeds_and_the_table_has_every_column():
     assert seeds[2:] == ["| FPN | 0 | 2.0 min | 40.0 | 0.400 | 0.800 | 0.500 | 0.300 | n/a |",
                          "| FPN | 1 | 2.0 min | 60.0 | 0.600 | 0.800 | 0.500 | 0.300 | n/a |"]
 
+
+
+def test_machine_notes_name_the_cpu_and_the_runs_timed_on_a_busy_machine():
+    quiet, busy, old = (run_record("FPN", 0), run_record("FPN", 1), run_record("HTC", 0))
+    quiet.update(cpu="CPU A", timed="alone")
+    quiet["test"].update(threads=1, load=1.4)
+    busy.update(cpu="CPU A", timed="alone")
+    busy["test"].update(threads=1, load=2.05)
+    old.update(cpu="CPU B", timed="together")  # kept before loads were recorded
+    assert lineage.machine_notes([quiet, busy, old]) == [
+        "- CPU A, timed alone after training: FPN seed 0, FPN seed 1",
+        "- CPU B, timed together, interleaved: HTC seed 0",
+        "- timed while another job used the CPU: FPN seed 1 (load 2.05 on 1 thread(s))"]
