@@ -85,7 +85,7 @@ from rcnn_cli.benchmark.lineage.systems import (
     select_systems,
     slug,
 )
-from rcnn_cli.benchmark.lineage.timing import time_systems
+from rcnn_cli.benchmark.lineage.timing import machine_load, time_systems
 from rcnn_cli.engine import faults
 from rcnn_cli.engine.resume import saved_config_differences
 from rcnn_cli.engine.runtime import config_dict, cpu_model
@@ -182,6 +182,7 @@ def run_system(label: str, seed: int, overrides: list[str], cfg: DictConfig, out
     start = time.perf_counter()
     metrics = train(train_cfg, run_dir)
     train_s = kept_s + time.perf_counter() - start
+    train_load = {"load": machine_load(15), "threads": torch.get_num_threads()}
     ckpt = run_dir / "checkpoints" / "last.pt"
     ap_source = "rcnn-train's final evaluation"
     if "bbox/AP" not in metrics:  # no final evaluation in training: rcnn-eval's path
@@ -195,6 +196,7 @@ def run_system(label: str, seed: int, overrides: list[str], cfg: DictConfig, out
               "proposal_cache_s": proposal_cache_s,
               **{name: metric(metrics, key) for name, key in METRICS.items()},
               "ap_source": ap_source, "iteration": metrics.get("iteration"), "ckpt": str(ckpt),
+              "train_load": train_load,
               "starts": starts, "cpu": cpu_model(), "config": config}
     atomic_write_json(record_path, record)
     return record

@@ -144,6 +144,18 @@ def test_the_whole_table_with_a_stubbed_training_then_resume(monkeypatch, tmp_pa
     assert "| FPN | 600 x 8 |" in (out / "lineage.md").read_text()
 
 
+def test_a_run_trained_beside_another_job_says_so(monkeypatch, tmp_path):
+    StubTraining(monkeypatch)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(lineage, "machine_load", lambda minutes: {15: threads + 1.0}[minutes])
+    out = tmp_path / "lineage"
+    assert lineage.main(["--out", str(out), "--systems", "FPN", "--seeds", "0"]) == 0
+    [run] = json.loads((out / "lineage.json").read_text())["runs"]
+    assert run["train_load"] == {"load": threads + 1.0, "threads": threads}
+    assert (f"- trained while another job used the CPU: FPN seed 0 (load {threads + 1.0:g} on "
+            f"{threads} thread(s))") in (out / "lineage.md").read_text()
+
+
 def test_runs_kept_from_another_machine_are_not_trained_and_keep_their_timing(monkeypatch,
                                                                              tmp_path):
     stub = StubTraining(monkeypatch)

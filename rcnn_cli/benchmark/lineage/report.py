@@ -113,35 +113,35 @@ def failure_notes(records: list[dict]) -> list[str]:
             for r in records if "error" in r or "refused" in r]
 
 
-def busy_load(test: dict) -> float | None:
-    """The one-minute load seen while a run was timed, when it was above the timing's own
-    threads by more than half a core (another job shared the CPU); None otherwise, or when
-    the record has no load (kept before loads were recorded)."""
-    load = test.get("load")
-    if load is None or load <= test.get("threads", 1) + 0.5:
-        return None
-    return load
+def busy_load(work: dict | None) -> float | None:
+    """The load seen during ``work`` (a run's ``train_load`` or ``test``: its ``load`` and
+    ``threads``) when it was above the work's own threads by more than half a core, i.e. another
+    job shared the CPU; None otherwise, or when the record has no load (kept before loads were
+    recorded)."""
+    load = (work or {}).get("load")
+    return None if load is None or load <= work.get("threads", 1) + 0.5 else load
 
 
 def machine_notes(records: list[dict]) -> list[str]:
     """The CPU each run was timed on, and how: together (every run interleaved, image by
     image) or alone right after its training (a run kept from another session); and the runs
-    timed while another job used the CPU, with the load seen."""
+    trained (15-minute load at the end) or timed (1-minute load) while another job used the
+    CPU, with the load seen."""
     where: dict[tuple[str, str], list[str]] = {}
-    busy = []
+    busy: dict[str, list[str]] = {"trained": [], "timed": []}
     for r in records:
+        name = f"{r['label']} seed {r['seed']}"
+        for what, work in (("trained", r.get("train_load")), ("timed", r.get("test"))):
+            load = busy_load(work)
+            if load is not None:
+                busy[what].append(f"{name} (load {load:g} on {work.get('threads', 1)} thread(s))")
         if "test" in r:
             key = (r.get("cpu", UNKNOWN_CPU), r.get("timed", "together"))
-            where.setdefault(key, []).append(f"{r['label']} seed {r['seed']}")
-            load = busy_load(r["test"])
-            if load is not None:
-                busy.append(f"{r['label']} seed {r['seed']} (load {load:g} on "
-                            f"{r['test'].get('threads', 1)} thread(s))")
+            where.setdefault(key, []).append(name)
     how = {"together": "timed together, interleaved", "alone": "timed alone after training"}
     notes = [f"- {cpu}, {how[timed]}: {', '.join(runs)}" for (cpu, timed), runs in where.items()]
-    if busy:
-        notes.append(f"- timed while another job used the CPU: {', '.join(busy)}")
-    return notes
+    return notes + [f"- {what} while another job used the CPU: {', '.join(runs)}"
+                    for what, runs in busy.items() if runs]
 
 
 def setup_notes(records: list[dict]) -> list[str]:

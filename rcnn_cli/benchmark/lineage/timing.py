@@ -92,11 +92,11 @@ class SystemTimer:
                 **{f"{k}_ms": 1000 * v / max(self.timed, 1) for k, v in self.sums.items()}}
 
 
-def machine_load() -> float | None:
-    """The one-minute load average (None where the OS has none): a timing taken while another
-    job used the CPU shows as a load above the timing's own threads."""
+def machine_load(minutes: int = 1) -> float | None:
+    """The load average over the last 1, 5 or 15 ``minutes`` (None where the OS has none): work
+    done while another job used the CPU shows as a load above the work's own threads."""
     try:
-        return round(os.getloadavg()[0], 2)
+        return round(os.getloadavg()[(1, 5, 15).index(minutes)], 2)
     except (AttributeError, OSError):
         return None
 

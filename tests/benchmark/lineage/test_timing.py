@@ -37,7 +37,7 @@ def test_systems_are_timed_interleaved_image_by_image(monkeypatch):
 
     loads = iter([0.9, 2.1])  # before and after the timed images
     monkeypatch.setattr(lineage, "SystemTimer", FakeTimer)
-    monkeypatch.setattr(lineage, "machine_load", lambda: next(loads))
+    monkeypatch.setattr(lineage, "machine_load", lambda minutes=1: next(loads))
     results = lineage.time_systems({"A": "a.pt", "X": "broken.pt", "B": "b.pt"}, 5, warmup=1)
     assert calls == [("warm-up", "a.pt", 0), ("warm-up", "b.pt", 0), ("a.pt", 0), ("b.pt", 0),
                      ("a.pt", 1), ("b.pt", 1), ("a.pt", 2)]
@@ -47,7 +47,7 @@ def test_systems_are_timed_interleaved_image_by_image(monkeypatch):
 
 def test_machine_load_is_none_where_the_os_has_no_load_average(monkeypatch):
     monkeypatch.setattr(lineage.os, "getloadavg", lambda: (1.234, 0.5, 0.2))
-    assert lineage.machine_load() == 1.23
+    assert (lineage.machine_load(), lineage.machine_load(15)) == (1.23, 0.2)
     monkeypatch.delattr(lineage.os, "getloadavg")
     assert lineage.machine_load() is None
 
