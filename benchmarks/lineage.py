@@ -28,12 +28,14 @@ with the numbers.
 Usage (one process runs the systems one after another; a finished run is reused on a re-run
 unless --fresh or its config changed, a key added to the schemas since counting as its default;
 a stopped one continues from its newest checkpoint or finished stage, and its training time is
-the sum of its starts, each up to what it saved; two processes may share an --out with
-different --seeds, and a last one with all the seeds then times them together):
+the sum of its starts, each up to what it saved; ``--jobs 2`` trains two runs at a time, each
+in a child process on one thread with its console in OUT/logs/, and then times them all
+together in the parent; each record says whether the CPU was shared while it trained or was
+timed):
     python benchmarks/lineage.py --out outputs/lineage_shapes --dataset shapes --seeds 0 1 \
         --backbone-weights alexnet=FILE --backbone-weights r18_fpn=FILE \
         [--systems R-CNN,FPN] [--budget-scale 0.5] [--baseline OTHER/lineage.json] \
-        [--plot docs/images/lineage_shapes.png] [--time-images 20] [override ...]
+        [--plot docs/images/lineage_shapes.png] [--time-images 20] [--jobs 2] [override ...]
 Overrides apply to every system after the dataset's settings and the row's budget. Writes
 OUT/lineage.md and OUT/lineage.json, and one normal run directory per system and seed under
 OUT/<system>/seed<k>/.
@@ -64,6 +66,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from rcnn_cli.benchmark.lineage.claims import claims
+from rcnn_cli.benchmark.lineage.jobs import plan_children, run_side_by_side
 from rcnn_cli.benchmark.lineage.report import (
     METRICS,
     cache_notes,
@@ -283,14 +286,17 @@ def plan(args, data: Dataset) -> list[tuple[System, int, DictConfig, str | None]
 
 
 def train_all(runs, out: Path, keep: Path, fresh: bool, images: int,
-              report: Callable[[list[dict]], None]) -> list[dict]:
+              report: Callable[[list[dict]], None], failed: dict | None = None) -> list[dict]:
     """Train (or reuse) every run in turn; a refused system (no masks in the data) or a failed
-    run is recorded and the others go on; the report is rewritten after each run."""
-    records = []
+    run is recorded and the others go on; the report is rewritten after each run. ``failed``:
+    the runs that failed side by side, by (label, seed), recorded without training again."""
+    records, failed = [], failed or {}
     for system, seed, cfg, refusal in runs:
         base = {"label": system.label, "seed": seed, "overrides": list(system.overrides)}
         if refusal is not None:
             records.append({**base, "refused": refusal})
+        elif (system.label, seed) in failed:
+            records.append({**base, "error": failed[system.label, seed]})
         else:
             try:
                 records.append(run_kept(system.label, seed, list(system.overrides), cfg, out,
@@ -354,12 +360,16 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--backbone-weights", action="append", default=[], metavar="BACKBONE=FILE",
                     help="backbone.weights for every system on that backbone (repeatable)")
     ap.add_argument("--fresh", action="store_true", help="re-run finished systems")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained side by side, one child "
+                    "process and one thread each; then all timed together here")
     ap.add_argument("--keep", type=Path, help="where finished runs are kept (default: "
                     "benchmarks/results/lineage/<dataset>_x<budget scale>)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every system")
     args = ap.parse_args(argv)
     if args.budget_scale <= 0:
         ap.error("--budget-scale must be > 0")
+    if args.jobs < 1:
+        ap.error("--jobs must be >= 1")
     args.seeds = args.seeds or list(DATASETS[args.dataset].seeds)
     args.keep = args.keep or KEEP / f"{args.dataset}_x{args.budget_scale:g}"
     return args
@@ -380,9 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         return write_report(records, args.out, head, info, data.min_ap50, baseline)
 
     try:
-        records = train_all(runs, args.out, args.keep, args.fresh, args.time_images,
-                            lambda rs: report(
-            rs, f"{header}\n\n{len(rs)}/{len(runs)} runs trained, test times follow"))
+        failed = (run_side_by_side(plan_children(Path(__file__).resolve(), args, runs),
+                                   args.jobs) if args.jobs > 1 else {})
+        records = train_all(runs, args.out, args.keep, args.fresh and args.jobs == 1,
+                            args.time_images, lambda rs: report(
+            rs, f"{header}\n\n{len(rs)}/{len(runs)} runs trained, test times follow"), failed)
     except faults.Interrupted as e:
         print(f"interrupted: {e}\nThe same command continues from the finished runs.",
               file=sys.stderr)

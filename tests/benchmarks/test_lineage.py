@@ -178,6 +178,40 @@ def test_runs_kept_from_another_machine_are_not_trained_and_keep_their_timing(mo
     assert lineage.main([*args, "--budget-scale", "0.5"]) == 0 and len(stub.trained) == 3
 
 
+def test_runs_side_by_side_train_in_their_children_then_are_timed_together(monkeypatch,
+                                                                            tmp_path):
+    stub = StubTraining(monkeypatch)
+    timed, started = [], []
+
+    def time_systems(ckpts, images):
+        timed.append(sorted(ckpts))
+        return stub.time(ckpts, images)
+
+    def side_by_side(children, jobs):  # each child's program, in this process, one by one
+        started.append(([c.key for c in children], jobs))
+        for child in children[1:]:
+            assert lineage.main(child.argv[2:]) == 0
+            slug = systems.slug(child.key[0])
+            ckpt = tmp_path / "out" / slug / f"seed{child.key[1]}" / "checkpoints" / "last.pt"
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            ckpt.touch()
+        return {children[0].key: "child exited with 1; see its log"}
+
+    monkeypatch.setattr(lineage, "time_systems", time_systems)
+    monkeypatch.setattr(lineage, "run_side_by_side", side_by_side)
+    args = ["--out", str(tmp_path / "out"), "--systems", "FPN,Cascade R-CNN", "--seeds", "0",
+            "1", "--jobs", "2", "--fresh"]
+    assert lineage.main(args) == 1  # the failed child's run is in the table as failed
+    keys = [("FPN", 0), ("FPN", 1), ("Cascade R-CNN", 0), ("Cascade R-CNN", 1)]
+    assert started == [(keys, 2)]
+    # Trained by the children (--fresh is theirs), reused here.
+    assert stub.trained == [("fpn", 1), ("cascade_r_cnn", 0), ("cascade_r_cnn", 1)]
+    assert timed == [[k] for k in keys[1:]] + [sorted(keys[1:])]  # alone each, then together
+    runs = json.loads((tmp_path / "out" / "lineage.json").read_text())["runs"]
+    assert runs[0]["error"] == "child exited with 1; see its log"
+    assert [r["timed"] for r in runs[1:]] == ["together"] * 3
+
+
 def test_a_run_that_could_not_be_timed_is_not_kept(monkeypatch, tmp_path):
     stub = StubTraining(monkeypatch)
     monkeypatch.setattr(lineage, "time_systems",
