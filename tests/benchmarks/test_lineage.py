@@ -1,7 +1,7 @@
 """benchmarks/lineage.py: reusing, keeping and continuing runs, the smaller-budget baseline, the
 whole program with a stubbed training (every row, two seeds, the plot, resume, runs kept from
-another machine, BCCD's refused mask rows), and (slow) a tiny end-to-end run of every system. The systems, timing, tables and claims
-it is built from are tested in tests/benchmark/lineage/."""
+another machine, runs side by side, BCCD's refused mask rows), and (slow) a tiny end-to-end run
+of every system. The modules it is built from are tested in tests/benchmark/lineage/."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from rcnn_cli.benchmark.lineage import systems
+from rcnn_cli.benchmark.lineage import runs, systems
 from rcnn_cli.benchmark.lineage.timing import PARTS
 from rcnn_cli.errors import ConfigError
 from tests.benchmark.lineage.records import lineage_records
@@ -45,19 +45,6 @@ def forget(out, tmp_path, slug: str, seed: int, scale: str = "1") -> None:
     (tmp_path / "kept" / f"shapes_x{scale}" / f"{slug}_seed{seed}.json").unlink()
 
 
-def test_a_run_older_than_a_schema_key_is_reused_while_that_key_is_its_default():
-    fpn, shapes = systems.select_systems("FPN")[0], systems.DATASETS["shapes"]
-    cfg = systems.compose_system(fpn, shapes)
-    saved = lineage.config_dict(cfg)
-    assert lineage.same_config(saved, cfg) and not lineage.same_config(None, cfg)
-    del saved["dataset"]["vflip_prob"]  # written before vertical flips existed
-    assert lineage.same_config(saved, cfg)
-    assert not lineage.same_config(saved, systems.compose_system(
-        fpn, shapes, extra=["dataset.vflip_prob=0.5"]))
-    # every other key counts, run settings included (they change the wall time)
-    assert not lineage.same_config(saved, systems.compose_system(fpn, shapes, extra=["threads=1"]))
-
-
 def test_a_missing_system_stops_the_program_before_training(monkeypatch, capsys, tmp_path):
     tardis = systems.System("Time machine", ("model=tardis",), {"shapes": 1, "bccd": 1})
     monkeypatch.setattr(systems, "SYSTEMS", [*systems.SYSTEMS, tardis])
@@ -87,8 +74,8 @@ class StubTraining:
     def __init__(self, monkeypatch, fail=()):
         self.trained, self.fail = [], set(fail)
         monkeypatch.setattr("rcnn_cli.engine.train.train", self.train)
-        monkeypatch.setattr(lineage, "time_systems", self.time)
-        monkeypatch.setattr(lineage, "warm_proposal_cache", lambda cfg: 1.5)
+        monkeypatch.setattr(runs, "time_systems", self.time)
+        monkeypatch.setattr(runs, "warm_proposal_cache", lambda cfg: 1.5)
 
     def train(self, cfg, run_dir):
         self.trained.append((run_dir.parent.name, cfg.seed))
@@ -147,7 +134,7 @@ def test_the_whole_table_with_a_stubbed_training_then_resume(monkeypatch, tmp_pa
 def test_a_run_trained_beside_another_job_says_so(monkeypatch, tmp_path):
     StubTraining(monkeypatch)
     threads = torch.get_num_threads()
-    monkeypatch.setattr(lineage, "machine_load", lambda minutes: {15: threads + 1.0}[minutes])
+    monkeypatch.setattr(runs, "machine_load", lambda minutes: {15: threads + 1.0}[minutes])
     out = tmp_path / "lineage"
     assert lineage.main(["--out", str(out), "--systems", "FPN", "--seeds", "0"]) == 0
     [run] = json.loads((out / "lineage.json").read_text())["runs"]
@@ -160,13 +147,13 @@ def test_runs_kept_from_another_machine_are_not_trained_and_keep_their_timing(mo
                                                                              tmp_path):
     stub = StubTraining(monkeypatch)
     args = ["--out", str(tmp_path / "a"), "--systems", "R-CNN,Faster R-CNN", "--seeds", "0"]
-    monkeypatch.setattr(lineage, "cpu_model", lambda: "CPU A")
+    monkeypatch.setattr(runs, "cpu_model", lambda: "CPU A")
     assert lineage.main(args) == 0 and stub.trained == [("r_cnn", 0), ("faster_r_cnn", 0)]
     kept = json.loads((tmp_path / "kept" / "shapes_x1" / "r_cnn_seed0.json").read_text())
     assert kept["cpu"] == "CPU A" and kept["timed"] == "alone" and kept["test"]["total_ms"] == 10
     assert kept["config"]["seed"] == 0
     # Another session, another CPU, no run directory left: only the new row trains.
-    monkeypatch.setattr(lineage, "cpu_model", lambda: "CPU B")
+    monkeypatch.setattr(runs, "cpu_model", lambda: "CPU B")
     stub.trained.clear()
     args = ["--out", str(tmp_path / "b"), "--systems", "R-CNN,Faster R-CNN,FPN", "--seeds", "0"]
     assert lineage.main(args) == 0 and stub.trained == [("fpn", 0)]
@@ -197,7 +184,7 @@ def test_runs_side_by_side_train_in_their_children_then_are_timed_together(monke
             ckpt.touch()
         return {children[0].key: "child exited with 1; see its log"}
 
-    monkeypatch.setattr(lineage, "time_systems", time_systems)
+    monkeypatch.setattr(runs, "time_systems", time_systems)
     monkeypatch.setattr(lineage, "run_side_by_side", side_by_side)
     args = ["--out", str(tmp_path / "out"), "--systems", "FPN,Cascade R-CNN", "--seeds", "0",
             "1", "--jobs", "2", "--fresh"]
@@ -207,20 +194,20 @@ def test_runs_side_by_side_train_in_their_children_then_are_timed_together(monke
     # Trained by the children (--fresh is theirs), reused here.
     assert stub.trained == [("fpn", 1), ("cascade_r_cnn", 0), ("cascade_r_cnn", 1)]
     assert timed == [[k] for k in keys[1:]] + [sorted(keys[1:])]  # alone each, then together
-    runs = json.loads((tmp_path / "out" / "lineage.json").read_text())["runs"]
-    assert runs[0]["error"] == "child exited with 1; see its log"
-    assert [r["timed"] for r in runs[1:]] == ["together"] * 3
+    records = json.loads((tmp_path / "out" / "lineage.json").read_text())["runs"]
+    assert records[0]["error"] == "child exited with 1; see its log"
+    assert [r["timed"] for r in records[1:]] == ["together"] * 3
 
 
 def test_a_run_that_could_not_be_timed_is_not_kept(monkeypatch, tmp_path):
     stub = StubTraining(monkeypatch)
-    monkeypatch.setattr(lineage, "time_systems",
+    monkeypatch.setattr(runs, "time_systems",
                         lambda ckpts, images: {key: {"error": "OSError: gone"} for key in ckpts})
     args = ["--out", str(tmp_path / "a"), "--systems", "FPN", "--seeds", "0"]
     assert lineage.main(args) == 1
     assert "| FPN | failed: timing: OSError: gone |" in (tmp_path / "a" / "lineage.md").read_text()
     assert not (tmp_path / "kept" / "shapes_x1" / "fpn_seed0.json").exists()
-    monkeypatch.setattr(lineage, "time_systems", stub.time)
+    monkeypatch.setattr(runs, "time_systems", stub.time)
     stub.trained.clear()
     assert lineage.main(["--out", str(tmp_path / "b"), *args[2:]]) == 0
     assert stub.trained == [("fpn", 0)]
@@ -258,9 +245,9 @@ def test_a_stopped_run_continues_from_what_it_saved_and_sums_its_starts(monkeypa
     def stop_after_a_checkpoint(cfg, run_dir, saved_after: float | None):
         calls.append((run_dir.parent.name, cfg.resume))
         if saved_after is not None:  # this start began 1000 s ago, saved after saved_after s
-            progress = json.loads((run_dir / lineage.PROGRESS).read_text())
+            progress = json.loads((run_dir / runs.PROGRESS).read_text())
             started = progress["started"] = progress["started"] - 1000.0
-            (run_dir / lineage.PROGRESS).write_text(json.dumps(progress))
+            (run_dir / runs.PROGRESS).write_text(json.dumps(progress))
             ckpt = run_dir / "checkpoints" / "model_0000003.pt"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             ckpt.write_bytes(b"")
