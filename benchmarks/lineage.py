@@ -143,6 +143,7 @@ def parse_args(argv: list[str] | None):
                     "process and one thread each; then all timed together here")
     ap.add_argument("--keep", type=Path, help="where finished runs are kept (default: "
                     "benchmarks/results/lineage/<dataset>_x<budget scale>)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # a --jobs run
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every system")
     args = ap.parse_args(argv)
     if args.budget_scale <= 0:
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     header, info = describe(args, data)
 
     def report(records: list[dict], head: str = header) -> str:
+        if args.child:  # one run of a --jobs table: its parent writes the table
+            return ""
         return write_report(records, args.out, head, info, data.min_ap50, baseline)
 
     try:
@@ -178,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: {e}\nThe same command continues from the finished runs.",
               file=sys.stderr)
         return e.exit_code
+    if args.child:  # trained, timed alone and kept: the parent times every run together
+        return 1 if any("error" in r for r in records) else 0
     time_all(records, args.time_images, args.keep)
     print(report(records))
     if args.plot is not None:

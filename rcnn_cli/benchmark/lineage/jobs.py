@@ -34,10 +34,11 @@ class Child:
 def child_argv(script: Path, args, label: str, seed: int, weights: str | None) -> list[str]:
     """The lineage command for one run: the parent's dataset, budget, timing, kept records and
     overrides, only that system and seed, and the trunk weights of that system's backbone
-    (``weights``: ``BACKBONE=FILE`` or None)."""
+    (``weights``: ``BACKBONE=FILE`` or None). ``--child``: the run is trained, timed alone and
+    kept, and neither timed again nor tabled (the parent does both for every run)."""
     argv = [sys.executable, str(script), "--out", str(args.out), "--dataset", args.dataset,
             "--systems", label, "--seeds", str(seed), "--budget-scale", str(args.budget_scale),
-            "--time-images", str(args.time_images), "--keep", str(args.keep)]
+            "--time-images", str(args.time_images), "--keep", str(args.keep), "--child"]
     if weights is not None:
         argv += ["--backbone-weights", weights]
     if args.fresh:

@@ -37,7 +37,7 @@ def test_each_child_gets_one_run_its_own_trunk_and_the_shared_settings(tmp_path)
     assert children[1].argv == [sys.executable, "lineage.py", "--out", str(args.out),
                                 "--dataset", "shapes", "--systems", "Cascade R-CNN", "--seeds",
                                 "1", "--budget-scale", "0.5", "--time-images", "8", "--keep",
-                                str(tmp_path / "keep"), "--backbone-weights", "r18_fpn=r.pt",
+                                str(tmp_path / "keep"), "--child", "--backbone-weights", "r18_fpn=r.pt",
                                 "--fresh", "schedule.lr=0.02"]
     assert children[0].argv[children[0].argv.index("--backbone-weights") + 1] == "alexnet=a.pt"
     assert "--backbone-weights" not in children[2].argv  # no stand-in for that trunk
