@@ -113,28 +113,30 @@ def failure_notes(records: list[dict]) -> list[str]:
             for r in records if "error" in r or "refused" in r]
 
 
-def busy_load(work: dict | None) -> float | None:
-    """The load seen during ``work`` (a run's ``train_load`` or ``test``: its ``load`` and
-    ``threads``) when it was above the work's own threads by more than half a core, i.e. another
-    job shared the CPU; None otherwise, or when the record has no load (kept before loads were
-    recorded)."""
-    load = (work or {}).get("load")
-    return None if load is None or load <= work.get("threads", 1) + 0.5 else load
+def shared_cpu(r: dict) -> dict[str, str]:
+    """What showed another job on the CPU during a run's training (the 15-minute load at its
+    end above its threads by more than half a core) and its timing (other processes keeping
+    more than half a core busy); records kept before these were recorded show nothing."""
+    shared = {}
+    train = r.get("train_load") or {}
+    if train.get("load") is not None and train["load"] > train.get("threads", 1) + 0.5:
+        shared["trained"] = f"load {train['load']:g} on {train.get('threads', 1)} thread(s)"
+    others = (r.get("test") or {}).get("others")
+    if others is not None and others > 0.5:
+        shared["timed"] = f"{others:g} cores busy with other work"
+    return shared
 
 
 def machine_notes(records: list[dict]) -> list[str]:
     """The CPU each run was timed on, and how: together (every run interleaved, image by
     image) or alone right after its training (a run kept from another session); and the runs
-    trained (15-minute load at the end) or timed (1-minute load) while another job used the
-    CPU, with the load seen."""
+    trained or timed while another job used the CPU (``shared_cpu``)."""
     where: dict[tuple[str, str], list[str]] = {}
     busy: dict[str, list[str]] = {"trained": [], "timed": []}
     for r in records:
         name = f"{r['label']} seed {r['seed']}"
-        for what, work in (("trained", r.get("train_load")), ("timed", r.get("test"))):
-            load = busy_load(work)
-            if load is not None:
-                busy[what].append(f"{name} (load {load:g} on {work.get('threads', 1)} thread(s))")
+        for what, seen in shared_cpu(r).items():
+            busy[what].append(f"{name} ({seen})")
         if "test" in r:
             key = (r.get("cpu", UNKNOWN_CPU), r.get("timed", "together"))
             where.setdefault(key, []).append(name)

@@ -101,11 +101,38 @@ def machine_load(minutes: int = 1) -> float | None:
         return None
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy since boot, every core summed (Linux's
+    ``/proc/stat``; None elsewhere)."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherWork:
+    """Cores that other processes kept busy from ``__init__`` to ``cores()``: the machine's busy
+    CPU time less this process's own, over the wall time (None where the OS does not say).
+    Unlike the load average, it does not lag behind a job that has just ended."""
+
+    def __init__(self):
+        self.machine, self.own, self.wall = machine_busy_s(), time.process_time(), time.perf_counter()
+
+    def cores(self) -> float | None:
+        machine = machine_busy_s()
+        if self.machine is None or machine is None:
+            return None
+        others = machine - self.machine - (time.process_time() - self.own)
+        return round(max(others, 0.0) / max(time.perf_counter() - self.wall, 1e-9), 2)
+
+
 def time_systems(ckpts: dict, images: int, warmup: int = 2) -> dict:
     """Test time of every run, interleaved image by image (run 1 on image 0, run 2 on image 0,
     ...) so that a change in machine load hits all of them alike; ``warmup`` untimed passes on
-    image 0 first. Each result holds the highest one-minute load seen before and after the
-    timed images (``load``). A run that cannot be timed gets ``{"error": ...}``."""
+    image 0 first. Each result holds the cores other processes kept busy while the images were
+    timed (``others``). A run that cannot be timed gets ``{"error": ...}``."""
     timers, results = {}, {}
     for key, ckpt in ckpts.items():
         try:
@@ -116,12 +143,12 @@ def time_systems(ckpts: dict, images: int, warmup: int = 2) -> dict:
             log.exception("lineage: %s cannot be timed", key)
             results[key] = {"error": f"{type(e).__name__}: {e}"}
             timers.pop(key, None)
-    loads = [machine_load()]
+    other_work = OtherWork()
     for index in range(max((len(t.items) for t in timers.values()), default=0)):
         for timer in timers.values():
             if index < len(timer.items):
                 timer.time_image(index)
-    loads.append(machine_load())
-    load = max((v for v in loads if v is not None), default=None)
-    return {**results, **{key: {**timer.result(), "load": load} for key, timer in timers.items()}}
+    others = other_work.cores()
+    return {**results, **{key: {**timer.result(), "others": others}
+                          for key, timer in timers.items()}}
 

@@ -32,14 +32,13 @@ def test_rows_are_means_over_seeds_and_the_table_has_every_column():
 
 def test_machine_notes_name_the_cpu_and_the_runs_timed_on_a_busy_machine():
     quiet, busy, old = (run_record("FPN", 0), run_record("FPN", 1), run_record("HTC", 0))
-    quiet.update(cpu="CPU A", timed="alone")
-    quiet["test"].update(threads=1, load=1.4)
-    quiet["train_load"] = {"load": 1.3, "threads": 1}
+    quiet.update(cpu="CPU A", timed="alone", train_load={"load": 1.3, "threads": 1})
+    quiet["test"].update(threads=1, others=0.1)
     busy.update(cpu="CPU A", timed="alone", train_load={"load": 1.9, "threads": 1})
-    busy["test"].update(threads=1, load=2.05)
+    busy["test"].update(threads=1, others=0.95)
     old.update(cpu="CPU B", timed="together")  # kept before loads were recorded
     assert lineage.machine_notes([quiet, busy, old]) == [
         "- CPU A, timed alone after training: FPN seed 0, FPN seed 1",
         "- CPU B, timed together, interleaved: HTC seed 0",
         "- trained while another job used the CPU: FPN seed 1 (load 1.9 on 1 thread(s))",
-        "- timed while another job used the CPU: FPN seed 1 (load 2.05 on 1 thread(s))"]
+        "- timed while another job used the CPU: FPN seed 1 (0.95 cores busy with other work)"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from rcnn_cli.benchmark.lineage import timing as lineage
@@ -35,13 +38,12 @@ def test_systems_are_timed_interleaved_image_by_image(monkeypatch):
         def result(self):
             return {"images": len(self.items)}
 
-    loads = iter([0.9, 2.1])  # before and after the timed images
     monkeypatch.setattr(lineage, "SystemTimer", FakeTimer)
-    monkeypatch.setattr(lineage, "machine_load", lambda minutes=1: next(loads))
+    monkeypatch.setattr(lineage.OtherWork, "cores", lambda self: 1.5)
     results = lineage.time_systems({"A": "a.pt", "X": "broken.pt", "B": "b.pt"}, 5, warmup=1)
     assert calls == [("warm-up", "a.pt", 0), ("warm-up", "b.pt", 0), ("a.pt", 0), ("b.pt", 0),
                      ("a.pt", 1), ("b.pt", 1), ("a.pt", 2)]
-    assert results == {"A": {"images": 3, "load": 2.1}, "B": {"images": 2, "load": 2.1},
+    assert results == {"A": {"images": 3, "others": 1.5}, "B": {"images": 2, "others": 1.5},
                        "X": {"error": "RuntimeError: no such checkpoint"}}
 
 
@@ -51,3 +53,22 @@ def test_machine_load_is_none_where_the_os_has_no_load_average(monkeypatch):
     monkeypatch.delattr(lineage.os, "getloadavg")
     assert lineage.machine_load() is None
 
+
+
+def test_other_work_is_the_machines_busy_time_less_this_process_over_the_wall_time(
+        monkeypatch):
+    busy = iter([100.0])
+    monkeypatch.setattr(lineage, "machine_busy_s", lambda: next(busy))
+    work = lineage.OtherWork()
+    start = time.perf_counter()
+    while time.perf_counter() - start < 0.2:  # this process's own CPU time, one core
+        pass
+    own = time.process_time() - work.own
+    wall = time.perf_counter() - work.wall
+    busy = iter([100.0 + own + 1.5 * wall])  # and others kept 1.5 cores busy meanwhile
+    assert work.cores() == pytest.approx(1.5, abs=0.05)
+
+
+def test_other_work_is_none_where_the_os_does_not_say(monkeypatch):
+    monkeypatch.setattr(lineage, "Path", lambda _: Path("/nonexistent/stat"))
+    assert lineage.machine_busy_s() is None and lineage.OtherWork().cores() is None
