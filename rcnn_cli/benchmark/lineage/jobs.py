@@ -48,14 +48,13 @@ def child_argv(script: Path, args, label: str, seed: int, weights: str | None) -
 
 def plan_children(script: Path, args, runs) -> list[Child]:
     """A child per planned run that its data does not refuse; ``runs`` as ``plan`` makes them
-    (system, seed, config, refusal)."""
-    weights = dict(item.split("=", 1) for item in args.backbone_weights)
+    (system, seed, config with the ``--backbone-weights`` of its trunk set, refusal)."""
     children = []
     for system, seed, cfg, refusal in runs:
         if refusal is not None:
             continue
-        name = cfg.backbone.name
-        trunk = f"{name}={weights[name]}" if name in weights else None
+        weights = cfg.backbone.weights
+        trunk = f"{cfg.backbone.name}={weights}" if weights else None
         children.append(Child((system.label, seed),
                               child_argv(script, args, system.label, seed, trunk),
                               args.out / "logs" / f"{slug(system.label)}_seed{seed}.log"))

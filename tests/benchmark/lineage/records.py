@@ -11,7 +11,6 @@ def run_record(label: str, seed: int = 0, ap=0.5, total=100.0, **metrics) -> dic
                      "other_ms": total - 6.0, "total_ms": total}}
 
 
-
 def lineage_records(**changes) -> list[dict]:
     """One run per system in the papers' story (each step faster and more accurate)."""
     values = {"R-CNN": (0.40, 900.0), "SPPNet": (0.35, 300.0), "Fast R-CNN (SS)": (0.45, 80.0),

@@ -38,7 +38,6 @@ def test_the_papers_claims_hold_or_not_with_their_numbers():
     assert all("not checkable" in line for line in few)
 
 
-
 def test_test_times_from_several_cpus_are_not_compared():
     records = lineage_records(**{"R-CNN": {"cpu": "CPU A"}, "Faster R-CNN": {"cpu": "CPU B"}})
     [line] = [x for x in lineage.claims(records) if "test time" in x]

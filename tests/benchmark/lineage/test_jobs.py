@@ -23,14 +23,16 @@ def lineage_args(tmp_path, **changes):
     return argparse.Namespace(**{**values, **changes})
 
 
-def planned(label: str, seed: int, backbone: str, refusal: str | None = None):
-    cfg = SimpleNamespace(backbone=SimpleNamespace(name=backbone))
+def planned(label: str, seed: int, backbone: str, weights: str | None,
+            refusal: str | None = None):
+    cfg = SimpleNamespace(backbone=SimpleNamespace(name=backbone, weights=weights))
     return SimpleNamespace(label=label), seed, cfg, refusal
 
 
 def test_each_child_gets_one_run_its_own_trunk_and_the_shared_settings(tmp_path):
-    runs = [planned("SPPNet", 0, "alexnet"), planned("HTC", 1, "r18_fpn", "no masks"),
-            planned("Cascade R-CNN", 1, "r18_fpn"), planned("FPN", 0, "r50_fpn")]
+    runs = [planned("SPPNet", 0, "alexnet", "a.pt"),
+            planned("HTC", 1, "r18_fpn", "r.pt", "no masks"),
+            planned("Cascade R-CNN", 1, "r18_fpn", "r.pt"), planned("FPN", 0, "r50_fpn", None)]
     args = lineage_args(tmp_path, fresh=True)
     children = jobs.plan_children(Path("lineage.py"), args, runs)
     assert [c.key for c in children] == [("SPPNet", 0), ("Cascade R-CNN", 1), ("FPN", 0)]

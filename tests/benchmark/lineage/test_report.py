@@ -29,7 +29,6 @@ def test_rows_are_means_over_seeds_and_the_table_has_every_column():
                          "| FPN | 1 | 2.0 min | 60.0 | 0.600 | 0.800 | 0.500 | 0.300 | n/a |"]
 
 
-
 def test_machine_notes_name_the_cpu_and_the_runs_timed_on_a_busy_machine():
     quiet, busy, old = (run_record("FPN", 0), run_record("FPN", 1), run_record("HTC", 0))
     quiet.update(cpu="CPU A", timed="alone", train_load={"load": 1.3, "threads": 1})

@@ -39,7 +39,6 @@ def test_systems_budgets_and_the_order_of_overrides():
     assert lineage.compose_system(faster, bccd).proposals.name == "rpn"
 
 
-
 def test_a_system_this_checkout_lacks_is_a_clear_error_naming_it():
     tardis = lineage.System("Time machine", ("model=tardis",), {"shapes": 1, "bccd": 1})
     with pytest.raises(ConfigError, match="system 'Time machine' cannot be set up"):

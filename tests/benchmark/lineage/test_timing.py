@@ -19,7 +19,6 @@ def test_split_times_for_rpn_and_external_proposals():
                                 "total": 3.0})
 
 
-
 def test_systems_are_timed_interleaved_image_by_image(monkeypatch):
     calls = []
 
@@ -52,7 +51,6 @@ def test_machine_load_is_none_where_the_os_has_no_load_average(monkeypatch):
     assert (lineage.machine_load(), lineage.machine_load(15)) == (1.23, 0.2)
     monkeypatch.delattr(lineage.os, "getloadavg")
     assert lineage.machine_load() is None
-
 
 
 def test_other_work_is_the_machines_busy_time_less_this_process_over_the_wall_time(
