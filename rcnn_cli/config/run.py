@@ -57,6 +57,10 @@ class ScheduleConf:
     decay_steps: list[float] = field(default_factory=lambda: [0.67, 0.89])
     gamma: float = 0.1
     clip_grad_norm: float | None = None
+    # lr of the deformable convs' offset layers relative to lr (Dai et al. 2017 §2.3's beta):
+    # under AdamW every zero-initialised offset weight moves by ~lr a step, and at 1.0
+    # DetectoRS' deformable SAC stalled on shapes (docs/htc_detectors.md)
+    offset_lr_mult: float = 0.1
     amp: Amp = Amp.none
     fused_optimizer: bool = False  # torch's fused AdamW/SGD step: faster, not bit-identical
     # backbone and RPN head train on NHWC maps (runtime.convs_channels_last): faster, not

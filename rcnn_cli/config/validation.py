@@ -69,6 +69,7 @@ INTERVAL_KEYS = [("dataset.flip_prob", 0.0, 1.0, True), ("dataset.vflip_prob", 0
                  ("schedule.momentum", 0.0, 1.0, True), ("schedule.weight_decay", 0.0, None, True),
                  ("schedule.gamma", 0.0, None, False), ("schedule.clip_grad_norm", 0.0, None, False),
                  ("schedule.warmup_factor", 0.0, 1.0, True),
+                 ("schedule.offset_lr_mult", 0.0, None, True),
                  ("dataset.repeat_factor_threshold", 0.0, 1.0, True),
                  ("schedule.ema.decay", 0.0, 1.0, True), ("schedule.ema.warmup", 0.0, None, False),
                  ("schedule.early_stop.min_delta", 0.0, None, True),

@@ -7,12 +7,27 @@ import math
 import torch
 from torch import nn
 
+from rcnn_cli.ops.deform_conv import OffsetConv2d
+
+
+def param_groups(model: nn.Module, lr: float, offset_lr_mult: float) -> list[dict]:
+    """The trainable parameters at ``lr``; those of deformable offset layers
+    (``OffsetConv2d``) in a second group at ``lr * offset_lr_mult``, where there are any."""
+    offsets = {id(p) for m in model.modules() if isinstance(m, OffsetConv2d)
+               for p in m.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in offsets], "lr": lr},
+              {"params": [p for p in trainable if id(p) in offsets], "lr": lr * offset_lr_mult}]
+    return [g for g in groups if g["params"]]
+
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
-                    weight_decay: float, fused: bool = False) -> torch.optim.Optimizer:
+                    weight_decay: float, fused: bool = False,
+                    offset_lr_mult: float = 1.0) -> torch.optim.Optimizer:
     """SGD with momentum (the papers' choice) or AdamW (Loshchilov & Hutter 2019).
-    ``fused``: torch's one-kernel update (faster; rounds differently from the loop)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    ``fused``: torch's one-kernel update (faster; rounds differently from the loop).
+    ``offset_lr_mult``: see ``param_groups``."""
+    params = param_groups(model, lr, offset_lr_mult)
     name = getattr(name, "value", name)
     fused = fused or None
     if name == "adamw":

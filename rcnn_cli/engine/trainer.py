@@ -73,7 +73,8 @@ class Trainer:
         self.category_ids = list(train_set.raw.category_ids)
         self.evaluator, self.val_images, self.events = evaluator, val_images, events
         self.optimizer = build_optimizer(model, self.sched.optimizer, lr, self.sched.momentum,
-                                         self.sched.weight_decay, self.sched.fused_optimizer)
+                                         self.sched.weight_decay, self.sched.fused_optimizer,
+                                         self.sched.offset_lr_mult)
         self.scheduler = build_scheduler(self.optimizer, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.store = CheckpointStore(store_dir, self.sched.keep_checkpoints)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rcnn_cli.ops.deform_conv import deform_conv2d
+from rcnn_cli.ops.deform_conv import OffsetConv2d, deform_conv2d
 
 EPS = 1e-5
 SAC_STAGES = ("layer2", "layer3", "layer4")  # res3-res5 (DetectoRS §5: stage_with_sac)
@@ -96,12 +96,11 @@ class SwitchableAtrousConv2d(StandardisedConv2d):
         self.deformable = deformable
         self.offset_s = self.offset_l = None
         if deformable:
-            self.offset_s = nn.Conv2d(c_in, 18, 3, padding=1, stride=self.stride)
-            self.offset_l = nn.Conv2d(c_in, 18, 3, padding=1, stride=self.stride)
-        for m in (self.pre_context, self.post_context, self.offset_s, self.offset_l):
-            if m is not None:
-                nn.init.zeros_(m.weight)
-                nn.init.zeros_(m.bias)
+            self.offset_s = OffsetConv2d(c_in, 9, stride=self.stride)
+            self.offset_l = OffsetConv2d(c_in, 9, stride=self.stride)
+        for m in (self.pre_context, self.post_context):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
         nn.init.zeros_(self.switch.weight)
         nn.init.ones_(self.switch.bias)
 

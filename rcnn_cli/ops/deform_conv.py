@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
@@ -225,3 +225,15 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | 
         raise RuntimeError(f"deform_conv2d: offset is {tuple(offset.shape[2:])}, the output "
                            f"{(out_h, out_w)}")
     return _DeformConv2d.apply(input, offset.contiguous(), weight, bias, tuple(geo))
+
+
+class OffsetConv2d(nn.Conv2d):
+    """A 3x3 conv that predicts a deformable convolution's sampling offsets (2 per tap),
+    starting at zero: no offset (Dai et al. 2017, §2.3). Its own class so that the optimizer
+    can train it at its own learning rate (§2.3: beta times the network's;
+    ``schedule.offset_lr_mult``)."""
+
+    def __init__(self, in_channels: int, taps: int, stride: int | tuple[int, int] = 1):
+        super().__init__(in_channels, 2 * taps, 3, padding=1, stride=stride)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)

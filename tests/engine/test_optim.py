@@ -1,4 +1,5 @@
-"""Learning-rate schedule: linear warm-up, step and cosine decay."""
+"""Optimizers and their parameter groups; learning-rate schedule: linear warm-up, step and
+cosine decay."""
 
 from __future__ import annotations
 
@@ -60,3 +61,33 @@ def test_fused_optimizer_steps_like_the_loop_up_to_rounding():
                 opt.step()
         for a, b in zip(models[0].parameters(), models[1].parameters()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_offset_layers_learn_at_their_own_rate_and_follow_the_schedule():
+    import torch
+
+    from rcnn_cli.engine.optim import build_optimizer, build_scheduler
+    from rcnn_cli.ops.deform_conv import OffsetConv2d
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), OffsetConv2d(4, 9))
+    opt = build_optimizer(model, "adamw", 1e-3, 0.9, 0.05, offset_lr_mult=0.1)
+    plain, offsets = opt.param_groups
+    assert [p.shape for p in offsets["params"]] == [(18, 4, 3, 3), (18,)]
+    assert len(plain["params"]) == 2
+    assert (plain["lr"], offsets["lr"]) == pytest.approx((1e-3, 1e-4))
+    sched = type("S", (), {"decay": "cosine", "decay_steps": [], "max_iter": 10,
+                           "warmup_iters": 0, "warmup_factor": 1.0, "gamma": 0.1})
+    scheduler = build_scheduler(opt, sched)
+    for _ in range(5):
+        opt.step()
+        scheduler.step()
+    assert (plain["lr"], offsets["lr"]) == pytest.approx((5e-4, 5e-5))
+
+
+def test_without_offset_layers_one_group_as_before():
+    import torch
+
+    from rcnn_cli.engine.optim import build_optimizer
+
+    opt = build_optimizer(torch.nn.Conv2d(2, 2, 1), "sgd", 0.1, 0.9, 0.0, offset_lr_mult=0.1)
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == 0.1

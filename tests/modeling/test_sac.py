@@ -13,6 +13,7 @@ from rcnn_cli.modeling.sac import (
     convert_trunk,
     standardise,
 )
+from rcnn_cli.ops.deform_conv import OffsetConv2d
 
 
 def sac(deformable: bool = False, stride: int = 1) -> SwitchableAtrousConv2d:
@@ -69,6 +70,7 @@ def test_deformable_variant_starts_as_the_plain_one():
     nn.init.constant_(plain.switch.bias, 0.3)
     deform.load_state_dict(plain.state_dict(), strict=False)  # all but the zero offset convs
     torch.testing.assert_close(deform(X), plain(X), atol=1e-5, rtol=1e-5)
+    assert isinstance(deform.offset_s, OffsetConv2d)  # its own lr: schedule.offset_lr_mult
     nn.init.normal_(deform.offset_s.weight, std=0.1)
     assert not torch.allclose(deform(X), plain(X), atol=1e-3)
 
