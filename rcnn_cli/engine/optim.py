@@ -7,18 +7,33 @@ import math
 import torch
 from torch import nn
 
+from rcnn_cli.errors import ConfigError
 from rcnn_cli.ops.deform_conv import OffsetConv2d
 
 
 def param_groups(model: nn.Module, lr: float, offset_lr_mult: float) -> list[dict]:
     """The trainable parameters at ``lr``; those of deformable offset layers
-    (``OffsetConv2d``) in a second group at ``lr * offset_lr_mult``, where there are any."""
+    (``OffsetConv2d``) in a second group at ``lr * offset_lr_mult``, where there are any and
+    the multiplier is not 1 (at 1: one group, as before the multiplier existed)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if offset_lr_mult == 1.0:
+        return [{"params": trainable, "lr": lr}]
     offsets = {id(p) for m in model.modules() if isinstance(m, OffsetConv2d)
                for p in m.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if id(p) not in offsets], "lr": lr},
               {"params": [p for p in trainable if id(p) in offsets], "lr": lr * offset_lr_mult}]
     return [g for g in groups if g["params"]]
+
+
+def check_groups(saved: dict, optimizer: torch.optim.Optimizer, path) -> None:
+    """A checkpoint's optimizer state has as many parameter groups as ``optimizer``; a
+    deformable model saved with the offsets in the main group (``schedule.offset_lr_mult=1.0``,
+    or before the key existed) is named with the key that resumes it."""
+    have, want = len(saved["param_groups"]), len(optimizer.param_groups)
+    if have != want:
+        raise ConfigError(f"resume={path}: the checkpoint's optimizer has {have} parameter "
+                          f"group(s), this config's {want}: set schedule.offset_lr_mult as the "
+                          "run had it (1.0: the deformable offsets in the main group)")
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,

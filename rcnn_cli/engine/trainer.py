@@ -25,7 +25,7 @@ from rcnn_cli.engine.ema import build_ema, restore_ema
 from rcnn_cli.engine.events import EventLogger
 from rcnn_cli.engine.export import export_model
 from rcnn_cli.engine.faults import NonFiniteLossError  # noqa: F401  (re-exported)
-from rcnn_cli.engine.optim import build_optimizer, build_scheduler
+from rcnn_cli.engine.optim import build_optimizer, build_scheduler, check_groups
 from rcnn_cli.engine.resume import check_resume_config
 from rcnn_cli.engine.runtime import config_dict, make_progress
 from rcnn_cli.engine.val_loss import validation_loss
@@ -143,6 +143,7 @@ class Trainer:
         if self.early_stop is not None and "early_stop" in ckpt:
             self.early_stop.load_state_dict(ckpt["early_stop"])
             self.best_weights = best_beside(path, self.cfg.ckpt_trust)
+        check_groups(ckpt["optimizer"], self.optimizer, path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])

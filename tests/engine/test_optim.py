@@ -84,10 +84,28 @@ def test_offset_layers_learn_at_their_own_rate_and_follow_the_schedule():
     assert (plain["lr"], offsets["lr"]) == pytest.approx((5e-4, 5e-5))
 
 
-def test_without_offset_layers_one_group_as_before():
+def test_without_offset_layers_or_at_one_a_single_group_as_before():
     import torch
 
     from rcnn_cli.engine.optim import build_optimizer
+    from rcnn_cli.ops.deform_conv import OffsetConv2d
 
     opt = build_optimizer(torch.nn.Conv2d(2, 2, 1), "sgd", 0.1, 0.9, 0.0, offset_lr_mult=0.1)
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == 0.1
+    opt = build_optimizer(OffsetConv2d(2, 9), "sgd", 0.1, 0.9, 0.0, offset_lr_mult=1.0)
+    assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 2
+
+
+def test_a_checkpoint_with_other_groups_names_the_key():
+    import torch
+
+    from rcnn_cli.engine.optim import build_optimizer, check_groups
+    from rcnn_cli.errors import ConfigError
+    from rcnn_cli.ops.deform_conv import OffsetConv2d
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), OffsetConv2d(2, 9))
+    old = build_optimizer(model, "adamw", 1e-3, 0.9, 0.05, offset_lr_mult=1.0).state_dict()
+    new = build_optimizer(model, "adamw", 1e-3, 0.9, 0.05, offset_lr_mult=0.1)
+    with pytest.raises(ConfigError, match=r"run\.pt.*1 parameter group.*offset_lr_mult"):
+        check_groups(old, new, "run.pt")
+    check_groups(new.state_dict(), new, "run.pt")
