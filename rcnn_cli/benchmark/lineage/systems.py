@@ -74,7 +74,8 @@ SYSTEMS: list[System] = [
            {"shapes": 1200, "bccd": 600}),
     System("HTC", ("model=htc", *MASKS_FPN), {"shapes": 1200, "bccd": 600}),
     System("DetectoRS", ("model=detectors", *MASKS_FPN, "backbone.sac=true",
-                         "backbone.rfp_steps=2"), {"shapes": 600, "bccd": 300}),
+                         "backbone.sac_deformable=true", "backbone.rfp_steps=2"),
+           {"shapes": 600, "bccd": 300}),
 ]
 
 

@@ -37,6 +37,10 @@ def test_systems_budgets_and_the_order_of_overrides():
     on_ss = lineage.compose_system(fast, bccd)
     assert (on_ss.proposals.scale, on_ss.proposals.max_proposals) == (0.5, 500)
     assert lineage.compose_system(faster, bccd).proposals.name == "rpn"
+    # DetectoRS as the HTC ladder trains it: deformable SAC, two RFP steps
+    detectors = lineage.compose_system(lineage.select_systems("DetectoRS")[0], shapes)
+    assert (detectors.backbone.sac, detectors.backbone.sac_deformable,
+            detectors.backbone.rfp_steps) == (True, True, 2)
 
 
 def test_a_system_this_checkout_lacks_is_a_clear_error_naming_it():
