@@ -70,7 +70,7 @@ from rcnn_cli.benchmark.lineage.report import (
     setup_notes,
     summarize,
 )
-from rcnn_cli.benchmark.lineage.runs import plan, time_all, train_all
+from rcnn_cli.benchmark.lineage.runs import plan, time_all, train_all, warm_caches
 from rcnn_cli.benchmark.lineage.systems import DATASETS, Dataset
 from rcnn_cli.engine import faults
 from rcnn_cli.errors import ConfigError
@@ -86,7 +86,7 @@ def write_report(records: list[dict], out: Path, header: str, info: dict,
     rows, checked = summarize(records), claims(records, min_ap50, baseline)
     text = "\n".join([header, "", format_table(rows), "", "The papers' claims on this data:", "",
                       *checked, "", "Each seed:", "", format_seed_table(records), "",
-                      *machine_notes(records), *cache_notes(records), *failure_notes(records),
+                      *machine_notes(records), *cache_notes(records, info.get("proposal_cache_s")), *failure_notes(records),
                       *setup_notes(records), ""])
     atomic_write_text(out / "lineage.md", text)
     runs = [{k: v for k, v in r.items() if k != "config"} for r in records]
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return write_report(records, args.out, head, info, data.min_ap50, baseline)
 
     try:
+        if args.jobs > 1:  # made once here, not by two children at once
+            info["proposal_cache_s"] = warm_caches(runs)
         failed = (run_side_by_side(plan_children(Path(__file__).resolve(), args, runs),
                                    args.jobs) if args.jobs > 1 else {})
         records = train_all(runs, args.out, args.keep, args.fresh and args.jobs == 1,

@@ -202,6 +202,32 @@ def test_runs_side_by_side_train_in_their_children_then_are_timed_together(monke
     assert [r["timed"] for r in records[1:]] == ["together"] * 3
 
 
+def test_runs_side_by_side_find_the_selective_search_cache_made_before_them(monkeypatch,
+                                                                             tmp_path):
+    StubTraining(monkeypatch)
+    warmed = []
+
+    def warm(cfg):
+        warmed.append(cfg.seed)
+        return 2.0
+
+    def side_by_side(children, jobs):
+        assert warmed == [0, 1]  # made before any child starts
+        return {}
+
+    monkeypatch.setattr(runs, "warm_proposal_cache", warm)
+    monkeypatch.setattr(lineage, "run_side_by_side", side_by_side)
+    out = tmp_path / "out"
+    args = ["--out", str(out), "--systems", "Fast R-CNN (SS),FPN", "--seeds", "0", "1"]
+    assert lineage.main([*args, "--jobs", "2"]) == 0
+    assert json.loads((out / "lineage.json").read_text())["proposal_cache_s"] == 4.0
+    assert ("- selective search cache made before the runs side by side: 4.0 s"
+            in (out / "lineage.md").read_text())
+    warmed.clear()  # one job: each run on external proposals makes or reads it itself
+    assert lineage.main([*args, "--fresh"]) == 0 and warmed == [0, 1]
+    assert "made before the runs" not in (out / "lineage.md").read_text()
+
+
 def test_a_run_that_could_not_be_timed_is_not_kept(monkeypatch, tmp_path):
     stub = StubTraining(monkeypatch)
     monkeypatch.setattr(runs, "time_systems",

@@ -97,14 +97,17 @@ def format_seed_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cache_notes(records: list[dict]) -> list[str]:
+def cache_notes(records: list[dict], before_s: float | None = None) -> list[str]:
     """Selective search over the training and val images, computed once into the cache before
-    the first system on external proposals trains (not part of its training time)."""
+    the first system on external proposals trains (not part of its training time); by the
+    parent program (``before_s``) when runs train side by side, the runs then reading it."""
     spent = [(r["label"], r["seed"], r["proposal_cache_s"]) for r in records
              if r.get("proposal_cache_s") is not None]
-    return ["- selective search cache (train + val, not in the train column): "
-            + ", ".join(f"{label} seed {seed} {s:.1f} s" for label, seed, s in spent)
-            ] if spent else []
+    notes = [f"- selective search cache made before the runs side by side: {before_s:.1f} s "
+             "(the runs' figures below are its reads)"] if before_s is not None else []
+    return notes + (["- selective search cache (train + val, not in the train column): "
+                     + ", ".join(f"{label} seed {seed} {s:.1f} s" for label, seed, s in spent)
+                     ] if spent else [])
 
 
 def failure_notes(records: list[dict]) -> list[str]:

@@ -54,6 +54,15 @@ def warm_proposal_cache(cfg: DictConfig) -> float:
     return time.perf_counter() - start
 
 
+def warm_caches(runs) -> float | None:
+    """The selective search cache of every planned run on external proposals, made here once
+    (seconds; None: no such run) before runs train side by side, each of which would otherwise
+    compute the same cache; ``runs`` as ``plan`` makes them."""
+    configs = [cfg for _, _, cfg, refusal in runs
+               if refusal is None and cfg.proposals.name == "selective_search"]
+    return sum(warm_proposal_cache(cfg) for cfg in configs) if configs else None
+
+
 def same_config(saved: dict | None, cfg: DictConfig) -> bool:
     """Whether a stored run's config is ``cfg``'s, every key included but the folder of the
     selective search cache (inside ``--out``: its content depends only on the images and the
