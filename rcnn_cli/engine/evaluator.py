@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -68,7 +69,11 @@ def eval_workers(cfg: DictConfig, train_cfg: DictConfig) -> int:
     return cfg.workers
 
 
-def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None,
+                        adjust: Callable[[torch.nn.Module, DictConfig], None] | None = None
+                        ) -> dict:
+    """``adjust(model, training config)``: called on the built model before it runs (the
+    batch-norm diagnostics of ``benchmarks/bn_statistics.py``)."""
     validate(cfg)
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,6 +94,8 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: str | Path | None = None) -> d
     attach_proposals(train_cfg, "val", dataset)
     evaluator = build_evaluator(dataset.raw.coco_gt(), cfg.eval, iou_types_for(train_cfg))
     model = build_trained_model(ckpt, train_cfg, device)
+    if adjust is not None:
+        adjust(model, train_cfg)
     e = cfg.eval
     detector = tta.wrap(model, e.tta, list(e.tta_scales), e.tta_merge, e.tta_iou, masks)
     loader = eval_loader(dataset, cfg.eval.batch_size, workers)
