@@ -6,7 +6,8 @@ torchvision's ``BoxCoder`` with unit weights), regressed linearly from the propo
 features by ridge regression with lambda = 1000, one regressor per class, trained on proposals
 with IoU >= 0.6 (the caller filters). Closed form in float64; the bias is not penalised (the
 fit is centred), so no target normalisation is needed. With fewer samples than feature dims
-the equivalent dual system (N x N) is solved instead of the D x D one.
+the equivalent dual system (N x N) is solved instead of the D x D one; otherwise the D x D one
+is summed over chunks of samples, never all of them in float64 at once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from torchvision.models.detection._utils import BoxCoder
 from rcnn_cli.errors import DataError
 
 CODER = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+# Rows per chunk of the D x D system's sums: 4096 x 12800 (SPPNet's pool5) in float64 is 0.4 GB.
+CHUNK_ROWS = 4096
 
 
 @dataclass
@@ -70,24 +73,41 @@ def fit_box_ridge(features, proposals: torch.Tensor, gt_boxes: torch.Tensor,
     for k in range(1, num_classes + 1):
         rows = torch.nonzero(labels == k).flatten()
         if len(rows):
-            weights[k - 1] = _ridge(_rows64(features, rows), targets[rows], lam)
+            weights[k - 1] = _ridge(features, rows, targets[rows], lam)
     return BoxRidge(weights.float())
 
 
 def _rows64(features, rows: torch.Tensor) -> torch.Tensor:
-    """The selected rows of a tensor, array or memmap as float64 (one class at a time)."""
+    """The selected rows of a tensor, array or memmap as float64."""
     if isinstance(features, torch.Tensor):
         return features[rows].double()
     return torch.from_numpy(np.asarray(features[rows.numpy()], dtype=np.float64))
 
 
-def _ridge(x: torch.Tensor, t: torch.Tensor, lam: float) -> torch.Tensor:
-    """argmin_W,b ||x W + b - t||^2 + lam ||W||^2 as a [D + 1, 4] matrix (bias last)."""
-    x_mean, t_mean = x.mean(0), t.mean(0)
-    xc, tc = x - x_mean, t - t_mean
-    n, d = xc.shape
-    if n >= d:
-        w = torch.linalg.solve(xc.T @ xc + lam * torch.eye(d, dtype=x.dtype), xc.T @ tc)
-    else:
+def _ridge(features, rows: torch.Tensor, t: torch.Tensor, lam: float) -> torch.Tensor:
+    """argmin_W,b ||x W + b - t||^2 + lam ||W||^2 over the ``rows`` of ``features`` as a
+    [D + 1, 4] matrix (bias last). With at least as many samples as dims the D x D system is
+    summed over chunks of rows (two passes: the mean, then the centred products), so memory
+    is the D x D matrix and one chunk, whatever the number of samples."""
+    n, d = len(rows), features.shape[1]
+    t_mean = t.mean(0)
+    tc = t - t_mean
+    if n < d:
+        x = _rows64(features, rows)
+        x_mean = x.mean(0)
+        xc = x - x_mean
         w = xc.T @ torch.linalg.solve(xc @ xc.T + lam * torch.eye(n, dtype=x.dtype), tc)
+        return torch.cat([w, (t_mean - x_mean @ w)[None]])
+    parts = rows.split(CHUNK_ROWS)
+    x_mean = sum(_rows64(features, part).sum(0) for part in parts) / n
+    gram = torch.zeros(d, d, dtype=torch.float64)
+    cross = torch.zeros(d, t.shape[1], dtype=torch.float64)
+    start = 0
+    for part in parts:
+        xc = _rows64(features, part) - x_mean
+        gram.addmm_(xc.T, xc)
+        cross.addmm_(xc.T, tc[start:start + len(part)])
+        start += len(part)
+    gram.diagonal().add_(lam)
+    w = torch.linalg.solve(gram, cross)
     return torch.cat([w, (t_mean - x_mean @ w)[None]])

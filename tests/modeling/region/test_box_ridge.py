@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rcnn_cli.errors import DataError
+from rcnn_cli.modeling.region import box_ridge
 from rcnn_cli.modeling.region.box_ridge import _ridge, box_targets, fit_box_ridge
 
 
@@ -47,16 +48,26 @@ def test_ridge_regression_reduces_box_error_per_class():
     assert model.apply(torch.zeros(0, 24), torch.zeros(0, 4), torch.zeros(0)).shape == (0, 4)
 
 
-def test_dual_and_primal_solutions_agree_and_the_bias_is_not_shrunk():
+def test_dual_chunked_and_direct_solutions_agree_and_the_bias_is_not_shrunk(monkeypatch):
     g = torch.Generator().manual_seed(3)
     x, t = torch.randn(10, 30, generator=g, dtype=torch.float64), torch.randn(10, 4, generator=g,
                                                                                dtype=torch.float64)
-    dual = _ridge(x, t, 5.0)  # n < d
+    every = torch.arange(10)
+    dual = _ridge(x, every, t, 5.0)  # n < d
     xc, tc = x - x.mean(0), t - t.mean(0)
     primal = torch.linalg.solve(xc.T @ xc + 5.0 * torch.eye(30, dtype=x.dtype), xc.T @ tc)
     assert torch.allclose(dual[:-1], primal, atol=1e-10)
     # Huge lambda: weights vanish, the bias is the mean target.
-    assert torch.allclose(_ridge(x, t, 1e12)[-1], t.mean(0), atol=1e-6)
+    assert torch.allclose(_ridge(x, every, t, 1e12)[-1], t.mean(0), atol=1e-6)
+    # n >= d: the D x D system summed over chunks of rows (3 here), from an array's rows.
+    x, t = torch.randn(50, 6, generator=g, dtype=torch.float64) + 3, torch.randn(50, 4, generator=g)
+    xc, tc = x - x.mean(0), (t - t.mean(0)).double()
+    direct = torch.linalg.solve(xc.T @ xc + 2.0 * torch.eye(6, dtype=x.dtype), xc.T @ tc)
+    monkeypatch.setattr(box_ridge, "CHUNK_ROWS", 20)
+    rows = torch.arange(50)
+    chunked = _ridge(x.float().numpy(), rows, t.double(), 2.0)
+    assert torch.allclose(chunked[:-1], direct, atol=1e-5)
+    assert torch.allclose(chunked[-1], t.double().mean(0) - x.mean(0) @ chunked[:-1], atol=1e-6)
 
 
 def test_a_class_without_samples_keeps_its_boxes_and_bad_labels_fail():
