@@ -51,7 +51,7 @@ from rcnn_cli.engine.stages.graph import (
 from rcnn_cli.engine.stages.store import StageDir
 from rcnn_cli.errors import DataError
 from rcnn_cli.io import atomic_torch_save, atomic_write_bytes, load_file
-from rcnn_cli.modeling.region.box_ridge import fit_box_ridge
+from rcnn_cli.modeling.region.box_ridge import fit_box_ridge, paired_iou
 from rcnn_cli.modeling.region.svm import SVMParams, feature_scale, train_class_svms
 
 log = logging.getLogger("rcnn_cli")
@@ -298,8 +298,8 @@ def box_reg_stage(run: Run, stage: StageDir):
     moved = ridge.apply(torch.from_numpy(x), torch.from_numpy(boxes),
                         torch.from_numpy(labels).long())
     gt_t = torch.from_numpy(gt)
-    before = box_iou(torch.from_numpy(boxes), gt_t).diagonal().mean().item() if len(gt) else 0.0
-    after = box_iou(moved.float(), gt_t).diagonal().mean().item() if len(gt) else 0.0
+    before = paired_iou(torch.from_numpy(boxes), gt_t).mean().item() if len(gt) else 0.0
+    after = paired_iou(moved.float(), gt_t).mean().item() if len(gt) else 0.0
     metrics = {"regions": int(len(rows)), "train_iou_before": before, "train_iou_after": after,
                "scale": float(scale)}
     run.events.scalars(0, metrics, prefix="box_reg/")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import box_area
 
 from rcnn_cli.errors import DataError
 
@@ -52,6 +53,13 @@ class BoxRidge:
 def box_targets(proposals: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
     """(t_x, t_y, t_w, t_h) that move ``proposals`` onto ``gt_boxes``."""
     return CODER.encode_single(gt_boxes.float(), proposals.float())
+
+
+def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of each ``a[i]`` with its ``b[i]`` (``box_iou``'s diagonal without its N x N
+    matrix: 30k SPPNet regions would need tens of GB)."""
+    inter = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0).prod(1)
+    return inter / (box_area(a) + box_area(b) - inter)
 
 
 def fit_box_ridge(features, proposals: torch.Tensor, gt_boxes: torch.Tensor,

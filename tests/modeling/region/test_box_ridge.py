@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from rcnn_cli.errors import DataError
 from rcnn_cli.modeling.region import box_ridge
-from rcnn_cli.modeling.region.box_ridge import _ridge, box_targets, fit_box_ridge
+from rcnn_cli.modeling.region.box_ridge import _ridge, box_targets, fit_box_ridge, paired_iou
 
 
 def toy(n: int, mixing: dict[int, torch.Tensor], seed: int):
@@ -81,3 +82,14 @@ def test_a_class_without_samples_keeps_its_boxes_and_bad_labels_fail():
     # numpy features (a memmap in R-CNN) are accepted
     np_model = fit_box_ridge(np.asarray(features), proposals, gt, torch.ones(50), 1)
     assert torch.allclose(np_model.weights, model.weights[:1], atol=1e-5)
+
+
+def test_paired_iou_is_box_ious_diagonal():
+    g = torch.Generator().manual_seed(5)
+    xy = torch.rand(40, 2, generator=g) * 50
+    a = torch.cat([xy, xy + torch.rand(40, 2, generator=g) * 30 + 1], 1)
+    b = a + torch.randn(40, 4, generator=g) * 5
+    b[:, 2:] = torch.max(b[:, 2:], b[:, :2] + 1)
+    b[0] = torch.tensor([200.0, 200, 210, 210])  # no overlap
+    torch.testing.assert_close(paired_iou(a, b), box_iou(a, b).diagonal())
+    assert paired_iou(a, b)[0] == 0
