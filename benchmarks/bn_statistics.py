@@ -24,6 +24,7 @@ from rcnn_cli.data.loader import eval_loader
 from rcnn_cli.deploy.onnx_runtime import is_onnx
 from rcnn_cli.engine.evaluator import evaluate_checkpoint
 from rcnn_cli.engine.runtime import cpu_model
+from rcnn_cli.errors import ConfigError, RcnnError
 from rcnn_cli.evaluation.norm_statistics import (
     reestimate,
     statistics_gap,
@@ -44,6 +45,10 @@ def backbone_inputs(model, dataset_cfg, split: str, batch: int):
 
 def adjuster(mode: str, batch: int, batches: int, gaps: dict):
     def adjust(model, train_cfg) -> None:
+        if not (hasattr(model, "backbone") and hasattr(model, "transform")):
+            raise ConfigError(f"model={train_cfg.model.name}: the batch-norm diagnostics need "
+                              "a detector with a backbone and an image transform (not the "
+                              "R-CNN / SPPNet region models)")
         if mode == "running":
             first = next(backbone_inputs(model, train_cfg.dataset, "val", batch))
             gaps["layers"] = statistics_gap(model.backbone, first)[:5]
@@ -99,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         if is_onnx(ckpt) or not ckpt.is_file():
             print(f"error: {ckpt}: not a training checkpoint file", file=sys.stderr)
             return 1
-    records = [measure(ckpt, args.out / f"ckpt{i}", args.batch, args.precise_batches,
-                       args.threads) for i, ckpt in enumerate(args.ckpts)]
+    try:
+        records = [measure(ckpt, args.out / f"ckpt{i}", args.batch, args.precise_batches,
+                           args.threads) for i, ckpt in enumerate(args.ckpts)]
+    except RcnnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     text = table(records)
     atomic_write_json(args.out / "bn_statistics.json", records)
     print(f"box AP / mask AP on the val split, evaluation batches of {args.batch}; "

@@ -86,8 +86,8 @@ def write_report(records: list[dict], out: Path, header: str, info: dict,
     rows, checked = summarize(records), claims(records, min_ap50, baseline)
     text = "\n".join([header, "", format_table(rows), "", "The papers' claims on this data:", "",
                       *checked, "", "Each seed:", "", format_seed_table(records), "",
-                      *machine_notes(records), *cache_notes(records, info.get("proposal_cache_s")), *failure_notes(records),
-                      *setup_notes(records), ""])
+                      *machine_notes(records), *cache_notes(records, info.get("proposal_cache_s")),
+                      *failure_notes(records), *setup_notes(records), ""])
     atomic_write_text(out / "lineage.md", text)
     runs = [{k: v for k, v in r.items() if k != "config"} for r in records]
     atomic_write_json(out / "lineage.json", {**info, "runs": runs, "rows": rows,

@@ -3,6 +3,11 @@ table, the record; and a clear refusal of what is not a training checkpoint."""
 
 import json
 
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rcnn_cli.errors import ConfigError
 from tests.benchmarks.programs import load_program, run_program
 from tests.conftest import NO_OPTIMIZER_STATE, TINY, run_cli
 
@@ -26,7 +31,10 @@ def test_a_checkpoint_is_evaluated_three_ways_with_its_gap(tmp_path):
                for mode in ("running", "batch", "precise"))
 
 
-def test_what_is_not_a_training_checkpoint_is_refused(tmp_path, capsys):
+def test_what_is_not_a_training_checkpoint_or_detector_is_refused(tmp_path, capsys):
     program = load_program("bn_statistics")
     assert program.main([str(tmp_path / "model.onnx"), "--out", str(tmp_path)]) == 1
     assert "model.onnx: not a training checkpoint file" in capsys.readouterr().err
+    region_model = OmegaConf.create({"model": {"name": "rcnn"}})
+    with pytest.raises(ConfigError, match="model=rcnn: the batch-norm diagnostics need"):
+        program.adjuster("running", 2, 1, {})(torch.nn.Linear(2, 2), region_model)
