@@ -1,6 +1,8 @@
 """The HTC / DetectoRS ablation ladder on shapes with masks: box AP, mask AP and s/iter.
 
-Five rungs, one recipe and budget (``experiment=shapes_masks_ladder``), each at every seed:
+Seven rungs, one recipe and budget (``experiment=shapes_masks_ladder``), each at every seed: the
+five of docs/htc_detectors.md, then HTC and DetectoRS again with group norm in the backbone
+(``backbone.norm=gn``: statistics of each image, none carried from training to test):
 
     python benchmarks/htc_ladder.py --seeds 0 1 --out outputs/htc_ladder --jobs 2
     python benchmarks/htc_ladder.py --smoke  # a few iterations per rung: the program runs
@@ -50,15 +52,18 @@ from rcnn_cli.engine.resume import saved_config_differences
 from rcnn_cli.engine.runtime import config_dict, cpu_model
 from rcnn_cli.io import atomic_write_json
 
+DETECTORS = ["model=detectors", "backbone.sac=true", "backbone.sac_deformable=true",
+             "backbone.rfp_steps=2"]
 RUNGS = {  # id: (row name, overrides)
     "cascade_mask_last": ("Cascade Mask R-CNN (last-stage mask)", ["model=cascade_mask"]),
     "cascade_mask_stages": ("Cascade Mask R-CNN (per-stage masks)",
                             ["model=cascade_mask", "model.cascade.stage_masks=true"]),
     "htc_no_semantic": ("HTC without semantic", ["model=htc", "model.htc.semantic=false"]),
     "htc": ("HTC", ["model=htc"]),
-    "detectors": ("DetectoRS (HTC + RFP + SAC)",
-                  ["model=detectors", "backbone.sac=true", "backbone.sac_deformable=true",
-                   "backbone.rfp_steps=2"]),
+    "detectors": ("DetectoRS (HTC + RFP + SAC)", DETECTORS),
+    # the last two again with group norm in the backbone: batch-independent statistics
+    "htc_gn": ("HTC, GN backbone", ["model=htc", "backbone.norm=gn"]),
+    "detectors_gn": ("DetectoRS, GN backbone", [*DETECTORS, "backbone.norm=gn"]),
 }
 SMOKE_DATA = ["dataset.train_size=8", "dataset.image_size=64"]
 SMOKE = ["schedule.max_iter=4", "schedule.warmup_iters=2", "dataset.val_size=4", "log.period=2",
@@ -295,7 +300,7 @@ def run_all(plan: list[tuple[str, list[str], int]], out: Path, keep: Path, jobs:
 
 def run_order(rungs: list[str], seeds: list[int], jobs: int) -> list[tuple[str, int]]:
     """One run at a time: seed by seed (a whole ladder per seed comes first). Side by side:
-    the costliest rungs first (``RUNGS`` is in rising step time), so that the jobs end
+    the costliest rungs first (``RUNGS`` is in about rising step time), so that the jobs end
     together instead of one DetectoRS run finishing alone."""
     if jobs == 1:
         return [(rung, seed) for seed in seeds for rung in rungs]

@@ -175,3 +175,12 @@ def test_a_kept_record_counts_only_with_the_same_config_but_for_how_it_executed(
                            ladder.planned_config([*overrides, *other], 0)) is None
     assert "schedule.max_iter: 1200 -> 600" in capsys.readouterr().out
     assert ladder.kept(tmp_path, "htc_no_semantic", 1, cfg) is None  # not kept at all
+
+
+def test_the_group_norm_rungs_differ_from_their_batch_norm_rungs_only_in_the_norm():
+    for rung in ("htc", "detectors"):
+        bn = ladder.planned_config(ladder.RUNGS[rung][1], 0)
+        gn = ladder.planned_config(ladder.RUNGS[f"{rung}_gn"][1], 0)
+        assert (bn.backbone.norm.value, gn.backbone.norm.value) == ("bn", "gn")
+        gn.backbone.norm = bn.backbone.norm
+        assert config_dict(gn) == config_dict(bn)
