@@ -30,7 +30,10 @@ from pathlib import Path
 PRELOAD = ("torch", "torchvision.ops", "torchvision.models.detection", "hydra", "rich.console",
            "rcnn_cli.train", "rcnn_cli.evaluate", "rcnn_cli.predict", "rcnn_cli.export",
            "rcnn_cli.data_cli", "rcnn_cli.engine.train", "rcnn_cli.engine.evaluator",
-           "rcnn_cli.modeling.build", "rcnn_cli.deploy.onnx")
+           "rcnn_cli.modeling.build", "rcnn_cli.deploy.onnx",
+           # imported where a run evaluates (its PR-curve and confusion PNGs) or exports: ~1 s
+           # per program otherwise (matplotlib reads its rc file and font cache when imported)
+           "matplotlib.figure", "matplotlib.backends.backend_agg", "onnx")
 
 
 def forking() -> bool:
