@@ -25,8 +25,9 @@ import time
 import traceback
 from pathlib import Path
 
-# Imported once by the helper: the libraries and the programs' modules (none of them reads the
-# environment or starts a thread when imported).
+# Imported once by the helper: the libraries and the programs' modules (none of them starts a
+# thread when imported, and none reads the environment then, but matplotlib's MPLCONFIGDIR and
+# MPLBACKEND, which no test sets).
 PRELOAD = ("torch", "torchvision.ops", "torchvision.models.detection", "hydra", "rich.console",
            "rcnn_cli.train", "rcnn_cli.evaluate", "rcnn_cli.predict", "rcnn_cli.export",
            "rcnn_cli.data_cli", "rcnn_cli.engine.train", "rcnn_cli.engine.evaluator",
