@@ -55,8 +55,8 @@ FOUR_STEP = ("rpn1", "fast1", "rpn2", "fast2")
 # measured runs of docs/benchmarks.md: SPPNet's recipe reached AP50 0.53 at 400 steps on 300
 # images (5.3 epochs) but 0.30 / 0.27 at 400 on the lineage's 1000 (1.6 epochs), so it gets 1200
 # (4.8); the default recipe 0.92 at 1200 (0.90 on BCCD at 300), 4-step got within 0.05 AP50 of
-# joint once fast1 had the largest share (3:9:2:2); HTC keeps Cascade Mask R-CNN's 1200 so that the two
-# compare at one schedule, DetectoRS (~5 s per iteration on the 2-core CPU) gets 600.
+# joint once fast1 had the largest share (3:9:2:2); HTC keeps Cascade Mask R-CNN's 1200 so that
+# the two compare at one schedule, DetectoRS (~5 s per iteration on the 2-core CPU) gets 600.
 SYSTEMS: list[System] = [
     System("R-CNN", ("experiment=rcnn_alexnet", "model.warp_size=227", "model.context=16"),
            {"shapes": 200, "bccd": 200}),
