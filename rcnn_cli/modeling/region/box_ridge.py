@@ -95,8 +95,9 @@ def _rows64(features, rows: torch.Tensor) -> torch.Tensor:
 def _ridge(features, rows: torch.Tensor, t: torch.Tensor, lam: float) -> torch.Tensor:
     """argmin_W,b ||x W + b - t||^2 + lam ||W||^2 over the ``rows`` of ``features`` as a
     [D + 1, 4] matrix (bias last). With at least as many samples as dims the D x D system is
-    summed over chunks of rows (two passes: the mean, then the centred products), so memory
-    is the D x D matrix and one chunk, whatever the number of samples."""
+    summed over chunks of rows in one pass (the centred Gram matrix is ``x'x - n m m'``; with
+    centred targets ``x't`` needs no centring), so memory is the D x D matrix and one chunk,
+    whatever the number of samples."""
     n, d = len(rows), features.shape[1]
     t_mean = t.mean(0)
     tc = t - t_mean
@@ -106,16 +107,16 @@ def _ridge(features, rows: torch.Tensor, t: torch.Tensor, lam: float) -> torch.T
         xc = x - x_mean
         w = xc.T @ torch.linalg.solve(xc @ xc.T + lam * torch.eye(n, dtype=x.dtype), tc)
         return torch.cat([w, (t_mean - x_mean @ w)[None]])
-    parts = rows.split(CHUNK_ROWS)
-    x_mean = sum(_rows64(features, part).sum(0) for part in parts) / n
+    x_sum = torch.zeros(d, dtype=torch.float64)
     gram = torch.zeros(d, d, dtype=torch.float64)
     cross = torch.zeros(d, t.shape[1], dtype=torch.float64)
-    start = 0
-    for part in parts:
-        xc = _rows64(features, part) - x_mean
-        gram.addmm_(xc.T, xc)
-        cross.addmm_(xc.T, tc[start:start + len(part)])
-        start += len(part)
+    for part, t_part in zip(rows.split(CHUNK_ROWS), tc.split(CHUNK_ROWS)):
+        x = _rows64(features, part)
+        x_sum += x.sum(0)
+        gram.addmm_(x.T, x)
+        cross.addmm_(x.T, t_part)
+    x_mean = x_sum / n
+    gram.addr_(x_mean, x_mean, alpha=-n)
     gram.diagonal().add_(lam)
     w = torch.linalg.solve(gram, cross)
     return torch.cat([w, (t_mean - x_mean @ w)[None]])
