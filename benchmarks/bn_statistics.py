@@ -63,10 +63,10 @@ def adjuster(mode: str, batch: int, batches: int, gaps: dict):
 
 def measure(ckpt: Path, out: Path, batch: int, batches: int, threads: int) -> dict:
     record: dict = {"ckpt": str(ckpt), "eval_batch": batch, "cpu": cpu_model()}
+    with initialize_config_module(version_base="1.3", config_module="rcnn_cli.conf"):
+        cfg = compose("eval", overrides=[f"ckpt={ckpt}", f"threads={threads}", "workers=0",
+                                         f"eval.batch_size={batch}"])
     for mode in MODES:
-        with initialize_config_module(version_base="1.3", config_module="rcnn_cli.conf"):
-            cfg = compose("eval", overrides=[f"ckpt={ckpt}", f"threads={threads}", "workers=0",
-                                             f"eval.batch_size={batch}"])
         extra: dict = {}
         metrics = evaluate_checkpoint(cfg, out / mode, adjust=adjuster(mode, batch, batches,
                                                                         extra))
