@@ -267,8 +267,15 @@ def svms_stage(run: Run, stage: StageDir):
         rounds = [h for h in history if h["class"] == cls]
         for h in rounds:
             run.events.scalars(h["round"], {k: h[k] for k in ("cache_size", "added", "evicted",
-                                                              "objective", "accuracy")},
+                                                              "left_out", "objective",
+                                                              "accuracy")},
                                prefix=f"svms/{name}/")
+        mined = [h for h in rounds if h["round"] < run.cfg.model.svm.rounds]
+        if mined and mined[-1]["left_out"]:
+            log.warning("svms: class %r: %d margin-violating negatives did not fit the cache of "
+                        "model.svm.max_cache=%d; its SVM saw only the hardest ones (raise "
+                        "model.svm.max_cache)", name, mined[-1]["left_out"],
+                        run.cfg.model.svm.max_cache)
     atomic_torch_save(stage.path(SVMS), {"weight": torch.from_numpy(weight).float(),
                                          "bias": torch.from_numpy(bias).float(),
                                          "scale": float(scale)})

@@ -114,8 +114,12 @@ def train_svm(pos: np.ndarray, neg: np.ndarray, params: SVMParams | None = None,
     cached negatives below ``easy_threshold`` and adds uncached ones above ``hard_threshold``;
     mining stops when a round adds none (the cache is then left as it is: evicting negatives
     with zero hinge loss would not change the solution). The returned model is always trained
-    on the final cache; an entry's ``added`` / ``evicted`` count the mining step after it. ``on_round(round, model, cache_before, added, evicted)`` sees each mining step
-    (indices into ``neg_rows``).
+    on the final cache; an entry's ``added`` / ``evicted`` count the mining step after it, its
+    ``left_out`` the margin violators that a full cache (``max_cache``) had no room for: with
+    any left out when mining stops, the model has seen only the hardest negatives, and
+    detections suffer (R-CNN on the lineage's 1000 shapes images: AP50 0.08 against 0.45).
+    ``on_round(round, model, cache_before, added, evicted)`` sees each mining step (indices
+    into ``neg_rows``).
     """
     params = params or SVMParams()
     rows = np.arange(len(neg)) if neg_rows is None else np.asarray(neg_rows, np.int64)
@@ -127,7 +131,7 @@ def train_svm(pos: np.ndarray, neg: np.ndarray, params: SVMParams | None = None,
     for round_ in range(params.rounds + 1):
         model, stats = fit_linear_svm(pos, _read(neg, rows[cache]), params)
         entry = {"round": round_, "cache_size": int(len(cache)), **stats, "added": 0,
-                 "evicted": 0}
+                 "evicted": 0, "left_out": 0}
         history.append(entry)
         if round_ == params.rounds:
             break
@@ -135,7 +139,9 @@ def train_svm(pos: np.ndarray, neg: np.ndarray, params: SVMParams | None = None,
         new_cache, added, evicted = _mine(cache, scores, params)
         if on_round is not None:
             on_round(round_, model, cache, added, evicted)
-        entry.update(added=int(len(added)), evicted=int(len(evicted)))
+        violators = int(np.count_nonzero(scores > params.hard_threshold))
+        left_out = violators - int(np.count_nonzero(scores[new_cache] > params.hard_threshold))
+        entry.update(added=int(len(added)), evicted=int(len(evicted)), left_out=left_out)
         if len(added) == 0:
             break
         cache = new_cache

@@ -59,13 +59,17 @@ def test_resumed_run_skips_finished_stages(rcnn_run, graph_runs):
     assert again["bbox/AP50"] == pytest.approx(metrics["bbox/AP50"], abs=1e-9)
 
 
-def test_a_changed_svm_setting_reruns_from_the_svms_stage_on(rcnn_run, tmp_path, graph_runs):
+def test_a_changed_svm_setting_reruns_from_the_svms_stage_on(rcnn_run, tmp_path, graph_runs,
+                                                              caplog):
+    """A cache too small for the margin violators is said, naming the key to raise."""
     root, _ = rcnn_run
     train(compose_cfg("train", overrides(root, "rcnn", f"resume={root / 'run'}",
-                                         "model.svm.C=0.01")), tmp_path / "changed")
+                                         "model.svm.C=0.01", "model.svm.initial_negatives=2",
+                                         "model.svm.max_cache=2")), tmp_path / "changed")
     assert graph_runs[-1].status == {"finetune": "reused", "features": "reused", "svms": "ran",
                                      "box_reg": "ran"}
     assert manifest(tmp_path / "changed", "finetune") == manifest(root / "run", "finetune")
+    assert "raise model.svm.max_cache" in caplog.text
 
 
 def test_final_checkpoint_works_with_eval_and_predict(rcnn_run, tmp_path):

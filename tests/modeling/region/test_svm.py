@@ -68,12 +68,20 @@ def test_the_cache_keeps_the_hardest_negatives_when_full():
     neg[:200, 0] = 1.0  # 200 negatives inside the positive side: all violate the margin
     params = SVMParams(C=1.0, rounds=1, initial_negatives=10, max_cache=50)
     steps = []
-    train_svm(pos, neg, params, on_round=lambda *s: steps.append(s))
+    _, history = train_svm(pos, neg, params, on_round=lambda *s: steps.append(s))
     _, m, cache, added, evicted = steps[0]
     scores = neg.astype(np.float64) @ m.w + m.b
     assert len(cache) - len(evicted) + len(added) == 50
     candidates = np.setdiff1d(np.flatnonzero(scores > -1.0), cache)
     assert scores[added].min() >= np.sort(scores[candidates])[::-1][len(added) - 1]
+    assert history[0]["left_out"] == len(candidates) - len(added) > 0
+
+
+def test_no_violator_is_left_out_when_the_cache_has_room():
+    pos, neg = separable(n_neg=600, seed=2)
+    neg[:200, 0] = 1.0
+    _, history = train_svm(pos, neg, SVMParams(C=1.0, rounds=1, initial_negatives=10))
+    assert history[0]["added"] > 0 and history[0]["left_out"] == 0
 
 
 def test_class_svms_use_gt_positives_and_low_iou_negatives(monkeypatch):
