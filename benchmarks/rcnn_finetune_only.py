@@ -1,5 +1,6 @@
 """Evaluate an R-CNN / SPPNet run's ``finetune`` stage alone: the fine-tuned network's softmax
-(R-CNN Appendix B), no SVMs, no box regression, through rcnn-eval's path.
+(R-CNN Appendix B), no SVMs, no box regression, through rcnn-eval's path. RUN is the run's
+directory (``rcnn-train``'s or a lineage run's); its config is read from its last checkpoint.
 
     python benchmarks/rcnn_finetune_only.py outputs/bench/rcnn_sppnet/rcnn outputs/bench/rcnn_sppnet/rcnn_ft
 
@@ -20,7 +21,7 @@ import rcnn_cli.config  # noqa: F401  (registers the schemas)
 from rcnn_cli.config import typed_train_config
 from rcnn_cli.data.build import build_raw_dataset
 from rcnn_cli.engine.checkpoint import CheckpointStore
-from rcnn_cli.engine.evaluator import evaluate_checkpoint
+from rcnn_cli.engine.evaluator import evaluate_checkpoint, load_trained
 from rcnn_cli.engine.runtime import config_dict
 from rcnn_cli.engine.stages.graph import load_state
 from rcnn_cli.modeling.build import build_detector
@@ -31,8 +32,8 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("out", type=Path)
     args = ap.parse_args()
-    stored = OmegaConf.to_container(OmegaConf.load(args.run / ".hydra" / "config.yaml"),
-                                    resolve=True)
+    _, trained = load_trained(str(args.run / "checkpoints" / "last.pt"))
+    stored = OmegaConf.to_container(trained, resolve=True)
     stored["model"]["classifier"] = "softmax"
     cfg = typed_train_config(stored, source=str(args.run))
     raw = build_raw_dataset(cfg.dataset, "train")
